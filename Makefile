@@ -1,0 +1,48 @@
+# fedmpi — `make run` and `make test` work on a fresh machine: both install first.
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+MPIEXEC := $(VENV)/bin/mpiexec
+RANKS   ?= 3
+STAMP   := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install run test test-unit test-mpi test-integration test-slurm bench paper-cpu clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[mpich,test]'
+	touch $(STAMP)
+
+# The quick start: θ = 0.5 (the paper's "up to 50% smaller") and θ = 0.95, then a report.
+run: install
+	$(MPIEXEC) -n $(RANKS) $(PY) -m fedmpi run configs/quickstart.yaml --overwrite
+	$(MPIEXEC) -n $(RANKS) $(PY) -m fedmpi run configs/quickstart.yaml --overwrite \
+	  --set name=quickstart-theta95 \
+	  --set compression.uplink.0.prune.rate=0.95 --set compression.downlink.0.prune.rate=0.95
+	$(PY) -m fedmpi report results/quickstart.h5 results/quickstart-theta95.h5 \
+	  --out results/quickstart-report
+
+test: install
+	$(MAKE) --no-print-directory test-unit test-mpi test-integration test-slurm
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+test-mpi: install
+	$(MPIEXEC) -n 3 $(PY) -m pytest -q --with-mpi -p no:cacheprovider tests/mpi
+
+test-integration: install
+	$(PY) -m pytest -q tests/integration
+
+test-slurm: install
+	$(PY) -m pytest -q -rs tests/slurm
+
+bench: install
+	$(PY) -m fedmpi bench codec
+
+clean:
+	rm -rf $(VENV) .pytest_cache

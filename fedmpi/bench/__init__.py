@@ -1,0 +1,33 @@
+"""`fedmpi bench <name>`: micro-benchmarks that return rows; `main` prints them.
+
+A benchmark is a module in this package exposing `add_arguments(parser)`,
+`run(args) -> list[dict]` and `print_rows(rows)`; register it in BENCHMARKS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "codec": ("fedmpi.bench.codec", "compression pipelines on a ResNet-18-sized model"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    for name, (module, help_text) in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
+
+
+def main(args: argparse.Namespace) -> int:
+    module = importlib.import_module(BENCHMARKS[args.bench][0])
+    rows = module.run(args)
+    module.print_rows(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0

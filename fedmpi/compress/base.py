@@ -1,0 +1,204 @@
+"""Stage roles, the stage registry and `build`.
+
+A pipeline is made of stages playing four roles (GRACE-like; only `Pipeline`
+fixes the order in which they run):
+
+- `Pruner`     (prune)    chooses which entries survive;
+- `ValueCoder` (quantize) turns the surviving float32 values into bytes and back;
+- `Layout`     (sparse)   says where the values go: dense, bitmap or delta indices;
+- `Container`  (zstd)     turns the byte sections into the payload and back.
+
+`memory` (error feedback) is a marker stage: the pipeline compensates before
+the lossy stages and keeps the residual after them.
+
+Adding a stage = one file whose name is the registry key, decorated with
+`@register("<key>")`, plus its import in `compress/__init__.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import typing
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from fedmpi.errors import ConfigError
+from fedmpi.wire import WireFormatError
+
+REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a stage buildable from config under `name`."""
+    def deco(cls: type[Stage]) -> type[Stage]:
+        if name in REGISTRY:
+            raise RuntimeError(f"stage {name!r} registered twice")
+        cls.key = name
+        REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+class BadParam(Exception):
+    """Raised by `Stage.check`; `build` turns it into a ConfigError naming the full field."""
+
+    def __init__(self, param: str, value: object, allowed: str):
+        super().__init__(param)
+        self.param, self.value, self.allowed = param, value, allowed
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    key: ClassVar[str] = "?"
+    # Stages must appear in increasing `rank` (prune < quantize < memory < sparse < zstd):
+    # values are pruned before they are quantized, error feedback must see every lossy
+    # stage, and lossless encoders come last.
+    rank: ClassVar[int] = 0
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def check(self) -> None:
+        """Raise BadParam for values outside the allowed range (types are checked by build)."""
+
+    @property
+    def lossy(self) -> bool:
+        return False
+
+    def label(self) -> str:
+        return self.key
+
+    def spec(self) -> dict:
+        """Canonical form (every parameter, defaults included) hashed into the codec id."""
+        return {self.key: dataclasses.asdict(self)}
+
+
+def _type_ok(value: object, hint: object) -> bool:
+    if typing.get_args(hint):  # a union such as `int | None`
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # YAML writes 0 for 0.0
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def build(name: str, params: dict | None = None, *, field: str = "stage") -> Stage:
+    """Instantiate stage `name` from its config params; ConfigError names `field.name.param`."""
+    if name not in REGISTRY:
+        raise ConfigError(field, name, f"one of the stages {', '.join(sorted(REGISTRY))}")
+    cls = REGISTRY[name]
+    where = f"{field}.{name}"
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ConfigError(where, params, "a mapping of parameters (use {} for defaults)")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for p, value in params.items():
+        if p not in names:
+            raise ConfigError(f"{where}.{p}", value,
+                              f"one of the parameters {', '.join(names) or '(none)'}")
+        if not _type_ok(value, hints[p]):
+            kind = getattr(hints[p], "__name__", str(hints[p]))
+            raise ConfigError(f"{where}.{p}", value, f"a value of type {kind}")
+        if p in cls.choices and value not in cls.choices[p]:
+            raise ConfigError(f"{where}.{p}", value, " | ".join(cls.choices[p]))
+    params = {p: float(v) if hints[p] is float else v for p, v in params.items()}
+    stage = cls(**params)
+    try:
+        stage.check()
+    except BadParam as bad:
+        raise ConfigError(f"{where}.{bad.param}", bad.value, bad.allowed) from None
+    return stage
+
+
+# ----------------------------------------------------------------------------- roles
+
+
+class Pruner(Stage):
+    def masks(self, flats: list[np.ndarray], shapes: list[tuple[int, ...]]
+              ) -> list[np.ndarray | None]:
+        """Per tensor a bool keep-mask (every kept entry is non-zero), or None = untouched."""
+        raise NotImplementedError
+
+
+class ValueCoder(Stage):
+    itemsize: ClassVar[int] = 4  # byte-shuffle unit of the coded values
+
+    def nbytes(self, count: int) -> int:
+        raise NotImplementedError
+
+    def encode(self, values: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """float32 values -> (uint8 codes, two float32 per-tensor parameters)."""
+        raise NotImplementedError
+
+    def decode(self, codes: np.ndarray, count: int, p0: float, p1: float) -> np.ndarray:
+        """Inverse of encode; a new float32 array; WireFormatError on bad parameters."""
+        raise NotImplementedError
+
+
+class Layout(Stage):
+    """Where the values go; see sparse.py for the formats."""
+
+
+class Container(Stage):
+    """Byte sections <-> payload. This base class stores them as is.
+
+    Payload: u32 section count, then per section (u8 itemsize, 3 pad, u64 raw length,
+    u64 stored length), then the stored bytes of every section.
+    """
+
+    _SECTION = struct.Struct("<B3xQQ")
+
+    def squeeze(self, parts: list[np.ndarray], itemsize: int) -> list[np.ndarray]:
+        """One section's raw parts (uint8) -> its stored parts."""
+        return parts
+
+    def expand(self, stored: np.ndarray, itemsize: int, raw_len: int) -> np.ndarray:
+        return stored
+
+    def pack(self, sections: list[tuple[list[np.ndarray], int]]) -> np.ndarray:
+        """Sections given as (uint8 parts, itemsize) -> one new uint8 payload array."""
+        stored = [self.squeeze(parts, size) for parts, size in sections]
+        head = struct.pack("<I", len(sections)) + b"".join(
+            self._SECTION.pack(size, sum(p.nbytes for p in parts), sum(p.nbytes for p in st))
+            for (parts, size), st in zip(sections, stored))
+        out = np.empty(len(head) + sum(p.nbytes for st in stored for p in st), dtype=np.uint8)
+        out[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+        pos = len(head)
+        for p in (p for st in stored for p in st):
+            out[pos: pos + p.nbytes] = p
+            pos += p.nbytes
+        return out
+
+    def unpack(self, payload: np.ndarray, count: int, limit: int) -> list[np.ndarray]:
+        """The `count` raw sections; `limit` bounds their total size (no decompression bombs)."""
+        need = 4 + count * self._SECTION.size
+        if payload.nbytes < need:
+            raise WireFormatError(f"payload of {payload.nbytes} bytes is shorter than its "
+                                  f"{need}-byte section table")
+        (n,) = struct.unpack_from("<I", payload, 0)
+        if n != count:
+            raise WireFormatError(f"payload has {n} sections, expected {count}")
+        table = [self._SECTION.unpack_from(payload, 4 + i * self._SECTION.size)
+                 for i in range(count)]
+        if sum(raw for _, raw, _ in table) > limit:
+            raise WireFormatError(f"sections declare {sum(r for _, r, _ in table)} bytes, "
+                                  f"more than this model can need ({limit})")
+        if need + sum(st for _, _, st in table) != payload.nbytes:
+            raise WireFormatError(f"section lengths add up to {need + sum(s for *_, s in table)} "
+                                  f"bytes but the payload has {payload.nbytes}")
+        out, pos = [], need
+        for size, raw_len, st in table:
+            if size not in (1, 2, 4, 8) or raw_len % size:
+                raise WireFormatError(f"bad section item size {size} for {raw_len} bytes")
+            raw = self.expand(payload[pos: pos + st], size, raw_len)
+            if raw.nbytes != raw_len:
+                raise WireFormatError(f"section holds {raw.nbytes} bytes, declared {raw_len}")
+            out.append(raw)
+            pos += st
+        return out

@@ -1,0 +1,186 @@
+"""Value coding: how the surviving float32 values travel.
+
+Methods and their stated error bounds (x a transmitted value, x^ its reconstruction):
+
+- none (no quantize stage): raw little-endian float32, bit-exact.
+- uniform, bits k in 1..16: per tensor offset lo = min, scale = (max - min) / (2^k - 1),
+  codes bit-packed; |x - x^| <= scale / 2 + ulp32(x^) (the last term is the final
+  rounding to float32). Non-finite inputs are refused (ValueError).
+- pow2, bits e in 1..8 exponent bits (e + 1 bits per value with the sign): x^ is
+  +-2^E, the nearest power of two, E in [emax - 2^e + 2, emax] with emax the
+  tensor's largest; smaller values become 0. |x - x^| <= max(|x| / 3, 2^emin).
+  Non-finite inputs are refused.
+- float16: |x| clipped to 65504, round to nearest even:
+  |x - x^| <= max(|x| * 2^-11, 2^-25).
+- bfloat16: the top 16 bits of float32, round to nearest even:
+  |x - x^| <= |x| * 2^-8 for normal x (x^ may overflow to inf beyond ~3.39e38).
+
+Reconstruction is always computed by the same function on both sides so that
+the sender's copy (`Encoded.reconstructed`) is bit-identical to the receiver's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from fedmpi.compress.base import BadParam, ValueCoder, register
+from fedmpi.wire import WireFormatError
+
+
+def pack_bits(codes: np.ndarray, k: int) -> np.ndarray:
+    """Unsigned k-bit codes -> bytes, little-endian bit order."""
+    if k == 8:
+        return codes.astype(np.uint8)
+    if k == 16:
+        return codes.astype("<u2").view(np.uint8)
+    bits = (codes.astype(np.uint32)[:, None] >> np.arange(k, dtype=np.uint32)) & 1
+    return np.packbits(bits.astype(np.uint8).reshape(-1), bitorder="little")
+
+
+def unpack_bits(buf: np.ndarray, count: int, k: int) -> np.ndarray:
+    if k == 8:
+        return buf.astype(np.uint32)
+    if k == 16:
+        return buf.view("<u2").astype(np.uint32)
+    bits = np.unpackbits(buf, count=count * k, bitorder="little").reshape(count, k)
+    return bits.astype(np.uint32) @ (np.uint32(1) << np.arange(k, dtype=np.uint32))
+
+
+class Float32(ValueCoder):
+    """No quantization (the pipeline's default coder)."""
+
+    itemsize = 4
+
+    def nbytes(self, count):
+        return 4 * count
+
+    def encode(self, values):
+        return np.ascontiguousarray(values, dtype="<f4").view(np.uint8), 0.0, 0.0
+
+    def decode(self, codes, count, p0, p1):
+        return codes.view("<f4").astype(np.float32)  # astype copies: the caller owns it
+
+
+def _finite(values: np.ndarray, method: str) -> None:
+    if values.size and not np.isfinite(values).all():
+        raise ValueError(f"{method} quantization cannot represent NaN or inf values")
+
+
+@register("quantize")
+@dataclass(frozen=True, kw_only=True)
+class Quantize(ValueCoder):
+    method: str = "uniform"
+    bits: int | None = None  # uniform: 8, pow2: 4 exponent bits, float16/bfloat16: 16
+
+    rank = 20
+    choices = {"method": ("uniform", "pow2", "float16", "bfloat16")}
+    _RANGE: ClassVar[dict[str, tuple[int, int, int]]] = {  # method: (lo, hi, default)
+        "uniform": (1, 16, 8), "pow2": (1, 8, 4), "float16": (16, 16, 16),
+        "bfloat16": (16, 16, 16)}
+
+    def check(self):
+        lo, hi, _ = self._RANGE[self.method]
+        if self.bits is not None and not lo <= self.bits <= hi:
+            allowed = f"{lo}..{hi}" if lo < hi else f"{lo} (or leave it out)"
+            raise BadParam("bits", self.bits, f"{allowed} for method {self.method}")
+
+    @property
+    def k(self) -> int:
+        """Bits of one transmitted value."""
+        b = self._RANGE[self.method][2] if self.bits is None else self.bits
+        return b + 1 if self.method == "pow2" else b
+
+    @property
+    def itemsize(self) -> int:
+        return 2 if self.k == 16 else 1
+
+    @property
+    def lossy(self):
+        return True
+
+    def spec(self):  # defaults resolved, so `bits` left out and given hash alike
+        return {"quantize": {"method": self.method, "bits": self._RANGE[self.method][2]
+                             if self.bits is None else self.bits}}
+
+    def label(self):
+        return {"uniform": f"uniform{self.k}", "pow2": f"pow2({self.k - 1})",
+                "float16": "fp16", "bfloat16": "bf16"}[self.method]
+
+    def nbytes(self, count):
+        return (count * self.k + 7) // 8
+
+    def encode(self, values):
+        return getattr(self, f"_enc_{self.method}")(np.asarray(values, dtype=np.float32))
+
+    def decode(self, codes, count, p0, p1):
+        if codes.nbytes != self.nbytes(count):
+            raise WireFormatError(f"{codes.nbytes} bytes of {self.label()} codes for "
+                                  f"{count} values")
+        return getattr(self, f"_dec_{self.method}")(codes, count, p0, p1)
+
+    # uniform: p0 = offset (min), p1 = scale
+    def _enc_uniform(self, v):
+        if v.size == 0:
+            return np.empty(0, np.uint8), 0.0, 0.0
+        _finite(v, "uniform")
+        lo, hi = np.float32(v.min()), np.float32(v.max())
+        levels = (1 << self.k) - 1
+        scale = np.float32((np.float64(hi) - np.float64(lo)) / levels)
+        if scale == 0 and hi > lo:  # range below float32 resolution: smallest step
+            scale = np.nextafter(np.float32(0), np.float32(1))
+        if scale > 0:
+            codes = np.rint((v.astype(np.float64) - np.float64(lo)) / np.float64(scale))
+            codes = np.clip(codes, 0, levels).astype(np.uint32)
+        else:
+            codes = np.zeros(v.size, np.uint32)
+        return pack_bits(codes, self.k), float(lo), float(scale)
+
+    def _dec_uniform(self, buf, count, lo, scale):
+        if not (np.isfinite(lo) and np.isfinite(scale) and scale >= 0):
+            raise WireFormatError(f"bad uniform parameters offset={lo} scale={scale}")
+        codes = unpack_bits(buf, count, self.k)
+        return (np.float64(lo) + codes * np.float64(scale)).astype(np.float32)
+
+    # pow2: p0 = emax; code = sign << e | m, m = 0 -> 0, m >= 1 -> 2^(emax - m + 1)
+    def _enc_pow2(self, v):
+        e = self.k - 1
+        if v.size == 0:
+            return np.empty(0, np.uint8), 0.0, 0.0
+        _finite(v, "pow2")
+        a = np.abs(v.astype(np.float64))
+        nz = a > 0
+        # nearest power of two in linear terms: 2^f when |x| < 1.5 * 2^f
+        exp = np.frexp(a * (4.0 / 3.0))[1].astype(np.int64) - 1
+        exp = np.minimum(exp, 127)  # 2^128 is not a float32
+        emax = int(exp[nz].max()) if nz.any() else 0
+        m = np.where(nz, emax - exp + 1, 0)
+        m[m > (1 << e) - 1] = 0  # below emin: flushed to zero
+        codes = (m | (np.signbit(v) & (m > 0)).astype(np.int64) << e).astype(np.uint32)
+        return pack_bits(codes, self.k), float(emax), 0.0
+
+    def _dec_pow2(self, buf, count, emax, _):
+        if not (np.isfinite(emax) and emax == int(emax) and -300 <= emax <= 127):
+            raise WireFormatError(f"bad pow2 exponent {emax}")
+        e = self.k - 1
+        codes = unpack_bits(buf, count, self.k)
+        m = (codes & ((1 << e) - 1)).astype(np.int64)
+        mag = np.where(m > 0, np.ldexp(1.0, int(emax) - m + 1), 0.0).astype(np.float32)
+        return np.where(codes >> e, -mag, mag)
+
+    def _enc_float16(self, v):
+        return np.clip(v, -65504, 65504).astype("<f2").view(np.uint8), 0.0, 0.0
+
+    def _dec_float16(self, buf, count, *_):
+        return buf.view("<f2").astype(np.float32)
+
+    def _enc_bfloat16(self, v):
+        b = np.ascontiguousarray(v).view(np.uint32)
+        rounded = ((b + np.uint32(0x7FFF) + ((b >> 16) & 1)) >> 16).astype("<u2")
+        rounded[np.isnan(v)] = 0x7FC0  # rounding could carry a NaN into inf
+        return rounded.view(np.uint8), 0.0, 0.0
+
+    def _dec_bfloat16(self, buf, count, *_):
+        return (buf.view("<u2").astype(np.uint32) << 16).view(np.float32)

@@ -1,0 +1,105 @@
+"""What every rank builds identically from the config: data split, model, pipelines.
+
+Determinism hinges on this module: client sampling, client placement and each
+client's training randomness are pure functions of (seed, round, client), never
+of the number of ranks or of message arrival order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedmpi import data as datasets
+from fedmpi import models
+from fedmpi.compress import ModelSpec, Pipeline, build_pipeline, spec_of
+from fedmpi.config import Config
+from fedmpi.train import get_state
+
+
+def worker_of(client: int, num_workers: int) -> int:
+    """MPI rank hosting a virtual client: fixed for the whole run (error-feedback state lives there)."""
+    return 1 + client % num_workers
+
+
+def sample_clients(seed: int, round: int, num_clients: int, k: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, round, 0x5A])
+    return np.sort(rng.choice(num_clients, size=k, replace=False))
+
+
+def client_generator(seed: int, round: int, client: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([seed, round, client]).generate_state(1)[0]))
+    return g
+
+
+def build_pipelines(cfg: Config) -> tuple[Pipeline, Pipeline]:
+    up = build_pipeline(cfg.compression.uplink, field="compression.uplink")
+    down = build_pipeline(cfg.compression.downlink, field="compression.downlink")
+    return up, down
+
+
+def select_device(choice: str, rank: int, local_rank: int) -> torch.device:
+    """One GPU per worker rank from the node-local rank; the server shares the first."""
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from fedmpi.errors import ConfigError
+
+        raise ConfigError("run.device", choice, "auto or cpu (no CUDA device is visible)")
+    n = torch.cuda.device_count()
+    index = 0 if rank == 0 else (max(local_rank - 1, 0)) % n
+    return torch.device(f"cuda:{index}")
+
+
+@dataclass
+class Experiment:
+    cfg: Config
+    rank: int
+    num_workers: int
+    device: torch.device
+    model: torch.nn.Module
+    spec: ModelSpec
+    uplink: Pipeline
+    downlink: Pipeline
+    train: datasets.Dataset
+    test: datasets.Dataset
+    parts: list[np.ndarray]
+    histogram: np.ndarray
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.array([len(p) for p in self.parts], dtype=np.int64)
+
+    def clients_of(self, rank: int) -> list[int]:
+        return [c for c in range(self.cfg.clients.num_clients)
+                if worker_of(c, self.num_workers) == rank]
+
+    def initial_state(self) -> dict[str, np.ndarray]:
+        return get_state(self.model)
+
+
+def build(cfg: Config, *, rank: int, world_size: int, local_rank: int) -> Experiment:
+    if cfg.run.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.set_num_threads(cfg.run.threads)
+    device = select_device(cfg.run.device, rank, local_rank)
+    d = cfg.data
+    train, test = datasets.load(d.dataset, path=d.path, train_subset=d.train_subset,
+                                test_subset=d.test_subset, seed=cfg.seed)
+    p = d.partition
+    parts = datasets.partition(train.y, cfg.clients.num_clients, method=p.method, seed=cfg.seed,
+                               alpha=p.alpha, shards_per_client=p.shards_per_client,
+                               min_samples=p.min_samples)
+    histogram = datasets.class_histogram(train.y, parts, train.num_classes)
+    torch.manual_seed(cfg.seed)  # identical initial model on every rank
+    model = models.build(cfg.train.model, input_shape=train.input_shape,
+                         num_classes=train.num_classes).to(device)
+    up, down = build_pipelines(cfg)
+    return Experiment(cfg=cfg, rank=rank, num_workers=world_size - 1, device=device,
+                      model=model, spec=spec_of(get_state(model)), uplink=up, downlink=down,
+                      train=train, test=test, parts=parts, histogram=histogram)

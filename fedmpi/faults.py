@@ -1,0 +1,54 @@
+"""Fault injection (config `run.fail_at`), so the fail-fast rules can be tested for real.
+
+`run.fail_at: {rank: R, round: N, where: W}` makes rank R fail in round N at W:
+`train` (a client worker, before local training), `aggregate` (the server),
+`data` (any rank, while loading data; round is ignored) or `corrupt` (a worker
+flips a byte of its update so the server sees a malformed message).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from fedmpi.errors import ConfigError
+
+WHERE = ("train", "aggregate", "data", "corrupt")
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by `run.fail_at`."""
+
+
+def validate(fail_at: dict | None) -> None:
+    if fail_at is None:
+        return
+    unknown = set(fail_at) - {"rank", "round", "where"}
+    if unknown:
+        raise ConfigError(f"run.fail_at.{sorted(unknown)[0]}", fail_at, "keys rank, round, where")
+    if fail_at.get("where") not in WHERE:
+        raise ConfigError("run.fail_at.where", fail_at.get("where"), " | ".join(WHERE))
+    for key in ("rank", "round"):
+        if not isinstance(fail_at.get(key, 0), int):
+            raise ConfigError(f"run.fail_at.{key}", fail_at.get(key), "an integer")
+
+
+def _hit(cfg, rank: int, round: int | None, where: str) -> bool:
+    f = cfg.run.fail_at
+    return bool(f) and f.get("where") == where and f.get("rank") == rank and (
+        round is None or f.get("round") == round)
+
+
+def maybe_fail(cfg, *, rank: int, round: int | None, where: str) -> None:
+    if _hit(cfg, rank, round, where):
+        raise InjectedFault(f"injected failure (run.fail_at) at {where}, round {round}, "
+                            f"rank {rank} at t={time.time():.3f}")
+
+
+def maybe_corrupt(cfg, rank: int, round: int, buf: np.ndarray) -> np.ndarray:
+    """Flip the last byte of an outgoing update (the payload checksum must catch it)."""
+    if _hit(cfg, rank, round, "corrupt"):
+        buf = buf.copy()
+        buf[-1] ^= 0xFF
+    return buf

@@ -1,0 +1,179 @@
+"""The results file schema (version 1): the single source of truth.
+
+The writer creates datasets from these tables, the reader checks against them and
+the README's schema table is generated from them (`schema_markdown()`), so a
+column cannot be added in one place and forgotten in another.
+
+Layout: one HDF5 file per run; each table is a group of equally long, 1-D,
+resizable, chunked datasets (one per column), so every column carries its own
+`units`/`description` attributes, appending a row is cheap and `h5dump` shows it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    dtype: str  # numpy dtype string, or "str" for variable-length UTF-8
+    units: str
+    description: str
+
+
+# --------------------------------------------------------------------------- codes
+
+KIND_NAMES = {1: "assign", 2: "model", 3: "update", 4: "report", 5: "stop", 6: "fail"}
+DIRECTION_NAMES = {0: "down", 1: "up"}  # down = server -> worker, up = worker -> server
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+# ------------------------------------------------------------------ root attributes
+
+ROOT_ATTRS: tuple[Field, ...] = (
+    Field("schema_version", "i8", "1", "results schema version (this table: 1)"),
+    Field("fedmpi_version", "str", "", "fedmpi package version that wrote the file"),
+    Field("config_yaml", "str", "", "the configuration text as given"),
+    Field("config_json", "str", "", "the resolved configuration, as JSON"),
+    Field("seed", "i8", "1", "experiment seed"),
+    Field("name", "str", "", "experiment name"),
+    Field("torch_version", "str", "", "torch version"),
+    Field("numpy_version", "str", "", "numpy version"),
+    Field("mpi4py_version", "str", "", "mpi4py version"),
+    Field("mpi_library_version", "str", "", "MPI library version string"),
+    Field("world_size", "i8", "ranks", "MPI ranks (server + workers)"),
+    Field("num_workers", "i8", "ranks", "client worker ranks"),
+    Field("hosts", "str", "", "JSON list of host names, one per rank"),
+    Field("devices", "str", "", "JSON list of device names, one per rank"),
+    Field("git_commit", "str", "", "git commit of the code (\"\" if unknown)"),
+    Field("command", "str", "", "command line of the run"),
+    Field("start_time", "str", "ISO 8601 UTC", "when the run started"),
+    Field("end_time", "str", "ISO 8601 UTC", "when the run ended (\"\" while running)"),
+    Field("status", "str", "", "running | completed | failed | interrupted"),
+    Field("failure_reason", "str", "", "why the run failed or stopped (\"\" if none)"),
+    Field("completed_rounds", "i8", "rounds", "rows in /rounds (rounds fully recorded)"),
+)
+
+# Optional root attributes: written by `fedmpi run` where they apply, typed when
+# present, never defaulted. Other extra attributes are allowed too (stored as
+# given, containers as JSON); readers keep them, tools must not require them.
+EXTRA_ROOT_ATTRS: tuple[Field, ...] = (
+    Field("server_pid", "i8", "1", "pid of rank 0 (send SIGTERM there for a graceful stop)"),
+    Field("resumed_from_round", "i8", "1", "checkpoint round the last --resume started from"),
+    Field("uplink_codec", "str", "", "uplink pipeline name"),
+    Field("uplink_codec_id", "i8", "code", "uplink pipeline id (see /messages@codecs)"),
+    Field("downlink_codec", "str", "", "downlink pipeline name"),
+    Field("downlink_codec_id", "i8", "code", "downlink pipeline id"),
+    Field("cum_wire_bytes", "i8", "bytes", "every wire byte so far, final STOP exchange included"),
+)
+
+# ------------------------------------------------------------------------- /rounds
+
+_S = "s"
+ROUNDS: tuple[Field, ...] = (
+    Field("round", "i4", "1", "round index"),
+    Field("test_accuracy", "f8", "fraction", "global model accuracy on the test set, 0..1"),
+    Field("test_loss", "f8", "1", "global model loss on the test set"),
+    Field("train_loss", "f8", "1", "local training loss, sample-weighted over participants"),
+    Field("participants", "i4", "clients", "clients that trained this round"),
+    Field("samples", "i8", "samples", "training samples over participants"),
+    Field("wall_s", "f8", _S, "wall-clock time of the round on the server"),
+    Field("compute_s", "f8", _S, "client training time, summed over clients"),
+    Field("encode_s", "f8", _S, "encoding time, server + clients"),
+    Field("decode_s", "f8", _S, "decoding time, server + clients"),
+    Field("communicate_s", "f8", _S, "time in MPI send/receive"),
+    Field("aggregate_s", "f8", _S, "server aggregation time"),
+    Field("evaluate_s", "f8", _S, "server evaluation time"),
+    Field("wait_s", "f8", _S, "server time waiting for workers"),
+    Field("up_bytes", "i8", "bytes", "wire bytes of model updates, worker -> server"),
+    Field("down_bytes", "i8", "bytes", "wire bytes of models, server -> worker"),
+    Field("control_bytes", "i8", "bytes", "wire bytes of control messages, both ways"),
+    Field("dense_up_bytes", "i8", "bytes", "uplink tensors as uncompressed float32"),
+    Field("dense_down_bytes", "i8", "bytes", "downlink tensors as uncompressed float32"),
+    Field("cum_wire_bytes", "i8", "bytes", "up + down + control, cumulative through this round"),
+    Field("up_nnz", "i8", "values", "non-zeros sent uplink"),
+    Field("down_nnz", "i8", "values", "non-zeros sent downlink"),
+)
+
+# ----------------------------------------------------------------------- /messages
+
+MESSAGES: tuple[Field, ...] = (
+    Field("round", "i4", "1", "round index"),
+    Field("kind", "u1", "code", "message kind; group attribute kind_names maps code -> name"),
+    Field("direction", "u1", "code", "0 down (server -> worker), 1 up; see direction_names"),
+    Field("client", "i4", "1", "virtual client id, -1 for control messages"),
+    Field("worker", "i4", "rank", "MPI rank of the worker end"),
+    Field("sender_bytes", "i8", "bytes", "wire bytes as counted by the sender (len(buffer))"),
+    Field("receiver_bytes", "i8", "bytes", "wire bytes as counted by the receiver (Get_count)"),
+    Field("dense_bytes", "i8", "bytes", "the message's tensors as uncompressed float32"),
+    Field("numel", "i8", "values", "values in the message's tensors"),
+    Field("nnz", "i8", "values", "non-zero values sent"),
+    Field("codec_id", "u4", "code", "pipeline id; group attribute codecs maps id -> name"),
+    Field("encode_s", "f8", _S, "time to encode on the sender"),
+    Field("decode_s", "f8", _S, "time to decode on the receiver"),
+    Field("send_s", "f8", _S, "time blocked sending"),
+    Field("recv_s", "f8", _S, "time blocked receiving"),
+)
+
+# ------------------------------------------------------------------------ /clients
+
+CLIENTS: tuple[Field, ...] = (
+    Field("client", "i4", "1", "virtual client id"),
+    Field("worker", "i4", "rank", "MPI rank that hosts the client"),
+    Field("samples", "i8", "samples", "training samples of the client"),
+)
+CLIENT_HISTOGRAM = Field(
+    "class_histogram", "i8", "samples", "2-D (clients x classes): training samples per class"
+)
+
+# --------------------------------------------------------------------- /checkpoint
+
+CHECKPOINT: tuple[Field, ...] = (
+    Field("@round", "i8", "1", "last completed round the checkpoint belongs to"),
+    Field("@complete", "bool", "", "true once every dataset of the checkpoint is written"),
+    Field("global/<tensor>", "array", "", "server's full-precision global model"),
+    Field("memory/<owner>/<tensor>", "array", "",
+          "error-feedback residual; owner server|client_<id>"),
+    Field("rng/<name>", "u1", "bytes", "opaque RNG state bytes"),
+)
+
+TABLES: dict[str, tuple[Field, ...]] = {
+    "rounds": ROUNDS,
+    "messages": MESSAGES,
+    "clients": CLIENTS,
+}
+
+# Attributes of the /messages group, JSON text mapping code -> name.
+MESSAGE_GROUP_ATTRS = {
+    "kind_names": json.dumps({str(k): v for k, v in KIND_NAMES.items()}),
+    "direction_names": json.dumps({str(k): v for k, v in DIRECTION_NAMES.items()}),
+}
+
+
+def columns(table: str) -> list[str]:
+    return [f.name for f in TABLES[table]]
+
+
+def schema_markdown() -> str:
+    """The whole schema as Markdown tables (for the README)."""
+    parts = [f"Results schema version {SCHEMA_VERSION}.\n"]
+    sections = [
+        ("Root attributes (`/`)", ROOT_ATTRS),
+        ("Optional root attributes (`/`, where they apply)", EXTRA_ROOT_ATTRS),
+        ("`/rounds` (one row per completed round)", ROUNDS),
+        ("`/messages` (one row per MPI message)", MESSAGES),
+        ("`/clients` (one row per virtual client)", CLIENTS + (CLIENT_HISTOGRAM,)),
+        ("`/checkpoint` (latest only; `@` marks attributes)", CHECKPOINT),
+    ]
+    for title, fields in sections:
+        parts.append(f"### {title}\n")
+        parts.append("| name | dtype | units | description |")
+        parts.append("|---|---|---|---|")
+        for f in fields:
+            desc = f.description.replace("|", "\\|")
+            parts.append(f"| `{f.name}` | {f.dtype} | {f.units} | {desc} |")
+        parts.append("")
+    return "\n".join(parts)

@@ -1,0 +1,328 @@
+"""ResultsWriter: the one HDF5 file of a run, written by rank 0 only.
+
+Every round the server appends its rows, saves the checkpoint and flushes
+(h5py flush + fsync), so a process killed between rounds leaves a file that
+opens with every completed round and status 'running'. Columns and attributes
+come from `fedmpi.results.schema`; anything not in the schema is refused, so a
+typo cannot silently become a new column.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from fedmpi import __version__
+from fedmpi.results import checkpoint as _ckpt
+from fedmpi.results import schema
+from fedmpi.results.checkpoint import Checkpoint, read_checkpoint
+from fedmpi.results.errors import ResultsError, ResultsExistError
+from fedmpi.results.hdf import fsync, fsync_dir, plain
+
+__all__ = ["Checkpoint", "ResultsExistError", "ResultsWriter", "read_checkpoint", "utc_now"]
+
+_CHUNK_ROWS = {"rounds": 256, "messages": 4096, "clients": 1024}
+_ROOT = {f.name: f for f in (*schema.ROOT_ATTRS, *schema.EXTRA_ROOT_ATTRS)}
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _dist_version(name: str) -> str:
+    # Package metadata, not an import: results must not pull in torch or MPI.
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _default_attrs() -> dict[str, Any]:
+    out: dict[str, Any] = {f.name: ("" if f.dtype == "str" else -1) for f in schema.ROOT_ATTRS}
+    out.update(
+        schema_version=schema.SCHEMA_VERSION,
+        fedmpi_version=__version__,
+        numpy_version=np.__version__,
+        torch_version=_dist_version("torch"),
+        mpi4py_version=_dist_version("mpi4py"),
+        hosts="[]",
+        devices="[]",
+        command=shlex.join(sys.argv),
+        start_time=utc_now(),
+        status="running",
+        completed_rounds=0,
+    )
+    return out
+
+
+def _attr_value(name: str, value: Any) -> Any:
+    """A root attribute as stored: documented ones in their schema type, others as given."""
+    if not name or "/" in name:
+        raise ValueError(f"invalid results attribute name {name!r}")
+    if name not in _ROOT:  # undocumented extra: keep it, but only as plain data
+        if isinstance(value, (dict, list, tuple)):
+            return json.dumps(value)
+        if value is None:
+            return ""
+        if isinstance(value, (str, bool, int, float, np.generic)):
+            return value
+        raise ValueError(f"results attribute {name!r}: cannot store {type(value).__name__}")
+    if _ROOT[name].dtype == "str":
+        if isinstance(value, (dict, list, tuple)):
+            return json.dumps(value, sort_keys=isinstance(value, dict))
+        return "" if value is None else str(value)
+    if value is None:
+        return -1
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"results attribute {name!r} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _column(table: str, field: schema.Field, values: Any) -> np.ndarray:
+    """`values` as the column's dtype, refusing lossy casts (NaN or 2.5 into an int column)."""
+    arr = np.asarray(values)
+    dtype = np.dtype(field.dtype)
+    if dtype.kind in "iu" and arr.size:
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"/{table}/{field.name}: expected integers, got {arr.dtype}")
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+            raise ValueError(f"/{table}/{field.name}: expected integers, got {values!r}")
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise ValueError(f"/{table}/{field.name}: values outside {dtype} range")
+    return arr.astype(dtype)
+
+
+def _check_names(table: str, given: Any) -> None:
+    expected = schema.columns(table)
+    unknown = sorted(set(given) - set(expected))
+    missing = [c for c in expected if c not in given]
+    if unknown or missing:
+        raise ValueError(f"/{table}: unknown columns {unknown}, missing columns {missing}")
+
+
+class ResultsWriter:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        attrs: Mapping[str, Any],
+        overwrite: bool = False,
+        resume: bool = False,
+    ):
+        if overwrite and resume:
+            raise ValueError("ResultsWriter: overwrite and resume exclude each other")
+        self.path = Path(path)
+        self._tmp: Path | None = None  # set while an overwrite has not replaced the old file
+        self._rounds_written = 0
+        if resume:
+            self._file = self._open_resume()
+            self.set_attrs(**{**dict(attrs), "status": "running", "end_time": "",
+                              "failure_reason": ""})
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        target = self.path
+        if self.path.exists():
+            if not overwrite:
+                raise ResultsExistError(
+                    f"{self.path} exists; pass --overwrite to replace it (or --resume to continue)"
+                )
+            # The old results survive until the new run has flushed something.
+            target = self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self._file = h5py.File(target, "w" if self._tmp else "w-", locking=False)
+        except FileExistsError as exc:  # created by someone else since the check
+            raise ResultsExistError(f"{self.path} exists; pass --overwrite to replace it") from exc
+        self._create_layout()
+        self.set_attrs(**{**_default_attrs(), **dict(attrs)})
+
+    # ------------------------------------------------------------------ opening
+
+    def _open_resume(self) -> h5py.File:
+        if not self.path.exists():
+            raise ResultsError(f"cannot resume: {self.path} does not exist")
+        f = h5py.File(self.path, "r+", locking=False)
+        version = plain(f.attrs.get("schema_version", None))
+        if version != schema.SCHEMA_VERSION:
+            f.close()
+            raise ResultsError(
+                f"cannot resume {self.path}: schema_version {version!r}, "
+                f"this fedmpi writes {schema.SCHEMA_VERSION}"
+            )
+        return f
+
+    def _create_layout(self) -> None:
+        f = self._file
+        for table, fields in schema.TABLES.items():
+            g = f.create_group(table)
+            for fld in fields:
+                ds = g.create_dataset(fld.name, shape=(0,), maxshape=(None,),
+                                      chunks=(_CHUNK_ROWS[table],), dtype=fld.dtype)
+                ds.attrs["units"] = fld.units
+                ds.attrs["description"] = fld.description
+        h = schema.CLIENT_HISTOGRAM
+        ds = f["clients"].create_dataset(h.name, shape=(0, 0), maxshape=(None, None),
+                                         chunks=(256, 16), dtype=h.dtype)
+        ds.attrs["units"] = h.units
+        ds.attrs["description"] = h.description
+        for name, text in schema.MESSAGE_GROUP_ATTRS.items():
+            f["messages"].attrs[name] = text
+        f["messages"].attrs["codecs"] = "{}"
+
+    # ------------------------------------------------------------------ writing
+
+    def set_attrs(self, **attrs: Any) -> None:
+        values = {k: _attr_value(k, v) for k, v in attrs.items()}
+        if values.get("status", "running") not in schema.STATUSES:
+            raise ValueError(f"status {values['status']!r}; allowed: {', '.join(schema.STATUSES)}")
+        for k, v in values.items():
+            self._file.attrs[k] = v
+
+    def set_codecs(self, codecs: Mapping[int, str]) -> None:
+        """Record pipeline names for `/messages/codec_id` values (merged with earlier ones)."""
+        g = self._file["messages"]
+        known = json.loads(plain(g.attrs.get("codecs", "{}")) or "{}")
+        known.update({str(int(k)): str(v) for k, v in codecs.items()})
+        g.attrs["codecs"] = json.dumps(known, sort_keys=True)
+
+    def write_clients(self, *, client: Any, worker: Any, samples: Any,
+                      class_histogram: Any) -> None:
+        g = self._file["clients"]
+        cols = {f.name: _column("clients", f, v)
+                for f, v in zip(schema.CLIENTS, (client, worker, samples))}
+        hist = _column("clients", schema.CLIENT_HISTOGRAM, class_histogram)
+        n = len(cols["client"])
+        if any(c.ndim != 1 or len(c) != n for c in cols.values()):
+            raise ValueError("/clients: client, worker and samples must be 1-D of equal length")
+        if hist.ndim != 2 or hist.shape[0] != n:
+            raise ValueError(f"/clients/class_histogram: expected shape ({n}, classes), "
+                             f"got {hist.shape}")
+        for name, col in cols.items():
+            g[name].resize((n,))
+            g[name][...] = col
+        g["class_histogram"].resize(hist.shape)
+        g["class_histogram"][...] = hist
+
+    def append_round(self, row: Mapping[str, float | int]) -> None:
+        _check_names("rounds", row)
+        values = [(f.name, _column("rounds", f, row[f.name])) for f in schema.ROUNDS]
+        for name, v in values:
+            if v.ndim != 0:
+                raise ValueError(f"/rounds/{name}: expected one value, got shape {v.shape}")
+        self._append("rounds", dict(values))
+        self._rounds_written += 1
+        self._file.attrs["completed_rounds"] = self._file["rounds/round"].shape[0]
+
+    def append_messages(self, columns: Mapping[str, np.ndarray] | np.ndarray) -> None:
+        """Many /messages rows at once: a dict of equal-length columns (or a record array)."""
+        if isinstance(columns, np.ndarray) and columns.dtype.names:
+            columns = {n: columns[n] for n in columns.dtype.names}
+        _check_names("messages", columns)
+        cols = {f.name: _column("messages", f, columns[f.name]) for f in schema.MESSAGES}
+        lengths = {c.shape for c in cols.values()}
+        if len(lengths) != 1 or len(next(iter(lengths))) != 1:
+            raise ValueError(f"/messages: columns must be 1-D of equal length, got {lengths}")
+        for name, codes in (("kind", schema.KIND_NAMES), ("direction", schema.DIRECTION_NAMES)):
+            bad = set(np.unique(cols[name]).tolist()) - set(codes)
+            if bad:
+                raise ValueError(f"/messages/{name}: unknown codes {sorted(bad)}; known {codes}")
+        self._append("messages", cols)
+
+    def _append(self, table: str, cols: dict[str, np.ndarray]) -> None:
+        g = self._file[table]
+        n = min(g[name].shape[0] for name in cols)  # all equal unless a write was cut short
+        k = int(np.size(cols["round"]))
+        if k == 0:
+            return
+        for name, col in cols.items():
+            ds = g[name]
+            ds.resize((n + k,))
+            ds[n:] = col
+        # Readers trust only the shortest column, so a row cut short by a crash
+        # in this loop is ignored rather than read as zeros.
+
+    def save_checkpoint(
+        self,
+        *,
+        round: int,
+        global_state: Mapping[str, np.ndarray],
+        memories: Mapping[str, Mapping[str, np.ndarray]],
+        rng: Mapping[str, bytes],
+    ) -> None:
+        _ckpt.write(self._file, round=round, global_state=global_state, memories=memories,
+                    rng=rng, flush=self.flush)
+
+    def truncate_after(self, round: int) -> None:
+        """Drop /rounds and /messages rows of rounds > `round` (rows of a round lost at resume)."""
+        for table in ("rounds", "messages"):
+            g = self._file[table]
+            n = min(g[c].shape[0] for c in schema.columns(table))
+            keep = g["round"][:n] <= round
+            if keep.all() and all(g[c].shape[0] == n for c in schema.columns(table)):
+                continue
+            for name in schema.columns(table):
+                data = g[name][:n][keep]
+                g[name].resize((len(data),))
+                g[name][...] = data
+        self._file.attrs["completed_rounds"] = self._file["rounds/round"].shape[0]
+
+    # ------------------------------------------------------------ durability
+
+    def flush(self) -> None:
+        self._file.flush()
+        fsync(self._file)
+        if self._tmp is not None:
+            os.replace(self._tmp, self.path)  # the open handle follows the inode
+            fsync_dir(self.path.parent)
+            self._tmp = None
+
+    def finish(self, status: str, reason: str = "") -> None:
+        """Record how the run ended, flush and close."""
+        if status not in schema.STATUSES or status == "running":
+            raise ValueError(f"finish status {status!r}; allowed: completed, failed, interrupted")
+        if self._file is None:
+            raise ResultsError(f"{self.path}: finish() after close()")
+        self.set_attrs(status=status, failure_reason=reason, end_time=utc_now())
+        if self._tmp is not None and self._rounds_written == 0 and status != "completed":
+            # A failed start of an --overwrite run: the old results are worth more
+            # than an empty failed file, so keep them (close() drops the temp file).
+            self.close()
+            return
+        self.flush()
+        self.close()
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        if self._tmp is not None:  # never flushed: the old file stays as it was
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._file is None:
+            return
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("interrupted", "KeyboardInterrupt")
+        else:
+            self.finish("failed", f"{exc_type.__name__}: {exc}")

@@ -1,0 +1,259 @@
+"""`fedmpi run CONFIG`: one experiment; rank 0 is the server, ranks 1..N client workers.
+
+Two phases, so that nothing can hang:
+1. configuration: every rank parses and validates the same config (pure); an
+   Allreduce of the outcome makes every rank exit 2 together, rank 0 printing
+   the one message;
+2. the run: any exception on any rank is printed with the rank and cause, rank 0
+   marks the result file `failed`, and `MPI.COMM_WORLD.Abort` ends the job.
+Exit codes: 0 completed, 2 bad configuration, 75 interrupted (resumable), other
+non-zero failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+from fedmpi.errors import ConfigError
+from fedmpi.signals import EXIT_INTERRUPTED
+
+EXIT_CONFIG = 2
+FAIL_GRACE_S = 3.0  # how long a failing worker lets rank 0 record the failure
+
+
+def add_arguments(p) -> None:
+    p.add_argument("config", nargs="?", help="experiment YAML (not needed with --resume)")
+    p.add_argument("--out", help="result file (default: the config's output or results/<name>.h5)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing result file")
+    p.add_argument("--resume", metavar="FILE", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.local_epochs=10 (repeatable)")
+
+
+def main(args) -> int:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+
+    from fedmpi.transport import all_ok
+
+    error, plan = None, None
+    try:
+        plan = _plan(args, size)
+    except ConfigError as exc:
+        error = exc
+    if not all_ok(comm, error is None):
+        if rank == 0:
+            print(f"fedmpi: configuration error: {error or 'on another rank'}", file=sys.stderr)
+        return EXIT_CONFIG
+    if plan["already_completed"]:
+        if rank == 0:
+            print(f"fedmpi: {plan['out']} is already completed; nothing to resume")
+        return 0
+    return _run(comm, rank, size, local_rank, plan, args)
+
+
+def _plan(args, world_size: int) -> dict:
+    """Everything decided before training: identical on every rank, raises ConfigError."""
+    from fedmpi import config as cfgmod
+    from fedmpi import faults, models
+    from fedmpi.experiment import build_pipelines
+
+    already_completed = False
+    if args.resume:
+        cfg, text, already_completed = _resume_config(Path(args.resume))
+        out = Path(args.resume)
+    else:
+        if not args.config:
+            raise ConfigError("config", None, "a YAML config path (or --resume FILE)")
+        cfg, text = cfgmod.load(args.config, args.overrides)
+        out = Path(args.out) if args.out else cfg.output_path
+        if out.exists() and not args.overwrite:
+            raise ConfigError("--out", str(out), "a path that does not exist yet; pass --overwrite "
+                              "to replace it or --resume to continue it")
+    cfgmod.check_world(cfg, world_size)
+    faults.validate(cfg.run.fail_at)
+    build_pipelines(cfg)
+    if cfg.train.model not in models.available():
+        raise ConfigError("train.model", cfg.train.model, " | ".join(models.available()))
+    return {"cfg": cfg, "text": text, "out": out, "already_completed": already_completed}
+
+
+def _resume_config(path: Path):
+    import h5py
+
+    from fedmpi import config as cfgmod
+
+    if not path.is_file():
+        raise ConfigError("--resume", str(path), "an existing result file")
+    with h5py.File(path, "r", locking=False) as f:
+        status = str(f.attrs.get("status", ""))
+        resolved = json.loads(str(f.attrs["config_json"]))
+        text = str(f.attrs.get("config_yaml", ""))
+        has_checkpoint = "checkpoint" in f
+    if status != "completed" and not has_checkpoint:
+        raise ConfigError("--resume", str(path), "a result file with a checkpoint")
+    return cfgmod.from_dict(resolved), text, status == "completed"
+
+
+def _run(comm, rank, size, local_rank, plan, args) -> int:
+    from fedmpi.signals import StopFlag
+    from fedmpi.transport import Transport
+
+    cfg = plan["cfg"]
+    stop = StopFlag.install(rank)
+    net = Transport(comm)
+    writer = None
+    try:
+        if rank == 0:
+            writer, state = _open_results(plan, args, size)
+        from fedmpi.experiment import build
+        from fedmpi.faults import maybe_fail
+
+        maybe_fail(cfg, rank=rank, round=None, where="data")
+        exp = build(cfg, rank=rank, world_size=size, local_rank=local_rank)
+        if rank == 0:
+            return _serve(exp, net, writer, state, stop)
+        return _work(exp, net)
+    except BaseException as exc:  # noqa: BLE001 - any failure must end the whole job
+        _fail(comm, rank, exc, writer, net)
+        return 1  # not reached: Abort ends the process
+
+
+def _open_results(plan, args, size):
+    from fedmpi.results import ResultsWriter, read_checkpoint
+    from fedmpi.server import ServerState
+
+    cfg, out = plan["cfg"], plan["out"]
+    if args.resume:
+        import h5py
+
+        ckpt = read_checkpoint(out)
+        writer = ResultsWriter(out, attrs={}, resume=True)
+        writer.truncate_after(ckpt.round)
+        with h5py.File(out, "r", locking=False) as f:
+            cum = int(f["rounds/cum_wire_bytes"][ckpt.round]) if ckpt.round >= 0 else 0
+        writer.set_attrs(status="running", failure_reason="", completed_rounds=ckpt.round + 1,
+                         server_pid=os.getpid(),
+                         resumed_from_round=ckpt.round, world_size=size, num_workers=size - 1)
+        writer.flush()
+        state = ServerState(round=ckpt.round, global_state=ckpt.global_state,
+                            memory=ckpt.memories.get("server", {}), cum_bytes=cum)
+        return writer, state
+    from fedmpi.experiment import build_pipelines
+
+    writer = ResultsWriter(out, attrs=_metadata(cfg, plan["text"], size), overwrite=args.overwrite)
+    up, down = build_pipelines(cfg)
+    writer.set_codecs({0: "control", up.codec_id: up.name, down.codec_id: down.name})
+    # No flush yet: with --overwrite the old file is replaced only once a round is done.
+    return writer, None
+
+
+def _serve(exp, net, writer, state, stop) -> int:
+    from fedmpi.progress import Progress
+    from fedmpi.server import Server, ServerState
+
+    cfg = exp.cfg
+    progress = Progress(cfg.rounds, initial=0 if state is None else state.round + 1)
+    server = Server(exp, net, writer, progress, stop)
+    hellos = server.hellos()
+    writer.set_attrs(hosts=json.dumps([socket.gethostname()] + [h["host"] for h in hellos]),
+                     devices=json.dumps([str(exp.device)] + [h["device"] for h in hellos]))
+    writer.write_clients(client=list(range(cfg.clients.num_clients)),
+                         worker=[1 + c % exp.num_workers for c in range(cfg.clients.num_clients)],
+                         samples=exp.samples, class_histogram=exp.histogram)
+    if state is None:
+        state = ServerState(round=-1, global_state=exp.initial_state())
+    status = server.run(state)
+    progress.close()
+    writer.finish(status, f"stopped by {stop.signal_name}" if status == "interrupted" else "")
+    _print_summary(writer.path)
+    return 0 if status == "completed" else EXIT_INTERRUPTED
+
+
+def _work(exp, net) -> int:
+    from fedmpi.worker import ClientWorker
+
+    worker = ClientWorker(exp, net)
+    worker.hello()
+    status = worker.run()
+    return 0 if status == "completed" else EXIT_INTERRUPTED
+
+
+def _fail(comm, rank, exc, writer, net) -> None:
+    reason = f"{type(exc).__name__}: {exc}"
+    sys.stderr.write(f"fedmpi: rank {rank} failed: {reason}\n")
+    if not isinstance(exc, (ConfigError,)):
+        traceback.print_exception(exc, file=sys.stderr)
+    sys.stderr.flush()
+    if rank == 0:
+        if writer is not None:
+            try:
+                writer.finish("failed", reason if "rank" in reason else f"rank 0: {reason}")
+            except Exception as inner:  # noqa: BLE001 - still abort below
+                sys.stderr.write(f"fedmpi: could not mark the result file failed: {inner}\n")
+    else:
+        net.send_failure(0, f"rank {rank}: {reason}", FAIL_GRACE_S)
+    comm.Abort(1)
+
+
+def _metadata(cfg, text: str, size: int) -> dict:
+    import mpi4py
+    import numpy
+    import torch
+    from mpi4py import MPI
+
+    import fedmpi
+    from fedmpi.experiment import build_pipelines
+
+    up, down = build_pipelines(cfg)
+    return {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "config_yaml": text,
+        "config_json": cfg.to_json(),
+        "fedmpi_version": fedmpi.__version__,
+        "torch_version": torch.__version__,
+        "numpy_version": numpy.__version__,
+        "mpi4py_version": mpi4py.__version__,
+        "mpi_library_version": MPI.Get_library_version().strip().splitlines()[0],
+        "world_size": size,
+        "num_workers": size - 1,
+        "git_commit": _git_commit(),
+        "command": " ".join(sys.argv),
+        "server_pid": os.getpid(),  # where to send SIGUSR1/SIGTERM for a graceful stop
+        "uplink_codec": up.name,
+        "uplink_codec_id": up.codec_id,
+        "downlink_codec": down.name,
+        "downlink_codec_id": down.codec_id,
+    }
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parent, timeout=5)
+        commit = out.stdout.strip()
+        return commit + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _print_summary(path) -> None:
+    from fedmpi.summary import summary_lines
+
+    for line in summary_lines(path):
+        print(line, flush=True)
+    sys.stdout.flush()

@@ -1,0 +1,300 @@
+"""Server role (MPI rank 0): the round loop, fixed in this one place.
+
+Round r: sample clients -> ASSIGN to every worker -> MODEL (the encoded global
+model, encoded once) to each sampled client -> fold each UPDATE into the running
+FedAvg as it arrives -> REPORT from every worker (their message log) -> join the
+two logs -> evaluate the new global model as clients will receive it (downlink
+compression applied) -> write the round, its messages and a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedmpi import accounting, wire
+from fedmpi.aggregate import StreamingFedAvg
+from fedmpi.experiment import Experiment, sample_clients, worker_of
+from fedmpi.faults import maybe_fail
+from fedmpi.signals import StopFlag
+from fedmpi.train import evaluate, set_state
+from fedmpi.transport import (TAG_CONTROL, TAG_HELLO, TAG_MODEL, TAG_REPORT, TAG_UPDATE,
+                              Transport)
+from fedmpi.wire import Kind, WireFormatError
+
+from mpi4py import MPI
+
+
+@dataclass
+class Broadcast:
+    """The encoded global model for the next round and what clients decode from it."""
+
+    buffer: np.ndarray
+    reference: dict[str, np.ndarray]
+    encoded: object
+    encode_s: float
+
+
+@dataclass
+class RoundTimes:
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+    aggregate_s: float = 0.0
+    evaluate_s: float = 0.0
+    wait_s: float = 0.0
+
+
+@dataclass
+class ServerState:
+    """Everything a checkpoint must hold to continue bit-identically."""
+
+    round: int  # last completed round (-1 before the first)
+    global_state: dict[str, np.ndarray]
+    memory: dict[str, np.ndarray] = field(default_factory=dict)  # downlink residual
+    cum_bytes: int = 0  # wire bytes through `round`
+
+
+class Server:
+    def __init__(self, exp: Experiment, transport: Transport, writer, progress,
+                 stop: StopFlag):
+        self.exp = exp
+        self.cfg = exp.cfg
+        self.net = transport
+        self.writer = writer
+        self.progress = progress
+        self.stop = stop
+        self.ledger = accounting.Ledger()
+        self.totals = accounting.LinkTotals()
+        self.memory = exp.downlink.new_memory()
+        self.workers = list(range(1, exp.num_workers + 1))
+        self.x_test = torch.from_numpy(exp.test.x).to(exp.device)
+        self.y_test = torch.from_numpy(exp.test.y).to(exp.device)
+        self.cum_bytes = 0
+
+    def hellos(self) -> list[dict]:
+        """One hello per worker, in rank order (a worker that failed to start sends FAIL)."""
+        out = []
+        for w in self.workers:
+            buf, _, waited = self.net.recv(w, TAG_HELLO)
+            try:
+                _, payload = wire.parse(buf, expect_kind=Kind.REPORT)
+                info = json.loads(bytes(payload).decode())
+            except (WireFormatError, ValueError) as exc:
+                raise WireFormatError(f"server (rank 0): hello from rank {w}: {exc}") from None
+            self.ledger.log(round=-1, kind=Kind.REPORT, client=-1, worker=w, nbytes=len(buf),
+                            xfer_s=waited)
+            out.append({"host": str(info.get("host", "")), "device": str(info.get("device", ""))})
+        return out
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, state: ServerState) -> str:
+        """Run rounds after `state.round`; returns 'completed' or 'interrupted'."""
+        if self.memory is not None and state.memory:
+            self.memory.load(state.memory)
+        self.cum_bytes = state.cum_bytes
+        bcast = self._encode_broadcast(state.global_state, state.round + 1)
+        last = state.round
+        status = "completed"
+        for rnd in range(state.round + 1, self.cfg.rounds):
+            t_round = time.perf_counter()
+            times = RoundTimes(encode_s=bcast.encode_s)
+            new_global, stats = self._round(rnd, bcast, times)
+            memory_before = self.memory.state() if self.memory is not None else {}
+            bcast = self._encode_broadcast(new_global, rnd + 1)
+            times.encode_s += bcast.encode_s
+            acc, loss = self._evaluate(bcast.reference, rnd, times)
+            self._log_round(rnd, stats, times, acc, loss, bcast, t_round)
+            last = rnd
+            interrupted = self.stop.requested and rnd < self.cfg.rounds - 1
+            if interrupted or (rnd + 1) % self.cfg.run.checkpoint_every == 0 \
+                    or rnd == self.cfg.rounds - 1:
+                self.writer.save_checkpoint(round=rnd, global_state=new_global,
+                                            memories={"server": memory_before}, rng={})
+            self.writer.flush()
+            if interrupted:
+                status = "interrupted"
+                break
+        self._stop_workers(last + 1, status)
+        self.totals.check()
+        return status
+
+    # ------------------------------------------------------------------ one round
+
+    def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes):
+        exp, cfg = self.exp, self.cfg
+        sampled = sample_clients(cfg.seed, rnd, cfg.clients.num_clients, cfg.clients_per_round())
+        by_worker = {w: [int(c) for c in sampled if worker_of(c, exp.num_workers) == w]
+                     for w in self.workers}
+        for w, clients in by_worker.items():
+            buf = wire.frame(Kind.ASSIGN, round=rnd, client=-1,
+                             payload=np.asarray(clients, dtype="<i4").tobytes())
+            xfer = self.net.post(buf, w, TAG_CONTROL)
+            self.ledger.log(round=rnd, kind=Kind.ASSIGN, client=-1, worker=w,
+                            nbytes=len(buf), xfer_s=xfer)
+        enc = bcast.encoded
+        for c in sampled:
+            buf = wire.reframe(bcast.buffer, client=int(c))
+            w = worker_of(int(c), exp.num_workers)
+            xfer = self.net.post(buf, w, TAG_MODEL)
+            self.ledger.log(round=rnd, kind=Kind.MODEL, client=int(c), worker=w,
+                            nbytes=len(buf), dense_bytes=enc.dense_bytes, numel=enc.numel,
+                            nnz=enc.nnz, codec_id=exp.downlink.codec_id,
+                            codec_s=bcast.encode_s)
+
+        reference = bcast.reference if cfg.compression.target == "update" else None
+        fedavg = StreamingFedAvg(reference)
+        expected = {int(c) for c in sampled}
+        order = [int(c) for c in sampled]
+        for i in range(len(order)):
+            if cfg.run.deterministic:  # fixed summation order, whatever the arrival order
+                source = worker_of(order[i], exp.num_workers)
+            else:
+                source = MPI.ANY_SOURCE
+            buf, src, waited = self.net.recv(source, TAG_UPDATE)
+            times.wait_s += waited
+            client, tensors, decode_s = self._decode_update(buf, rnd, src, expected)
+            if cfg.run.deterministic and client != order[i]:
+                raise WireFormatError(f"round {rnd}: expected the update of client {order[i]} "
+                                      f"from rank {src}, got client {client}")
+            expected.discard(client)
+            times.decode_s += decode_s
+            t0 = time.perf_counter()
+            maybe_fail(cfg, rank=0, round=rnd, where="aggregate")
+            fedavg.add(tensors, weight=float(exp.samples[client]))
+            times.aggregate_s += time.perf_counter() - t0
+            self.ledger.log(round=rnd, kind=Kind.UPDATE, client=client, worker=src,
+                            nbytes=len(buf), codec_s=decode_s, xfer_s=waited)
+        t0 = time.perf_counter()
+        new_global = fedavg.result()
+        times.aggregate_s += time.perf_counter() - t0
+
+        worker_rows = self._collect_reports(rnd, times)
+        times.wait_s += self.net.complete()
+        return new_global, self._account(rnd, worker_rows)
+
+    def _decode_update(self, buf, rnd, src, expected):
+        exp = self.exp
+        try:
+            header, payload = wire.parse(buf, expect_kind=Kind.UPDATE)
+            if header.round != rnd or header.client not in expected:
+                raise WireFormatError(f"unexpected UPDATE for round {header.round} client "
+                                      f"{header.client}")
+            if worker_of(header.client, exp.num_workers) != src:
+                raise WireFormatError(f"client {header.client} is not hosted by rank {src}")
+            if header.codec_id != exp.uplink.codec_id:
+                raise WireFormatError(f"codec id {header.codec_id:#x} != uplink pipeline "
+                                      f"{exp.uplink.codec_id:#x}")
+            t0 = time.perf_counter()
+            tensors = exp.uplink.decode(payload, exp.spec)
+            return header.client, tensors, time.perf_counter() - t0
+        except WireFormatError as exc:
+            raise WireFormatError(f"server (rank 0), round {rnd}, update from rank {src}: "
+                                  f"{exc}") from None
+
+    def _collect_reports(self, rnd: int, times: RoundTimes) -> list[np.ndarray]:
+        rows = []
+        for w in self.workers:
+            buf, _, waited = self.net.recv(w, TAG_REPORT)
+            times.wait_s += waited
+            try:
+                header, payload = wire.parse(buf, expect_kind=Kind.REPORT)
+                if header.round != rnd:
+                    raise WireFormatError(f"REPORT for round {header.round}")
+                rows.append(accounting.parse_report(payload))
+            except WireFormatError as exc:
+                raise WireFormatError(f"server (rank 0), round {rnd}, report from rank {w}: "
+                                      f"{exc}") from None
+            self.ledger.log(round=rnd, kind=Kind.REPORT, client=-1, worker=w,
+                            nbytes=len(buf), xfer_s=waited)
+        return rows
+
+    def _account(self, rnd: int, worker_rows: list[np.ndarray]) -> dict:
+        worker_view = np.concatenate(worker_rows) if worker_rows else \
+            np.empty(0, accounting.VIEW_DTYPE)
+        columns = accounting.join(self.ledger.drain(), worker_view)
+        self.totals.add(columns)
+        self.writer.append_messages(columns)
+        updates = worker_view[worker_view["kind"] == Kind.UPDATE]
+        busy = {}
+        for row in worker_view:
+            busy[int(row["worker"])] = busy.get(int(row["worker"]), 0.0) + float(
+                row["compute_s"] + (row["codec_s"] if row["kind"] in (Kind.UPDATE, Kind.MODEL) else 0))
+        return {"columns": columns, "updates": updates, "max_worker_busy_s": max(busy.values(), default=0.0)}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _encode_broadcast(self, global_state, rnd: int) -> Broadcast:
+        t0 = time.perf_counter()
+        enc = self.exp.downlink.encode(global_state, memory=self.memory)
+        buf = wire.frame(Kind.MODEL, round=rnd, client=-1, payload=enc.payload,
+                         codec_id=self.exp.downlink.codec_id, n_tensors=len(global_state))
+        return Broadcast(buf, enc.reconstructed, enc, time.perf_counter() - t0)
+
+    def _evaluate(self, state, rnd: int, times: RoundTimes) -> tuple[float, float]:
+        if (rnd + 1) % self.cfg.run.eval_every and rnd != self.cfg.rounds - 1:
+            return float("nan"), float("nan")
+        t0 = time.perf_counter()
+        set_state(self.exp.model, state)
+        acc, loss = evaluate(self.exp.model, self.x_test, self.y_test,
+                             self.cfg.run.eval_batch_size)
+        times.evaluate_s += time.perf_counter() - t0
+        return acc, loss
+
+    def _log_round(self, rnd, stats, times: RoundTimes, acc, loss, bcast, t_round) -> None:
+        cols, updates = stats["columns"], stats["updates"]
+        # Startup hellos (round -1) count in the cumulative total only.
+        self.cum_bytes += int(cols["sender_bytes"].sum())
+        this = cols["round"] == rnd
+        up = this & (cols["direction"] == accounting.UP)
+        model = this & (cols["kind"] == Kind.MODEL)
+        update = this & (cols["kind"] == Kind.UPDATE)
+        control = this & ~(model | update)
+        samples = updates["samples"].astype(np.float64)
+        encode_s = times.encode_s + float(updates["codec_s"].sum())
+        client_decode = float(cols["decode_s"][model].sum())
+        row = {
+            "round": rnd,
+            "test_accuracy": acc,
+            "test_loss": loss,
+            "train_loss": float((updates["train_loss"] * samples).sum() / samples.sum()),
+            "participants": int(len(updates)),
+            "samples": int(samples.sum()),
+            "wall_s": 0.0,
+            "compute_s": float(updates["compute_s"].sum()),
+            "encode_s": encode_s,
+            "decode_s": times.decode_s + client_decode,
+            "communicate_s": max(0.0, times.wait_s - stats["max_worker_busy_s"]),
+            "aggregate_s": times.aggregate_s,
+            "evaluate_s": times.evaluate_s,
+            "wait_s": times.wait_s,
+            "up_bytes": int(cols["sender_bytes"][update].sum()),
+            "down_bytes": int(cols["sender_bytes"][model].sum()),
+            "control_bytes": int(cols["sender_bytes"][control].sum()),
+            "dense_up_bytes": int(cols["dense_bytes"][update].sum()),
+            "dense_down_bytes": int(cols["dense_bytes"][model].sum()),
+            "cum_wire_bytes": self.cum_bytes,
+            "up_nnz": int(cols["nnz"][update & up].sum()),
+            "down_nnz": int(cols["nnz"][model].sum()),
+        }
+        row["wall_s"] = time.perf_counter() - t_round
+        self.writer.append_round(row)
+        self.writer.set_attrs(completed_rounds=rnd + 1, cum_wire_bytes=self.cum_bytes)
+        self.progress.update(row)
+
+    def _stop_workers(self, rnd: int, status: str) -> None:
+        """STOP every worker, then join their final reports (which log the STOP)."""
+        for w in self.workers:
+            buf = wire.frame(Kind.STOP, round=rnd, client=-1, payload=status.encode())
+            xfer = self.net.send(buf, w, TAG_CONTROL)
+            self.ledger.log(round=rnd, kind=Kind.STOP, client=-1, worker=w, nbytes=len(buf),
+                            xfer_s=xfer)
+        times = RoundTimes()
+        rows = self._collect_reports(rnd, times)
+        stats = self._account(rnd, rows)
+        self.cum_bytes += int(stats["columns"]["sender_bytes"].sum())
+        self.writer.set_attrs(cum_wire_bytes=self.cum_bytes)

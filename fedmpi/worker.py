@@ -1,0 +1,146 @@
+"""Client worker role (MPI ranks 1..N): hosts virtual clients, trains them in turn.
+
+Per round: receive ASSIGN (the clients to run) or STOP; for each assigned client
+receive its MODEL, train, encode and send its UPDATE; finally send a REPORT with
+this rank's own log of every message it sent or received, which the server joins
+with its own log (exact byte accounting).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import numpy as np
+import torch
+
+from fedmpi import accounting, wire
+from fedmpi.experiment import Experiment, client_generator
+from fedmpi.faults import maybe_corrupt, maybe_fail
+from fedmpi.train import get_state, set_state, train_local
+from fedmpi.transport import (TAG_CONTROL, TAG_HELLO, TAG_MODEL, TAG_REPORT, TAG_UPDATE,
+                              Transport)
+from fedmpi.wire import Kind, WireFormatError
+
+SERVER = 0
+
+
+class ClientWorker:
+    def __init__(self, exp: Experiment, transport: Transport):
+        self.exp = exp
+        self.net = transport
+        self.rank = transport.rank
+        self.ledger = accounting.Ledger()
+        self.memories = {c: exp.uplink.new_memory() for c in exp.clients_of(self.rank)}
+        # Training data moves to the device once; clients index into it.
+        self.x = torch.from_numpy(exp.train.x).to(exp.device)
+        self.y = torch.from_numpy(exp.train.y).to(exp.device)
+        self.parts = {c: torch.from_numpy(exp.parts[c]).to(exp.device)
+                      for c in exp.clients_of(self.rank)}
+
+    def run(self) -> str:
+        """Serve rounds until STOP; returns the run status the server sent with it."""
+        while True:
+            buf, _, waited = self.net.recv(SERVER, TAG_CONTROL)
+            header, payload = self._parse(buf, None, where="control message")
+            self.ledger.log(round=header.round, kind=header.kind, client=-1, worker=self.rank,
+                            nbytes=len(buf), xfer_s=waited)
+            if header.kind == Kind.STOP:
+                self._report(header.round)
+                return bytes(payload).decode("utf-8", "replace") or "completed"
+            if header.kind != Kind.ASSIGN:
+                raise WireFormatError(f"rank {self.rank}: expected ASSIGN or STOP, got {header.kind.name}")
+            clients = self._clients(payload, header.round)
+            for client in clients:
+                self._serve(header.round, client)
+            self._report(header.round)
+
+    def hello(self) -> None:
+        """Tell the server where this worker runs (JSON, read with json.loads only).
+
+        Logged as round -1 ("startup") so that even this message is accounted.
+        """
+        info = {"host": socket.gethostname(), "device": _device_name(self.exp.device)}
+        buf = wire.frame(Kind.REPORT, round=0, client=-1, payload=json.dumps(info).encode())
+        sent = self.net.send(buf, SERVER, TAG_HELLO)
+        self.ledger.log(round=-1, kind=Kind.REPORT, client=-1, worker=self.rank,
+                        nbytes=len(buf), xfer_s=sent)
+
+    def _clients(self, payload: memoryview, rnd: int) -> list[int]:
+        if len(payload) % 4:
+            raise WireFormatError(f"rank {self.rank} round {rnd}: ASSIGN payload of {len(payload)} bytes")
+        clients = np.frombuffer(bytes(payload), dtype="<i4").tolist()
+        mine = set(self.parts)
+        bad = [c for c in clients if c not in mine]
+        if bad:
+            raise WireFormatError(f"rank {self.rank} round {rnd}: assigned clients {bad} it does not host")
+        return clients
+
+    def _serve(self, rnd: int, client: int) -> None:
+        exp, cfg = self.exp, self.exp.cfg
+        buf, _, waited = self.net.recv(SERVER, TAG_MODEL)
+        header, payload = self._parse(buf, Kind.MODEL, where=f"round {rnd} client {client}")
+        if header.round != rnd or header.client != client:
+            raise WireFormatError(
+                f"rank {self.rank}: expected MODEL for round {rnd} client {client}, "
+                f"got round {header.round} client {header.client}")
+        if header.codec_id != exp.downlink.codec_id:
+            raise WireFormatError(
+                f"rank {self.rank} round {rnd} client {client}: MODEL codec id "
+                f"{header.codec_id:#x} != downlink pipeline {exp.downlink.codec_id:#x}")
+        t0 = time.perf_counter()
+        try:
+            start = exp.downlink.decode(payload, exp.spec)
+        except WireFormatError as exc:
+            raise WireFormatError(f"rank {self.rank} round {rnd} client {client}: {exc}") from None
+        decode_s = time.perf_counter() - t0
+        self.ledger.log(round=rnd, kind=Kind.MODEL, client=client, worker=self.rank,
+                        nbytes=len(buf), codec_s=decode_s, xfer_s=waited)
+
+        maybe_fail(cfg, rank=self.rank, round=rnd, where="train")
+        set_state(exp.model, start)
+        t = cfg.train
+        loss, compute_s = train_local(
+            exp.model, self.x[self.parts[client]], self.y[self.parts[client]],
+            epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
+            weight_decay=t.weight_decay, generator=client_generator(cfg.seed, rnd, client))
+        local = get_state(exp.model)
+        if cfg.compression.target == "update":
+            local = {k: local[k] - start[k] for k in local}
+
+        t0 = time.perf_counter()
+        enc = exp.uplink.encode(local, memory=self.memories[client])
+        out = wire.frame(Kind.UPDATE, round=rnd, client=client, payload=enc.payload,
+                         codec_id=exp.uplink.codec_id, n_tensors=len(local))
+        encode_s = time.perf_counter() - t0
+        out = maybe_corrupt(cfg, self.rank, rnd, out)
+        sent = self.net.send(out, SERVER, TAG_UPDATE)
+        self.ledger.log(round=rnd, kind=Kind.UPDATE, client=client, worker=self.rank,
+                        nbytes=len(out), dense_bytes=enc.dense_bytes, numel=enc.numel,
+                        nnz=enc.nnz, codec_id=exp.uplink.codec_id, codec_s=encode_s,
+                        xfer_s=sent, compute_s=compute_s, train_loss=loss,
+                        samples=len(self.parts[client]))
+
+    def _report(self, rnd: int) -> None:
+        """Send this rank's log; the report logs itself (its size is known in advance)."""
+        rows = self.ledger.rows
+        size = wire.HEADER_SIZE + (len(rows) + 1) * accounting.VIEW_DTYPE.itemsize
+        self.ledger.log(round=rnd, kind=Kind.REPORT, client=-1, worker=self.rank, nbytes=size)
+        buf = wire.frame(Kind.REPORT, round=rnd, client=-1,
+                         payload=accounting.report_payload(self.ledger.drain()))
+        assert len(buf) == size, (len(buf), size)
+        self.net.send(buf, SERVER, TAG_REPORT)
+
+    def _parse(self, buf: np.ndarray, kind: Kind | None, where: str):
+        try:
+            return wire.parse(buf, expect_kind=kind)
+        except WireFormatError as exc:
+            raise WireFormatError(f"rank {self.rank}, {where}: {exc}") from None
+
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)

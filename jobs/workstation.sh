@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One fedmpi experiment on this machine with mpiexec.
+#
+#   jobs/workstation.sh CONFIG [-n RANKS] [fedmpi run args...]
+#   jobs/workstation.sh configs/quickstart.yaml -n 3 --set rounds=5 --out results/q.h5
+#
+# RANKS = 1 server + client workers; default 1 + number of GPUs when there are GPUs,
+# else 3. The launcher is .venv/bin/mpiexec when present (the PyPI mpich wheel), else
+# `mpiexec` on PATH; override with MPIEXEC=/path/to/mpiexec, add launcher options with
+# MPIEXEC_ARGS="...". Open MPI as root gets --allow-run-as-root's variables set for you.
+#
+# GPUs: when nvidia-smi lists GPUs (or CUDA_VISIBLE_DEVICES is set), every rank runs
+# through jobs/gpu-bind.sh, which gives it one GPU via CUDA_VISIBLE_DEVICES from its
+# node-local rank L: GPU (L-1) mod G, so worker ranks 1..G get GPUs 0..G-1 (the same
+# mapping fedmpi run uses, cuda:(local_rank-1) % ngpus). FEDMPI_GPU_BIND=0 turns it off.
+#
+# The exit status is the run's: 0 completed, 75 interrupted by SIGUSR1 or SIGTERM
+# (SIGUSR1/SIGTERM to mpiexec are forwarded to every rank; rank 0 checkpoints) and
+# resumable with: jobs/workstation.sh CONFIG --resume FILE.h5 ; anything else failed.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+
+usage() { echo "usage: $0 CONFIG [-n RANKS] [fedmpi run args...]" >&2; exit 2; }
+
+ranks=""
+config=""
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -n|--ranks) [ $# -ge 2 ] || usage; ranks=$2; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) if [ -z "$config" ]; then config=$1; else args+=("$1"); fi; shift ;;
+    esac
+done
+[ -n "$config" ] || usage
+
+ngpus=0
+if command -v nvidia-smi >/dev/null 2>&1; then
+    ngpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+fi
+if [ -z "$ranks" ]; then
+    if [ "$ngpus" -gt 0 ]; then ranks=$((ngpus + 1)); else ranks=3; fi
+fi
+[[ "$ranks" =~ ^[0-9]+$ ]] && [ "$ranks" -ge 2 ] || {
+    echo "$0: -n must be >= 2 (1 server + >= 1 client worker), got '$ranks'" >&2; exit 2; }
+
+python=python3
+[ -x "$root/.venv/bin/python" ] && python=$root/.venv/bin/python
+if [ -z "${MPIEXEC:-}" ]; then
+    if [ -x "$root/.venv/bin/mpiexec" ]; then MPIEXEC=$root/.venv/bin/mpiexec
+    elif command -v mpiexec >/dev/null; then MPIEXEC=$(command -v mpiexec)
+    else echo "$0: no mpiexec (install the mpich wheel in .venv or load an MPI module)" >&2; exit 2
+    fi
+fi
+if [ "$(id -u)" = 0 ] && "$MPIEXEC" --version 2>/dev/null | grep -qi 'open mpi\|open-rte'; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+
+bind=()
+if [ "${FEDMPI_GPU_BIND:-1}" != 0 ] && { [ "$ngpus" -gt 0 ] || [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; }; then
+    bind=(bash "$here/gpu-bind.sh")
+fi
+
+# shellcheck disable=SC2086  # MPIEXEC_ARGS is a word list on purpose
+set -x
+exec "$MPIEXEC" -n "$ranks" ${MPIEXEC_ARGS:-} "${bind[@]}" "$python" -m fedmpi run "$config" "${args[@]}"

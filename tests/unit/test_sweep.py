@@ -1,0 +1,145 @@
+"""Sweep expansion: order, names, joined keys, and errors (no MPI, no runs)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from fedmpi import sweep as sw
+from fedmpi.errors import ConfigError
+
+THETA = "compression.uplink.0.prune.rate,compression.downlink.0.prune.rate"
+SAFE = re.compile(r"^[A-Za-z0-9._+=-]+$")
+
+
+def base_config() -> dict:
+    stage = [{"prune": {"rate": 0.5}}, {"zstd": {"level": 3}}]
+    return {"name": "q", "rounds": 2, "compression": {"uplink": list(stage), "downlink": list(stage)}}
+
+
+def test_product_in_file_order_last_key_fastest():
+    tasks = sw.expand({"base": {}, "grid": {"train.lr": [0.1, 0.2], "seed": [0, 1, 2]}})
+    assert [t.index for t in tasks] == list(range(6))
+    assert [dict(t.overrides)["train.lr"] for t in tasks] == [0.1] * 3 + [0.2] * 3
+    assert [dict(t.overrides)["seed"] for t in tasks] == [0, 1, 2] * 2
+    assert tasks[4].name == "lr=0.2_seed=1"
+
+
+def test_expansion_is_deterministic_and_names_are_safe_and_unique():
+    sweep = {"grid": {"train.model": ["mlp", "cnn small"], "data.partition.alpha": [0.1, 1e-5]}}
+    a, b = sw.expand(sweep), sw.expand(yaml.safe_load(yaml.safe_dump(sweep, sort_keys=False)))
+    assert a == b
+    names = [t.name for t in a]
+    assert len(set(names)) == len(names)
+    assert all(SAFE.match(n) for n in names), names
+
+
+def test_names_do_not_depend_on_other_values_in_the_grid():
+    small = sw.expand({"grid": {"seed": [0, 1]}})
+    large = sw.expand({"grid": {"seed": [5, 0, 1]}})
+    assert {t.name for t in small} <= {t.name for t in large}
+
+
+def test_joined_key_sets_every_path_to_the_same_value():
+    tasks = sw.expand({"grid": {THETA: [0.0, 0.9]}, "labels": {THETA: "theta"}})
+    assert [t.name for t in tasks] == ["theta=0.0", "theta=0.9"]
+    cfg = tasks[1].apply(base_config())
+    assert cfg["compression"]["uplink"][0]["prune"]["rate"] == 0.9
+    assert cfg["compression"]["downlink"][0]["prune"]["rate"] == 0.9
+    assert cfg["compression"]["uplink"][1] == {"zstd": {"level": 3}}
+
+
+def test_apply_does_not_mutate_the_base():
+    base = base_config()
+    sw.expand({"grid": {THETA: [0.9]}})[0].apply(base)
+    assert base == base_config()
+
+
+def test_labels_default_to_the_shortest_unambiguous_suffix():
+    tasks = sw.expand({"grid": {"compression.uplink.0.prune.rate": [0.5],
+                                "compression.downlink.0.prune.rate": [0.9],
+                                "train.lr": [0.1]}})
+    assert tasks[0].name == "uplink.0.prune.rate=0.5_downlink.0.prune.rate=0.9_lr=0.1"
+
+
+def test_seeds_is_sugar_for_a_last_seed_key_and_set_applies_to_all():
+    tasks = sw.expand({"set": {"rounds": 3}, "grid": {"train.lr": [0.1]}, "seeds": [0, 1]})
+    assert [t.name for t in tasks] == ["lr=0.1_seed=0", "lr=0.1_seed=1"]
+    assert tasks[1].overrides == (("rounds", 3), ("train.lr", 0.1), ("seed", 1))
+
+
+def test_empty_grid_is_one_task_named_base():
+    (task,) = sw.expand({"base": {"rounds": 1}})
+    assert task.name == "base" and task.overrides == ()
+
+
+def test_unsafe_or_long_values_get_a_stable_hash():
+    tasks = sw.expand({"grid": {"compression.uplink": [[{"prune": {"rate": 0.5}}], []],
+                                "name": ["a/b"]}})
+    assert all(SAFE.match(t.name) for t in tasks)
+    assert tasks[0].name == sw.expand({"grid": {"compression.uplink": [[{"prune": {"rate": 0.5}}]],
+                                                "name": ["a/b"]}})[0].name
+
+
+@pytest.mark.parametrize(
+    ("sweep", "field"),
+    [
+        ([], "sweep"),
+        ({"grid": {}, "seedz": [1]}, "sweep.seedz"),
+        ({"grid": [1, 2]}, "sweep.grid"),
+        ({"grid": {"seed": []}}, "sweep.grid.seed"),
+        ({"grid": {"seed": 3}}, "sweep.grid.seed"),
+        ({"grid": {"seed": [1, 1]}}, "sweep.grid.seed"),
+        ({"grid": {"train..lr": [1]}}, "sweep.grid.train..lr"),
+        ({"grid": {"seed": [1], "train.lr,seed": [2]}}, "sweep.grid.train.lr,seed"),
+        ({"grid": {"seed": [1]}, "seeds": [2]}, "sweep.seeds"),
+        ({"grid": {"seed": [1]}, "labels": {"train.lr": "x"}}, "sweep.labels.train.lr"),
+        ({"grid": {"seed": [1]}, "labels": {"seed": "a/b"}}, "sweep.labels.seed"),
+        ({"grid": {"train.lr": [1, "1"]}}, "sweep.grid"),  # both named lr=1
+        ({"set": ["rounds=1"]}, "sweep.set"),
+    ],
+)
+def test_bad_sweeps_raise_config_error_naming_the_field(sweep, field):
+    with pytest.raises(ConfigError) as info:
+        sw.expand(sweep)
+    assert info.value.field == field
+
+
+def test_load_resolves_base_path_and_validates_every_task(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"name": "q", "rounds": 2}))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "grid": {"rounds": [1, 3]}}))
+    loaded = sw.load(path)
+    assert loaded.name == "s" and [t.name for t in loaded.tasks] == ["rounds=1", "rounds=3"]
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "grid": {"rounds": [1, 0]}}))
+    with pytest.raises(ConfigError, match="task 1 .rounds=0.: rounds"):
+        sw.load(path)
+    path.write_text(yaml.safe_dump({"base": "missing.yaml"}))
+    with pytest.raises(ConfigError, match="sweep.base"):
+        sw.load(path)
+
+
+def test_cli_list_count_and_dry_run(tmp_path, capsys):
+    from fedmpi.cli import main
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"name": "q", "rounds": 2}))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "demo", "base": "base.yaml", "seeds": [0, 1]}))
+    assert main(["sweep", str(path), "--count"]) == 0
+    assert capsys.readouterr().out.strip() == "2"
+    assert main(["sweep", str(path), "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["0\tseed=0\tseed=0", "1\tseed=1\tseed=1"]
+    out_dir = tmp_path / "res"
+    assert main(["sweep", str(path), "--task", "1", "--out-dir", str(out_dir), "--dry-run"]) == 0
+    assert f"{out_dir}/seed=1.h5" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--task", "2"]) == 2
+    assert main(["sweep", str(tmp_path / "nope.yaml"), "--count"]) == 2
+
+
+def test_committed_sweeps_expand(capsys):
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "configs" / "sweeps").glob("*.yaml")):
+        assert sw.load(path).tasks, path
