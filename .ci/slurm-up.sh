@@ -113,9 +113,10 @@ fi
 # --- 4. daemons ---------------------------------------------------------------------------
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-if [ "$conf_changed" = 1 ] && alive "$RUN_DIR/slurmctld.pid"; then
-    log "config changed: reconfiguring the running daemons"
-    scontrol reconfigure || true
+if [ "$conf_changed" = 1 ] && { alive "$RUN_DIR/slurmctld.pid" || alive "$RUN_DIR/slurmd.pid"; }; then
+    # `scontrol reconfigure` does not apply everything (AuthInfo is read at start-up).
+    log "config changed: restarting the running daemons"
+    SLURM_DOWN_KEEP_MUNGE=1 bash "$(dirname "$0")/slurm-down.sh"
 fi
 if ! alive "$RUN_DIR/slurmctld.pid"; then
     # -c: forget jobs saved by an earlier controller (a killed session's test jobs would

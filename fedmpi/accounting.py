@@ -51,7 +51,8 @@ class AccountingError(FedMPIError):
 
 
 def direction_of(kind: Kind) -> int:
-    return UP if kind in (Kind.UPDATE, Kind.REPORT, Kind.FAIL) else DOWN
+    """The usual direction of a kind (MEMORY goes both ways: callers say which)."""
+    return UP if kind in (Kind.UPDATE, Kind.REPORT, Kind.FAIL, Kind.MEMORY) else DOWN
 
 
 @dataclass
@@ -63,8 +64,10 @@ class Ledger:
     def log(self, *, round: int, kind: Kind, client: int, worker: int, nbytes: int,
             dense_bytes: int = 0, numel: int = 0, nnz: int = 0, codec_id: int = 0,
             codec_s: float = 0.0, xfer_s: float = 0.0, compute_s: float = 0.0,
-            train_loss: float = float("nan"), samples: int = 0) -> None:
-        self.rows.append((round, int(kind), direction_of(kind), client, worker, nbytes,
+            train_loss: float = float("nan"), samples: int = 0,
+            direction: int | None = None) -> None:
+        way = direction_of(kind) if direction is None else direction
+        self.rows.append((round, int(kind), way, client, worker, nbytes,
                           dense_bytes, numel, nnz, codec_id, codec_s, xfer_s, compute_s,
                           train_loss, samples))
 

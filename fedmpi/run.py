@@ -118,10 +118,15 @@ def _run(comm, rank, size, local_rank, plan, args) -> int:
         from fedmpi.faults import maybe_fail
 
         maybe_fail(cfg, rank=rank, round=None, where="data")
+        if rank == 0:  # decode/cache the data set once, before every rank loads it
+            from fedmpi import data
+
+            data.prepare(cfg.data.dataset, path=cfg.data.path)
+        net.barrier()
         exp = build(cfg, rank=rank, world_size=size, local_rank=local_rank)
         if rank == 0:
             return _serve(exp, net, writer, state, stop)
-        return _work(exp, net)
+        return _work(exp, net, resumed=bool(args.resume))
     except BaseException as exc:  # noqa: BLE001 - any failure must end the whole job
         _fail(comm, rank, exc, writer, net)
         return 1  # not reached: Abort ends the process
@@ -145,7 +150,10 @@ def _open_results(plan, args, size):
                          resumed_from_round=ckpt.round, world_size=size, num_workers=size - 1)
         writer.flush()
         state = ServerState(round=ckpt.round, global_state=ckpt.global_state,
-                            memory=ckpt.memories.get("server", {}), cum_bytes=cum)
+                            memory=ckpt.memories.get("server", {}), cum_bytes=cum,
+                            client_memories={int(k.split("_", 1)[1]): v
+                                             for k, v in ckpt.memories.items()
+                                             if k.startswith("client_")})
         return writer, state
     from fedmpi.experiment import build_pipelines
 
@@ -178,11 +186,13 @@ def _serve(exp, net, writer, state, stop) -> int:
     return 0 if status == "completed" else EXIT_INTERRUPTED
 
 
-def _work(exp, net) -> int:
+def _work(exp, net, resumed: bool) -> int:
     from fedmpi.worker import ClientWorker
 
     worker = ClientWorker(exp, net)
     worker.hello()
+    if resumed:
+        worker.restore_memories()
     status = worker.run()
     return 0 if status == "completed" else EXIT_INTERRUPTED
 

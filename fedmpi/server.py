@@ -22,8 +22,10 @@ from fedmpi.experiment import Experiment, sample_clients, worker_of
 from fedmpi.faults import maybe_fail
 from fedmpi.signals import StopFlag
 from fedmpi.train import evaluate, set_state
-from fedmpi.transport import (TAG_CONTROL, TAG_HELLO, TAG_MODEL, TAG_REPORT, TAG_UPDATE,
-                              Transport)
+from fedmpi.compress import build_pipeline
+from fedmpi.transport import (TAG_CONTROL, TAG_HELLO, TAG_MEMORY, TAG_MODEL, TAG_REPORT,
+                              TAG_UPDATE, Transport)
+from fedmpi.worker import SNAPSHOT
 from fedmpi.wire import Kind, WireFormatError
 
 from mpi4py import MPI
@@ -56,6 +58,7 @@ class ServerState:
     global_state: dict[str, np.ndarray]
     memory: dict[str, np.ndarray] = field(default_factory=dict)  # downlink residual
     cum_bytes: int = 0  # wire bytes through `round`
+    client_memories: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # uplink
 
 
 class Server:
@@ -70,6 +73,12 @@ class Server:
         self.ledger = accounting.Ledger()
         self.totals = accounting.LinkTotals()
         self.memory = exp.downlink.new_memory()
+        # With uplink error feedback the residuals live on the workers; checkpoints need
+        # them, so checkpoint rounds ask for a snapshot (ASSIGN flag) and a graceful stop
+        # waits for a round that had one.
+        self.uplink_memory = exp.uplink.new_memory() is not None
+        self.dense = build_pipeline([], field="(checkpoint)")
+        self.client_memories: dict[int, dict[str, np.ndarray]] = {}
         self.workers = list(range(1, exp.num_workers + 1))
         self.x_test = torch.from_numpy(exp.test.x).to(exp.device)
         self.y_test = torch.from_numpy(exp.test.y).to(exp.device)
@@ -94,27 +103,36 @@ class Server:
 
     def run(self, state: ServerState) -> str:
         """Run rounds after `state.round`; returns 'completed' or 'interrupted'."""
+        # A checkpoint stores tensors by name; the wire format wants the model's order.
+        state.global_state = {name: state.global_state[name] for name, _ in self.exp.spec}
         if self.memory is not None and state.memory:
             self.memory.load(state.memory)
         self.cum_bytes = state.cum_bytes
+        if state.round >= 0:  # resumed
+            self.restore_client_memories(state.client_memories)
         bcast = self._encode_broadcast(state.global_state, state.round + 1)
         last = state.round
         status = "completed"
+        every = self.cfg.run.checkpoint_every
         for rnd in range(state.round + 1, self.cfg.rounds):
             t_round = time.perf_counter()
+            due = (rnd + 1) % every == 0 or rnd == self.cfg.rounds - 1
+            snapshot = self.uplink_memory and (due or self.stop.requested)
             times = RoundTimes(encode_s=bcast.encode_s)
-            new_global, stats = self._round(rnd, bcast, times)
+            new_global, stats = self._round(rnd, bcast, times, snapshot)
             memory_before = self.memory.state() if self.memory is not None else {}
             bcast = self._encode_broadcast(new_global, rnd + 1)
             times.encode_s += bcast.encode_s
             acc, loss = self._evaluate(bcast.reference, rnd, times)
             self._log_round(rnd, stats, times, acc, loss, bcast, t_round)
             last = rnd
-            interrupted = self.stop.requested and rnd < self.cfg.rounds - 1
-            if interrupted or (rnd + 1) % self.cfg.run.checkpoint_every == 0 \
-                    or rnd == self.cfg.rounds - 1:
+            can_stop = snapshot or not self.uplink_memory
+            interrupted = self.stop.requested and can_stop and rnd < self.cfg.rounds - 1
+            if interrupted or due:
+                memories = {"server": memory_before}
+                memories.update({f"client_{c}": m for c, m in self.client_memories.items()})
                 self.writer.save_checkpoint(round=rnd, global_state=new_global,
-                                            memories={"server": memory_before}, rng={})
+                                            memories=memories, rng={})
             self.writer.flush()
             if interrupted:
                 status = "interrupted"
@@ -125,14 +143,15 @@ class Server:
 
     # ------------------------------------------------------------------ one round
 
-    def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes):
+    def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes, snapshot: bool):
         exp, cfg = self.exp, self.cfg
         sampled = sample_clients(cfg.seed, rnd, cfg.clients.num_clients, cfg.clients_per_round())
         by_worker = {w: [int(c) for c in sampled if worker_of(c, exp.num_workers) == w]
                      for w in self.workers}
         for w, clients in by_worker.items():
+            flags = SNAPSHOT if snapshot else 0
             buf = wire.frame(Kind.ASSIGN, round=rnd, client=-1,
-                             payload=np.asarray(clients, dtype="<i4").tobytes())
+                             payload=np.asarray([flags, *clients], dtype="<i4").tobytes())
             xfer = self.net.post(buf, w, TAG_CONTROL)
             self.ledger.log(round=rnd, kind=Kind.ASSIGN, client=-1, worker=w,
                             nbytes=len(buf), xfer_s=xfer)
@@ -173,7 +192,7 @@ class Server:
         new_global = fedavg.result()
         times.aggregate_s += time.perf_counter() - t0
 
-        worker_rows = self._collect_reports(rnd, times)
+        worker_rows = self._collect_reports(rnd, times, snapshot)
         times.wait_s += self.net.complete()
         return new_global, self._account(rnd, worker_rows)
 
@@ -196,9 +215,12 @@ class Server:
             raise WireFormatError(f"server (rank 0), round {rnd}, update from rank {src}: "
                                   f"{exc}") from None
 
-    def _collect_reports(self, rnd: int, times: RoundTimes) -> list[np.ndarray]:
+    def _collect_reports(self, rnd: int, times: RoundTimes,
+                         snapshot: bool = False) -> list[np.ndarray]:
         rows = []
         for w in self.workers:
+            if snapshot:
+                self._receive_memories(rnd, w, times)
             buf, _, waited = self.net.recv(w, TAG_REPORT)
             times.wait_s += waited
             try:
@@ -225,6 +247,40 @@ class Server:
             busy[int(row["worker"])] = busy.get(int(row["worker"]), 0.0) + float(
                 row["compute_s"] + (row["codec_s"] if row["kind"] in (Kind.UPDATE, Kind.MODEL) else 0))
         return {"columns": columns, "updates": updates, "max_worker_busy_s": max(busy.values(), default=0.0)}
+
+    def _receive_memories(self, rnd: int, w: int, times: RoundTimes) -> None:
+        for client in self.exp.clients_of(w):
+            buf, _, waited = self.net.recv(w, TAG_MEMORY)
+            times.wait_s += waited
+            try:
+                header, payload = wire.parse(buf, expect_kind=Kind.MEMORY)
+                if header.round != rnd or header.client != client:
+                    raise WireFormatError(f"residual for round {header.round} client "
+                                          f"{header.client}, expected client {client}")
+                self.client_memories[client] = self.dense.decode(payload, self.exp.spec)
+            except WireFormatError as exc:
+                raise WireFormatError(f"server (rank 0), round {rnd}, residuals from rank {w}: "
+                                      f"{exc}") from None
+            self.ledger.log(round=rnd, kind=Kind.MEMORY, client=client, worker=w,
+                            nbytes=len(buf), xfer_s=waited, direction=accounting.UP)
+
+    def restore_client_memories(self, memories: dict[int, dict[str, np.ndarray]]) -> None:
+        """On --resume: give every worker its clients' residuals back (rank order)."""
+        if not self.uplink_memory:
+            return
+        for c in range(self.cfg.clients.num_clients):
+            if c not in memories:
+                raise WireFormatError(f"checkpoint has no error-feedback residual for client {c}")
+            state = {name: memories[c][name] for name, _ in self.exp.spec}
+            enc = self.dense.encode(state)
+            buf = wire.frame(Kind.MEMORY, round=0, client=c, payload=enc.payload,
+                             codec_id=self.dense.codec_id, n_tensors=len(state))
+            w = worker_of(c, self.exp.num_workers)
+            xfer = self.net.post(buf, w, TAG_MEMORY)
+            self.ledger.log(round=-1, kind=Kind.MEMORY, client=c, worker=w, nbytes=len(buf),
+                            dense_bytes=enc.dense_bytes, numel=enc.numel, nnz=enc.nnz,
+                            codec_id=self.dense.codec_id, xfer_s=xfer, direction=accounting.DOWN)
+        self.client_memories = dict(memories)
 
     # ------------------------------------------------------------------ helpers
 

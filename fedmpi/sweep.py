@@ -85,7 +85,7 @@ def expand(sweep: dict) -> list[Task]:
     for index, combo in enumerate(itertools.product(*(values for _, values, _ in axes))):
         overrides = list(fixed)
         parts = []
-        for (paths, _, label), value in zip(axes, combo):
+        for (paths, _, label), value in zip(axes, combo, strict=True):
             overrides += [(p, value) for p in paths]
             parts.append(f"{label}={_format_value(value)}")
         name = "_".join(parts) or "base"

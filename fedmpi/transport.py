@@ -23,6 +23,7 @@ TAG_MODEL = 2
 TAG_UPDATE = 3
 TAG_REPORT = 4
 TAG_HELLO = 5
+TAG_MEMORY = 6
 TAG_FAIL = 9
 
 TAG_OF = {
@@ -91,6 +92,13 @@ class Transport:
         buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
         msg.Recv([buf, MPI.BYTE])
         return buf, status.Get_source(), time.perf_counter() - t0
+
+    def barrier(self) -> None:
+        """A barrier that sleeps while it waits and notices a failing rank."""
+        req = self.comm.Ibarrier()
+        while not req.Test():
+            self._check_failures()
+            time.sleep(0.01)
 
     def _check_failures(self) -> None:
         status = MPI.Status()

@@ -48,6 +48,7 @@ class Kind(enum.IntEnum):
     REPORT = 4
     STOP = 5
     FAIL = 6
+    MEMORY = 7  # error-feedback residuals for checkpoints and resume
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,13 @@ from fedmpi import accounting, wire
 from fedmpi.experiment import Experiment, client_generator
 from fedmpi.faults import maybe_corrupt, maybe_fail
 from fedmpi.train import get_state, set_state, train_local
-from fedmpi.transport import (TAG_CONTROL, TAG_HELLO, TAG_MODEL, TAG_REPORT, TAG_UPDATE,
-                              Transport)
+from fedmpi.compress import build_pipeline
+from fedmpi.transport import (TAG_CONTROL, TAG_HELLO, TAG_MEMORY, TAG_MODEL, TAG_REPORT,
+                              TAG_UPDATE, Transport)
 from fedmpi.wire import Kind, WireFormatError
 
 SERVER = 0
+SNAPSHOT = 1  # ASSIGN flag: send every hosted client's error-feedback residual this round
 
 
 class ClientWorker:
@@ -33,6 +35,8 @@ class ClientWorker:
         self.rank = transport.rank
         self.ledger = accounting.Ledger()
         self.memories = {c: exp.uplink.new_memory() for c in exp.clients_of(self.rank)}
+        self.has_memory = exp.uplink.new_memory() is not None
+        self.dense = build_pipeline([], field="(checkpoint)")
         # Training data moves to the device once; clients index into it.
         self.x = torch.from_numpy(exp.train.x).to(exp.device)
         self.y = torch.from_numpy(exp.train.y).to(exp.device)
@@ -51,9 +55,11 @@ class ClientWorker:
                 return bytes(payload).decode("utf-8", "replace") or "completed"
             if header.kind != Kind.ASSIGN:
                 raise WireFormatError(f"rank {self.rank}: expected ASSIGN or STOP, got {header.kind.name}")
-            clients = self._clients(payload, header.round)
+            flags, clients = self._clients(payload, header.round)
             for client in clients:
                 self._serve(header.round, client)
+            if flags & SNAPSHOT:
+                self._send_memories(header.round)
             self._report(header.round)
 
     def hello(self) -> None:
@@ -67,15 +73,47 @@ class ClientWorker:
         self.ledger.log(round=-1, kind=Kind.REPORT, client=-1, worker=self.rank,
                         nbytes=len(buf), xfer_s=sent)
 
-    def _clients(self, payload: memoryview, rnd: int) -> list[int]:
-        if len(payload) % 4:
+    def _clients(self, payload: memoryview, rnd: int) -> tuple[int, list[int]]:
+        """ASSIGN payload: int32 flags, then the client ids to run, in order."""
+        if len(payload) % 4 or not len(payload):
             raise WireFormatError(f"rank {self.rank} round {rnd}: ASSIGN payload of {len(payload)} bytes")
-        clients = np.frombuffer(bytes(payload), dtype="<i4").tolist()
+        flags, *clients = np.frombuffer(bytes(payload), dtype="<i4").tolist()
         mine = set(self.parts)
         bad = [c for c in clients if c not in mine]
         if bad:
             raise WireFormatError(f"rank {self.rank} round {rnd}: assigned clients {bad} it does not host")
-        return clients
+        return flags, clients
+
+    # -------------------------------------------------- error-feedback state for checkpoints
+
+    def _send_memories(self, rnd: int) -> None:
+        """Ship every hosted client's residual (dense) so rank 0 can checkpoint it."""
+        for client in sorted(self.memories):
+            state = self.memories[client].state()
+            # A client not sampled yet has no residual: zeros, by definition.
+            enc = self.dense.encode({name: state.get(name, np.zeros(shape, np.float32))
+                                     for name, shape in self.exp.spec})
+            buf = wire.frame(Kind.MEMORY, round=rnd, client=client, payload=enc.payload,
+                             codec_id=self.dense.codec_id, n_tensors=len(self.exp.spec))
+            sent = self.net.send(buf, SERVER, TAG_MEMORY)
+            self.ledger.log(round=rnd, kind=Kind.MEMORY, client=client, worker=self.rank,
+                            nbytes=len(buf), dense_bytes=enc.dense_bytes, numel=enc.numel,
+                            nnz=enc.nnz, codec_id=self.dense.codec_id, xfer_s=sent,
+                            direction=accounting.UP)
+
+    def restore_memories(self) -> None:
+        """On --resume: receive each hosted client's residual from the checkpoint."""
+        if not self.has_memory:
+            return
+        for client in sorted(self.memories):
+            buf, _, waited = self.net.recv(SERVER, TAG_MEMORY)
+            header, payload = self._parse(buf, Kind.MEMORY, where=f"restore of client {client}")
+            if header.client != client:
+                raise WireFormatError(f"rank {self.rank}: residual of client {header.client}, "
+                                      f"expected client {client}")
+            self.memories[client].load(self.dense.decode(payload, self.exp.spec))
+            self.ledger.log(round=-1, kind=Kind.MEMORY, client=client, worker=self.rank,
+                            nbytes=len(buf), xfer_s=waited, direction=accounting.DOWN)
 
     def _serve(self, rnd: int, client: int) -> None:
         exp, cfg = self.exp, self.exp.cfg

@@ -43,8 +43,10 @@ fi
 if [ -z "$ranks" ]; then
     if [ "$ngpus" -gt 0 ]; then ranks=$((ngpus + 1)); else ranks=3; fi
 fi
-[[ "$ranks" =~ ^[0-9]+$ ]] && [ "$ranks" -ge 2 ] || {
-    echo "$0: -n must be >= 2 (1 server + >= 1 client worker), got '$ranks'" >&2; exit 2; }
+if ! [[ "$ranks" =~ ^[0-9]+$ ]] || [ "$ranks" -lt 2 ]; then
+    echo "$0: -n must be >= 2 (1 server + >= 1 client worker), got '$ranks'" >&2
+    exit 2
+fi
 
 python=python3
 [ -x "$root/.venv/bin/python" ] && python=$root/.venv/bin/python
@@ -63,6 +65,6 @@ if [ "${FEDMPI_GPU_BIND:-1}" != 0 ] && { [ "$ngpus" -gt 0 ] || [ -n "${CUDA_VISI
     bind=(bash "$here/gpu-bind.sh")
 fi
 
-# shellcheck disable=SC2086  # MPIEXEC_ARGS is a word list on purpose
 set -x
+# shellcheck disable=SC2086  # MPIEXEC_ARGS is a word list on purpose
 exec "$MPIEXEC" -n "$ranks" ${MPIEXEC_ARGS:-} "${bind[@]}" "$python" -m fedmpi run "$config" "${args[@]}"

@@ -27,7 +27,7 @@ class Field:
 
 # --------------------------------------------------------------------------- codes
 
-KIND_NAMES = {1: "assign", 2: "model", 3: "update", 4: "report", 5: "stop", 6: "fail"}
+KIND_NAMES = {1: "assign", 2: "model", 3: "update", 4: "report", 5: "stop", 6: "fail", 7: "memory"}
 DIRECTION_NAMES = {0: "down", 1: "up"}  # down = server -> worker, up = worker -> server
 STATUSES = ("running", "completed", "failed", "interrupted")
 
@@ -84,16 +84,20 @@ ROUNDS: tuple[Field, ...] = (
     Field("compute_s", "f8", _S, "client training time, summed over clients"),
     Field("encode_s", "f8", _S, "encoding time, server + clients"),
     Field("decode_s", "f8", _S, "decoding time, server + clients"),
-    Field("communicate_s", "f8", _S, "time in MPI send/receive"),
+    Field("communicate_s", "f8", _S,
+          "estimated non-overlapped communication: wait_s minus the busiest worker's "
+          "compute + codec time, floored at 0"),
     Field("aggregate_s", "f8", _S, "server aggregation time"),
     Field("evaluate_s", "f8", _S, "server evaluation time"),
-    Field("wait_s", "f8", _S, "server time waiting for workers"),
+    Field("wait_s", "f8", _S, "server time blocked waiting for messages (client work + transfers)"),
     Field("up_bytes", "i8", "bytes", "wire bytes of model updates, worker -> server"),
     Field("down_bytes", "i8", "bytes", "wire bytes of models, server -> worker"),
-    Field("control_bytes", "i8", "bytes", "wire bytes of control messages, both ways"),
+    Field("control_bytes", "i8", "bytes",
+          "wire bytes of control messages both ways (assign, report, stop) and of "
+          "error-feedback checkpoint snapshots (kind memory)"),
     Field("dense_up_bytes", "i8", "bytes", "uplink tensors as uncompressed float32"),
     Field("dense_down_bytes", "i8", "bytes", "downlink tensors as uncompressed float32"),
-    Field("cum_wire_bytes", "i8", "bytes", "up + down + control, cumulative through this round"),
+    Field("cum_wire_bytes", "i8", "bytes", "all wire bytes (startup hellos included) through this round"),
     Field("up_nnz", "i8", "values", "non-zeros sent uplink"),
     Field("down_nnz", "i8", "values", "non-zeros sent downlink"),
 )

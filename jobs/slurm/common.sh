@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by run.sbatch and sweep.sbatch (sourced, not run). Needs FEDMPI_DIR, VENV,
 # LAUNCHER, SRUN_MPI, MPIEXEC_ARGS, GPU_BIND from the sourcing script's settings block.
 #

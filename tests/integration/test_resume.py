@@ -7,6 +7,7 @@ import signal
 
 import h5py
 import numpy as np
+import pytest
 
 from conftest import QUICK, attrs, fedmpi_cmd, finish, rounds, run, start, wait_for_rounds
 
@@ -32,13 +33,18 @@ def test_kill_9_mid_round_keeps_every_completed_round(tmp_path):
     assert attrs(out)["status"] == "running"  # never marked completed
 
 
-def test_sigusr1_checkpoints_and_resume_is_bit_identical(tmp_path):
+EF = QUICK.parent / "examples" / "error-feedback.yaml"
+
+
+@pytest.mark.parametrize("config", [QUICK, EF], ids=["paper-pruning", "error-feedback"])
+def test_sigusr1_checkpoints_and_resume_is_bit_identical(tmp_path, config):
+    """Also with error feedback, whose residuals live on the workers (checkpoint_every 2)."""
     full = tmp_path / "full.h5"
-    res = run(fedmpi_cmd(3, QUICK, "--out", full, *SET))
+    res = run(fedmpi_cmd(3, config, "--out", full, *SET))
     assert res.returncode == 0, res.stderr
 
     cut = tmp_path / "cut.h5"
-    proc = start(fedmpi_cmd(3, QUICK, "--out", cut, *SET))
+    proc = start(fedmpi_cmd(3, config, "--out", cut, *SET))
     wait_for_rounds(cut, 2, proc)
     os.kill(int(attrs(cut)["server_pid"]), signal.SIGUSR1)
     res = finish(proc, 120)

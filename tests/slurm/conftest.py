@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from slurm_helpers import Jobs, cluster_problem
 
 

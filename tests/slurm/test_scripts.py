@@ -67,3 +67,9 @@ def test_workstation_rejects_one_rank():
     res = subprocess.run(["bash", str(ROOT / "jobs" / "workstation.sh"), "c.yaml", "-n", "1"],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and ">= 2" in res.stderr
+
+
+@pytest.mark.parametrize("script", ["jobs/workstation.sh", "jobs/gpu-bind.sh",
+                                    "jobs/slurm/run.sbatch", "jobs/slurm/sweep.sbatch"])
+def test_user_facing_scripts_are_executable(script):
+    assert os.access(ROOT / script, os.X_OK), f"chmod +x {script}"

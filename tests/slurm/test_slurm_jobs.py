@@ -16,9 +16,18 @@ import time
 import numpy as np
 import pytest
 import yaml
-
-from slurm_helpers import (QUICK, QUICK_SET, ROOT, ROUNDS, Jobs, completed_rounds, h5_attrs,
-                      h5_rounds, job_records, wait_done)
+from slurm_helpers import (
+    QUICK,
+    QUICK_SET,
+    ROOT,
+    ROUNDS,
+    Jobs,
+    completed_rounds,
+    h5_attrs,
+    h5_rounds,
+    job_records,
+    wait_done,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
@@ -72,9 +81,8 @@ def test_sweep_array_runs_every_task_and_report_reads_them(jobs):
         assert a["status"] == "completed" and int(a["completed_rounds"]) == 2, f
     assert (out_dir / "seed=1.yaml").is_file()  # the resolved config, next to its result
 
-    report = subprocess.run(
-        [sys.executable, "-m", "fedmpi", "report", *map(str, files), "--out", str(jobs.tmp / "rep")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "fedmpi", "report", *map(str, files), "--out", jobs.tmp / "rep"]
+    report = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stdout + report.stderr
     assert any((jobs.tmp / "rep").iterdir())
 

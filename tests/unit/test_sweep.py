@@ -16,7 +16,8 @@ SAFE = re.compile(r"^[A-Za-z0-9._+=-]+$")
 
 def base_config() -> dict:
     stage = [{"prune": {"rate": 0.5}}, {"zstd": {"level": 3}}]
-    return {"name": "q", "rounds": 2, "compression": {"uplink": list(stage), "downlink": list(stage)}}
+    return {"name": "q", "rounds": 2,
+            "compression": {"uplink": list(stage), "downlink": list(stage)}}
 
 
 def test_product_in_file_order_last_key_fastest():
@@ -138,8 +139,70 @@ def test_cli_list_count_and_dry_run(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "nope.yaml"), "--count"]) == 2
 
 
-def test_committed_sweeps_expand(capsys):
+def test_committed_sweeps_expand():
     from pathlib import Path
 
     for path in sorted((Path(__file__).resolve().parents[2] / "configs" / "sweeps").glob("*.yaml")):
         assert sw.load(path).tasks, path
+
+
+def write_sweep(tmp_path) -> str:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"name": "q", "rounds": 2}))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "demo", "base": "base.yaml", "seeds": [0]}))
+    return str(path)
+
+
+@pytest.mark.parametrize(("status", "rc", "expect"), [
+    ("completed", 0, "is completed; skipping"),
+    ("interrupted", 0, "--resume"),
+    ("running", 0, "--resume"),  # what a hard kill leaves: resume from the last checkpoint
+    ("failed", 1, "move it away"),
+])
+def test_existing_result_file_is_resumed_skipped_or_refused(tmp_path, capsys, status, rc, expect):
+    import h5py
+
+    from fedmpi.cli import main
+
+    out_dir = tmp_path / "res"
+    out_dir.mkdir()
+    with h5py.File(out_dir / "seed=0.h5", "w") as f:
+        f.attrs["status"] = status
+    got = main(["sweep", write_sweep(tmp_path), "--task", "0", "--out-dir", str(out_dir),
+                "--dry-run"])
+    captured = capsys.readouterr()
+    assert got == rc
+    assert expect in captured.out + captured.err
+
+
+def test_task_forwards_sigterm_as_sigusr1_and_returns_the_run_status(tmp_path):
+    """What sweep.sbatch relies on: a signal to `fedmpi sweep --task` reaches the launcher."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(
+        "import pathlib, signal, sys, time\n"
+        "def stop(signum, frame):\n"
+        f"    pathlib.Path({str(tmp_path / 'got')!r}).write_text(signal.Signals(signum).name)\n"
+        "    sys.exit(75)\n"
+        "signal.signal(signal.SIGUSR1, stop)\n"
+        f"pathlib.Path({str(tmp_path / 'ready')!r}).touch()\n"
+        "time.sleep(60)\n"
+        "sys.exit(0)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "fedmpi", "sweep", write_sweep(tmp_path),
+                             "--task", "0", "--out-dir", str(tmp_path / "res"),
+                             "--launch", f"{sys.executable} {launcher}"])
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "ready").exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 75
+        assert (tmp_path / "got").read_text() == "SIGUSR1"
+        assert (tmp_path / "res" / "seed=0.yaml").is_file()
+    finally:
+        proc.kill()
