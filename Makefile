@@ -44,5 +44,15 @@ test-slurm: install
 bench: install
 	$(PY) -m fedmpi bench codec
 
+# Issue: reproduce the paper at CPU scale (about an hour on 2 cores): θ ∈ {0, 0.5, 0.9} × E ∈ {1, 10}
+# on CIFAR-10 images; finished tasks are skipped, interrupted ones resumed.
+PAPER_SWEEP ?= configs/paper/sweep-cpu.yaml
+paper-cpu: install
+	n=$$($(PY) -m fedmpi sweep $(PAPER_SWEEP) --count) && \
+	for i in $$(seq 0 $$((n - 1))); do \
+	  $(PY) -m fedmpi sweep $(PAPER_SWEEP) --task $$i --launch "$(MPIEXEC) -n $(RANKS)" || exit $$?; \
+	done
+	$(PY) -m fedmpi report results/paper-cpu/*.h5 --out results/paper-cpu/report
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -38,8 +38,11 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     from mpi4py import MPI
 
+    from fedmpi.signals import StopFlag
+
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
+    stop = StopFlag.install(rank)  # first: a signal during start-up must not kill a rank
     local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
 
     from fedmpi.transport import all_ok
@@ -57,7 +60,7 @@ def main(args) -> int:
         if rank == 0:
             print(f"fedmpi: {plan['out']} is already completed; nothing to resume")
         return 0
-    return _run(comm, rank, size, local_rank, plan, args)
+    return _run(comm, rank, size, local_rank, plan, args, stop)
 
 
 def _plan(args, world_size: int) -> dict:
@@ -103,12 +106,10 @@ def _resume_config(path: Path):
     return cfgmod.from_dict(resolved), text, status == "completed"
 
 
-def _run(comm, rank, size, local_rank, plan, args) -> int:
-    from fedmpi.signals import StopFlag
+def _run(comm, rank, size, local_rank, plan, args, stop) -> int:
     from fedmpi.transport import Transport
 
     cfg = plan["cfg"]
-    stop = StopFlag.install(rank)
     net = Transport(comm)
     writer = None
     try:

@@ -27,7 +27,8 @@ from fedmpi.errors import ConfigError
 log = logging.getLogger(__name__)
 
 ENV_PATH = "FEDMPI_CIFAR10"
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cifar10-jpeg.tar.xz"
+# ../shared/data next to the repository root (fedmpi/data/cifar10.py is 3 levels down).
+DEFAULT_PATH = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.tar.xz"
 TORCHVISION_DIR = "cifar-10-batches-py"
 SPLITS = ("train", "test")
 # Per-channel statistics of the CIFAR-10 training set (RGB, pixels scaled to [0, 1]).
@@ -103,12 +104,17 @@ def _is_torchvision(source: Path) -> bool:
     return source.is_dir() and (source / TORCHVISION_DIR).is_dir()
 
 
-def _torchvision_splits(source: Path, wanted: dict, seed: int) -> dict:
-    from torchvision.datasets import CIFAR10  # the pickled batches load in about a second
+def _torchvision_cifar10():
+    from torchvision.datasets import CIFAR10  # imported late: torchvision is slow to import
 
+    return CIFAR10
+
+
+def _torchvision_splits(source: Path, wanted: dict, seed: int) -> dict:
+    # The official pickled batches load in about a second: no need for our cache.
     out = {}
     for split in SPLITS:
-        ds = CIFAR10(str(source), train=split == "train", download=False)
+        ds = _torchvision_cifar10()(str(source), train=split == "train", download=False)
         x = ds.data.transpose(0, 3, 1, 2)
         y = np.asarray(ds.targets, dtype=np.int64)
         idx = _subset_indices(y, wanted[split], seed, split)
@@ -120,7 +126,8 @@ def _fingerprint(source: Path) -> str:
     """Changes whenever the archive (size, mtime) or the tree's directories change."""
     items = [source.resolve()]
     if source.is_dir():
-        items += sorted(p for s in SPLITS for p in [source / s, *(source / s).glob("*")])
+        dirs = [p for s in SPLITS for p in [source / s, *(source / s).glob("*")]]
+        items += sorted(p for p in dirs if p.exists())
     parts = [f"v{CACHE_FORMAT}"] + [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in items]
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
@@ -141,7 +148,8 @@ def _cached_splits(source: Path, wanted: dict, seed: int) -> dict:
         try:
             classes, encoded = read_splits(source, missing)
         except (ValueError, tarfile.TarError) as e:
-            raise ConfigError("data.path", str(source), f"a CIFAR-10 image-folder archive or tree ({e})") from e
+            allowed = f"a CIFAR-10 image-folder archive or tree ({e})"
+            raise ConfigError("data.path", str(source), allowed) from e
         t_read = time.perf_counter() - t0
         for split in missing:
             enc = encoded[split]

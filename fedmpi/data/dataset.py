@@ -51,7 +51,7 @@ def stratified_indices(
     # Water level: every class gets min(size, level), with level as high as n allows; the
     # few samples still missing go one each to random classes that have more to give.
     level = n // len(classes)  # always fits: no class gets more than an equal share
-    while np.minimum(sizes, level + 1).sum() <= n:
+    while level < sizes.max() and np.minimum(sizes, level + 1).sum() <= n:
         level += 1
     quota = np.minimum(sizes, level)
     spare = np.flatnonzero(sizes > level)

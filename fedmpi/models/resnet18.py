@@ -6,7 +6,6 @@ every state tensor is a float weight. About 11.2M parameters.
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet18
 
 from fedmpi.models.registry import register
 
@@ -15,6 +14,8 @@ GROUPS = 2
 
 @register
 def build(*, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    from torchvision.models import resnet18  # imported late: torchvision is slow to import
+
     model = resnet18(num_classes=num_classes, norm_layer=lambda c: nn.GroupNorm(GROUPS, c))
     # Replacing the stem draws new random weights after torchvision's init; still
     # deterministic under torch.manual_seed. Kaiming init as torchvision does for convs.

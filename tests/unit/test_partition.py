@@ -119,3 +119,22 @@ def test_stratified_indices_are_balanced_and_seeded():
     assert not np.array_equal(idx, stratified_indices(y, 53, seed=5))
     with pytest.raises(ConfigError):
         stratified_indices(y, 204, seed=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    labels=st.lists(st.integers(0, 5), min_size=1, max_size=200).map(np.array),
+    frac=st.floats(0.0, 1.0),
+    seed=st.integers(0, 1000),
+)
+def test_stratified_indices_property(labels, frac, seed):
+    n = max(1, round(frac * len(labels)))
+    idx = stratified_indices(labels, n, seed=seed)
+    assert len(np.unique(idx)) == n
+    classes = np.unique(labels)
+    taken = np.array([(labels[idx] == c).sum() for c in classes])
+    sizes = np.array([(labels == c).sum() for c in classes])
+    short = taken < sizes  # classes with more to give differ by at most one
+    if short.any():
+        assert taken[short].max() - taken[short].min() <= 1
+        assert taken[~short].max(initial=0) <= taken[short].min() + 1
