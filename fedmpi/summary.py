@@ -26,7 +26,20 @@ def summary_lines(path) -> list[str]:
         f"  wire MB up/down   {up / MB:.3f} / {down / MB:.3f}   (control {ctl / MB:.4f} MB)",
         f"  dense MB          {dense / MB:.3f}",
         f"  compression       {ratio:.2f}x  (dense fp32 / wire, model messages)",
-        f"  wall time         {float(r['wall_s'].sum()):.1f} s",
+        f"  wall time         {float(r['wall_s'].sum()):.1f} s in rounds, "
+        f"{_elapsed(a):.1f} s since the file was created",
         f"  uplink codec      {a.get('uplink_codec', '')}",
         f"  downlink codec    {a.get('downlink_codec', '')}",
     ]
+
+
+def _elapsed(attrs: dict) -> float:
+    from datetime import datetime
+
+    try:
+        start = datetime.fromisoformat(str(attrs["start_time"]))
+        end = datetime.fromisoformat(str(attrs.get("end_time") or "")) if attrs.get("end_time") \
+            else datetime.now(start.tzinfo)
+        return (end - start).total_seconds()
+    except (KeyError, ValueError):
+        return float("nan")
