@@ -40,21 +40,37 @@ def _labels(table_runs, configs, others) -> tuple[dict[str, str], dict[str, int]
     return labels, groups
 
 
+def _in_order(runs, rounds, configs):
+    """Runs sorted by (θ, E, other config, seed) so legends and bars read in order."""
+    from fedmpi.report.table import EPOCHS_KEY, theta_of
+
+    def key(run_and_seed):
+        run, seed = run_and_seed
+        flat = configs[run]
+        return (theta_of(flat), flat.get(EPOCHS_KEY) or 0, str(sorted(flat.items())), seed)
+
+    order = [run for run, _ in sorted(zip(runs["run"], runs["seed"]), key=key)]
+    pos = {run: i for i, run in enumerate(order)}
+    runs = runs.iloc[runs["run"].map(pos).argsort(kind="stable")].reset_index(drop=True)
+    rounds = rounds.iloc[rounds["run"].map(pos).argsort(kind="stable")].reset_index(drop=True)
+    return runs, rounds
+
+
 def report(files, out: Path, *, all_runs: bool = False, ignore=()) -> list[Path]:
     from fedmpi.report import plots, table
     from fedmpi.report.output import write_text
 
     res = load(files)
-    runs = res.runs
+    runs, rounds = _in_order(res.runs, res.rounds, res.configs)
     chosen = runs if all_runs else runs[runs["status"] == "completed"]
     tab, others = table.build(chosen, res.configs, ignore=ignore) if len(chosen) else (None, [])
     _, all_others = table.build(runs, res.configs, ignore=ignore)
     labels, groups = _labels(runs, res.configs, all_others)
     written = [
-        plots.accuracy_vs_round(res.rounds, labels, groups, out / "accuracy_vs_round.png"),
-        plots.accuracy_vs_mb(res.rounds, labels, groups, out / "accuracy_vs_mb.png"),
+        plots.accuracy_vs_round(rounds, labels, groups, out / "accuracy_vs_round.png"),
+        plots.accuracy_vs_mb(rounds, labels, groups, out / "accuracy_vs_mb.png"),
         plots.pareto(chosen, labels, groups, out / "pareto.png"),
-        plots.time_split(res.rounds, labels, out / "time_split.png"),
+        plots.time_split(rounds, labels, out / "time_split.png"),
     ]
     skipped = len(runs) - len(chosen)
     note = (f"{len(chosen)} of {len(runs)} runs"

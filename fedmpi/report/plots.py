@@ -102,29 +102,46 @@ def pareto(runs: pd.DataFrame, labels, groups, path: Path) -> Path:
 
 
 def time_split(rounds: pd.DataFrame, labels, path: Path) -> Path:
-    """Stacked seconds per round: per round for one run, the per-round mean per run otherwise."""
+    """Two stacked bars per round (one run) or per run (mean per round).
+
+    Left, the server's wall time, which its parts add up to: waiting for workers,
+    aggregation, evaluation and the rest (its own codec work, HDF5). Right, the work
+    done on the workers summed over clients (it overlaps across worker ranks, so it
+    can exceed the wall time): training and the codec time of all ranks.
+    """
     runs = list(dict.fromkeys(rounds["run"]))
+    cols = ["wall_s", *TIME_PARTS]
     if len(runs) == 1:
-        data = rounds.set_index("round")[list(TIME_PARTS)]
-        xlabels = [str(r) for r in data.index]
-        wall = rounds["wall_s"].to_numpy(float)
-        xlabel = "round"
+        data = rounds.set_index("round")[cols]
+        xlabels, xlabel = [str(r) for r in data.index], "round"
     else:
-        data = rounds.groupby("run", sort=False)[list(TIME_PARTS)].mean().loc[runs]
-        xlabels = [labels.get(r, r) for r in runs]
-        wall = rounds.groupby("run", sort=False)["wall_s"].mean().loc[runs].to_numpy(float)
-        xlabel = "run (mean per round)"
-    fig = Figure(figsize=(max(6.0, 0.35 * len(xlabels) + 3), 4.5))
+        data = rounds.groupby("run", sort=False)[cols].mean().loc[runs]
+        xlabels, xlabel = [labels.get(r, r) for r in runs], "run (mean per round)"
+    server = {
+        "wait": data["wait_s"],
+        "aggregate": data["aggregate_s"],
+        "evaluate": data["evaluate_s"],
+        "other (server codec, I/O)": (data["wall_s"] - data["wait_s"] - data["aggregate_s"]
+                                      - data["evaluate_s"]).clip(lower=0),
+    }
+    workers = {"compute (sum over clients)": data["compute_s"],
+               "encode (all ranks)": data["encode_s"], "decode (all ranks)": data["decode_s"]}
+    fig = Figure(figsize=(max(6.0, 0.5 * len(xlabels) + 3), 4.8))
     ax = fig.add_subplot()
     x = np.arange(len(xlabels))
-    bottom = np.zeros(len(x))
-    for i, part in enumerate(TIME_PARTS):
-        values = data[part].to_numpy(float)
-        ax.bar(x, values, bottom=bottom, color=_colour(i), label=part[:-2])
-        bottom += values
-    ax.plot(x, wall, "k_", markersize=14, mew=2, label="wall")
+    colour = 0
+    for offset, parts, hatch in ((-0.2, server, None), (0.2, workers, "//")):
+        bottom = np.zeros(len(x))
+        for name, values in parts.items():
+            values = values.to_numpy(float)
+            ax.bar(x + offset, values, width=0.38, bottom=bottom, color=_colour(colour),
+                   hatch=hatch, label=name)
+            bottom += values
+            colour += 1
     ax.set_xticks(x, xlabels, rotation=90 if len(x) > 12 or len(runs) > 1 else 0,
                   fontsize="small")
-    ax.set(xlabel=xlabel, ylabel="seconds", title="Time split per round")
-    ax.legend(fontsize="small", ncol=2)
+    ax.set(xlabel=xlabel, ylabel="seconds per round",
+           title="Time split: server wall time (left) | worker work (right, hatched)")
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
+    ax.legend(fontsize="x-small", ncol=2, loc="upper center")
     return save_figure(fig, path)
