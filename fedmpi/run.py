@@ -84,6 +84,10 @@ def _plan(args, world_size: int) -> dict:
     cfgmod.check_world(cfg, world_size)
     faults.validate(cfg.run.fail_at)
     build_pipelines(cfg)
+    if cfg.data.dataset == "cifar10":  # a missing data set is a config error, found up front
+        from fedmpi.data.cifar10 import resolve_path
+
+        resolve_path(cfg.data.path)
     if cfg.train.model not in models.available():
         raise ConfigError("train.model", cfg.train.model, " | ".join(models.available()))
     return {"cfg": cfg, "text": text, "out": out, "already_completed": already_completed}

@@ -15,20 +15,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from mpi4py import MPI
 
 from fedmpi import accounting, wire
 from fedmpi.aggregate import StreamingFedAvg
+from fedmpi.compress import build_pipeline
 from fedmpi.experiment import Experiment, sample_clients, worker_of
 from fedmpi.faults import maybe_fail
 from fedmpi.signals import StopFlag
 from fedmpi.train import evaluate, set_state
-from fedmpi.compress import build_pipeline
-from fedmpi.transport import (TAG_CONTROL, TAG_HELLO, TAG_MEMORY, TAG_MODEL, TAG_REPORT,
-                              TAG_UPDATE, Transport)
-from fedmpi.worker import SNAPSHOT
+from fedmpi.transport import (
+    TAG_CONTROL,
+    TAG_HELLO,
+    TAG_MEMORY,
+    TAG_MODEL,
+    TAG_REPORT,
+    TAG_UPDATE,
+    Transport,
+)
 from fedmpi.wire import Kind, WireFormatError
-
-from mpi4py import MPI
+from fedmpi.worker import SNAPSHOT
 
 
 @dataclass
@@ -48,6 +54,13 @@ class RoundTimes:
     aggregate_s: float = 0.0
     evaluate_s: float = 0.0
     wait_s: float = 0.0
+
+
+@dataclass
+class RoundStats:
+    columns: dict[str, np.ndarray]  # this round's /messages rows
+    updates: np.ndarray  # the workers' UPDATE log rows (training loss, compute time, samples)
+    max_worker_busy_s: float
 
 
 @dataclass
@@ -235,18 +248,20 @@ class Server:
                             nbytes=len(buf), xfer_s=waited)
         return rows
 
-    def _account(self, rnd: int, worker_rows: list[np.ndarray]) -> dict:
-        worker_view = np.concatenate(worker_rows) if worker_rows else \
-            np.empty(0, accounting.VIEW_DTYPE)
+    def _account(self, rnd: int, worker_rows: list[np.ndarray]) -> RoundStats:
+        """Join both logs of this round's messages, check them, write /messages."""
+        worker_view = (np.concatenate(worker_rows) if worker_rows
+                       else np.empty(0, accounting.VIEW_DTYPE))
         columns = accounting.join(self.ledger.drain(), worker_view)
         self.totals.add(columns)
         self.writer.append_messages(columns)
-        updates = worker_view[worker_view["kind"] == Kind.UPDATE]
-        busy = {}
-        for row in worker_view:
-            busy[int(row["worker"])] = busy.get(int(row["worker"]), 0.0) + float(
-                row["compute_s"] + (row["codec_s"] if row["kind"] in (Kind.UPDATE, Kind.MODEL) else 0))
-        return {"columns": columns, "updates": updates, "max_worker_busy_s": max(busy.values(), default=0.0)}
+        # Busy time per worker rank: training plus its own codec work.
+        codec = np.where(np.isin(worker_view["kind"], (Kind.UPDATE, Kind.MODEL)),
+                         worker_view["codec_s"], 0.0)
+        busy = np.bincount(worker_view["worker"], weights=worker_view["compute_s"] + codec,
+                           minlength=1)
+        return RoundStats(columns, worker_view[worker_view["kind"] == Kind.UPDATE],
+                          float(busy.max()))
 
     def _receive_memories(self, rnd: int, w: int, times: RoundTimes) -> None:
         for client in self.exp.clients_of(w):
@@ -302,7 +317,7 @@ class Server:
         return acc, loss
 
     def _log_round(self, rnd, stats, times: RoundTimes, acc, loss, bcast, t_round) -> None:
-        cols, updates = stats["columns"], stats["updates"]
+        cols, updates = stats.columns, stats.updates
         # Startup hellos (round -1) count in the cumulative total only.
         self.cum_bytes += int(cols["sender_bytes"].sum())
         this = cols["round"] == rnd
@@ -324,7 +339,7 @@ class Server:
             "compute_s": float(updates["compute_s"].sum()),
             "encode_s": encode_s,
             "decode_s": times.decode_s + client_decode,
-            "communicate_s": max(0.0, times.wait_s - stats["max_worker_busy_s"]),
+            "communicate_s": max(0.0, times.wait_s - stats.max_worker_busy_s),
             "aggregate_s": times.aggregate_s,
             "evaluate_s": times.evaluate_s,
             "wait_s": times.wait_s,
@@ -352,5 +367,5 @@ class Server:
         times = RoundTimes()
         rows = self._collect_reports(rnd, times)
         stats = self._account(rnd, rows)
-        self.cum_bytes += int(stats["columns"]["sender_bytes"].sum())
+        self.cum_bytes += int(stats.columns["sender_bytes"].sum())
         self.writer.set_attrs(cum_wire_bytes=self.cum_bytes)

@@ -16,12 +16,19 @@ import numpy as np
 import torch
 
 from fedmpi import accounting, wire
+from fedmpi.compress import build_pipeline
 from fedmpi.experiment import Experiment, client_generator
 from fedmpi.faults import maybe_corrupt, maybe_fail
 from fedmpi.train import get_state, set_state, train_local
-from fedmpi.compress import build_pipeline
-from fedmpi.transport import (TAG_CONTROL, TAG_HELLO, TAG_MEMORY, TAG_MODEL, TAG_REPORT,
-                              TAG_UPDATE, Transport)
+from fedmpi.transport import (
+    TAG_CONTROL,
+    TAG_HELLO,
+    TAG_MEMORY,
+    TAG_MODEL,
+    TAG_REPORT,
+    TAG_UPDATE,
+    Transport,
+)
 from fedmpi.wire import Kind, WireFormatError
 
 SERVER = 0

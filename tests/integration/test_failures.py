@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import QUICK, ROOT, attrs, fedmpi_cmd, run
 
 FAST = ["--set", "rounds=4"]
@@ -80,3 +79,11 @@ def test_never_overwrites_without_flag(tmp_path):
     assert res.returncode == 2
     assert "--out" in res.stderr and "--overwrite" in res.stderr
     assert out.read_bytes() == b"precious"
+
+
+def test_missing_cifar_is_a_config_error(tmp_path):
+    res = run(fedmpi_cmd(3, ROOT / "configs" / "paper" / "cpu.yaml", "--out", tmp_path / "x.h5",
+                         "--set", f"data.path={tmp_path / 'nowhere'}"), timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.count("configuration error") == 1
+    assert "data.path" in res.stderr

@@ -9,7 +9,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import run_recorded, shared_tmp
 
 pytestmark = pytest.mark.mpi(min_size=3)

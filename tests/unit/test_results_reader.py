@@ -6,8 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fedmpi.results import ResultsError, load
-from fedmpi.results import synthetic
+from fedmpi.results import ResultsError, load, synthetic
 from fedmpi.results.flatten import flatten
 
 

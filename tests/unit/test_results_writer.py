@@ -24,9 +24,9 @@ from fedmpi.results import (
     read_checkpoint,
     schema,
     schema_markdown,
+    synthetic,
 )
 from fedmpi.results import checkpoint as ckpt
-from fedmpi.results import synthetic
 
 
 def _row(r: int, **over) -> dict:
