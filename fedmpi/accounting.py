@@ -152,17 +152,23 @@ def describe(key: tuple) -> str:
 
 @dataclass
 class LinkTotals:
-    """Running per-(worker, direction) totals of both views, checked at the end of a run."""
+    """Per-(worker, direction) byte totals of each end's own log, compared at the end.
+
+    Built from the raw views before they are joined, so the check is independent of
+    the per-message one: it also catches a message one side logged twice under
+    different keys, or rows lost between the log and the join.
+    """
 
     sender: dict = field(default_factory=dict)
     receiver: dict = field(default_factory=dict)
 
-    def add(self, columns: dict[str, np.ndarray]) -> None:
-        for w, d, s, r in zip(columns["worker"], columns["direction"],
-                              columns["sender_bytes"], columns["receiver_bytes"]):
-            key = (int(w), int(d))
-            self.sender[key] = self.sender.get(key, 0) + int(s)
-            self.receiver[key] = self.receiver.get(key, 0) + int(r)
+    def add(self, server_rows: np.ndarray, worker_rows: np.ndarray) -> None:
+        for rows, server_side in ((server_rows, True), (worker_rows, False)):
+            for w, d, b in zip(rows["worker"], rows["direction"], rows["bytes"]):
+                key = (int(w), int(d))
+                sent = (d == DOWN) == server_side  # the server sends DOWN, workers send UP
+                book = self.sender if sent else self.receiver
+                book[key] = book.get(key, 0) + int(b)
 
     def check(self) -> None:
         for key in sorted(set(self.sender) | set(self.receiver)):

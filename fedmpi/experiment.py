@@ -51,7 +51,7 @@ def select_device(choice: str, rank: int, local_rank: int) -> torch.device:
 
         raise ConfigError("run.device", choice, "auto or cpu (no CUDA device is visible)")
     n = torch.cuda.device_count()
-    index = 0 if rank == 0 else (max(local_rank - 1, 0)) % n
+    index = 0 if rank == 0 else (local_rank - 1) % n  # same rule as jobs/gpu-bind.sh
     return torch.device(f"cuda:{index}")
 
 

@@ -2,8 +2,10 @@
 
 `run.fail_at: {rank: R, round: N, where: W}` makes rank R fail in round N at W:
 `train` (a client worker, before local training), `aggregate` (the server),
-`data` (any rank, while loading data; round is ignored) or `corrupt` (a worker
-flips a byte of its update so the server sees a malformed message).
+`data` (any rank, while loading data; round is ignored), `corrupt` (a worker
+flips a byte of its update so the server sees a malformed message) or
+`corrupt_down` (rank 0 flips a byte of the round's first MODEL message, so a
+worker sees one).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from fedmpi.errors import ConfigError
 
-WHERE = ("train", "aggregate", "data", "corrupt")
+WHERE = ("train", "aggregate", "data", "corrupt", "corrupt_down")
 
 
 class InjectedFault(RuntimeError):
@@ -46,9 +48,10 @@ def maybe_fail(cfg, *, rank: int, round: int | None, where: str) -> None:
                             f"rank {rank} at t={time.time():.3f}")
 
 
-def maybe_corrupt(cfg, rank: int, round: int, buf: np.ndarray) -> np.ndarray:
-    """Flip the last byte of an outgoing update (the payload checksum must catch it)."""
-    if _hit(cfg, rank, round, "corrupt"):
+def maybe_corrupt(cfg, rank: int, round: int, buf: np.ndarray,
+                  where: str = "corrupt") -> np.ndarray:
+    """Flip the last byte of an outgoing message (the payload checksum must catch it)."""
+    if _hit(cfg, rank, round, where):
         buf = buf.copy()
         buf[-1] ^= 0xFF
     return buf

@@ -23,7 +23,7 @@ from fedmpi.errors import ConfigError
 from fedmpi.signals import EXIT_INTERRUPTED
 
 EXIT_CONFIG = 2
-FAIL_GRACE_S = 3.0  # how long a failing worker lets rank 0 record the failure
+FAIL_GRACE_S = 6.0  # how long a failing worker lets rank 0 record the failure (< 10 s)
 
 
 def add_arguments(p) -> None:
@@ -50,17 +50,26 @@ def main(args) -> int:
     error, plan = None, None
     try:
         plan = _plan(args, size)
-    except ConfigError as exc:
+    except Exception as exc:  # noqa: BLE001 - every rank must reach the Allreduce below
         error = exc
     if not all_ok(comm, error is None):
         if rank == 0:
-            print(f"fedmpi: configuration error: {error or 'on another rank'}", file=sys.stderr)
+            print(f"fedmpi: configuration error: {_describe(error)}", file=sys.stderr)
         return EXIT_CONFIG
     if plan["already_completed"]:
         if rank == 0:
             print(f"fedmpi: {plan['out']} is already completed; nothing to resume")
         return 0
+    if args.resume and not plan["resume"] and rank == 0:
+        print(f"fedmpi: {plan['out']} has no checkpoint yet: starting the run over",
+              file=sys.stderr)
     return _run(comm, rank, size, local_rank, plan, args, stop)
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "on another rank"
+    return str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
 
 
 def _plan(args, world_size: int) -> dict:
@@ -69,10 +78,12 @@ def _plan(args, world_size: int) -> dict:
     from fedmpi import faults, models
     from fedmpi.experiment import build_pipelines
 
-    already_completed = False
+    already_completed, resume, overwrite = False, bool(args.resume), args.overwrite
     if args.resume:
-        cfg, text, already_completed = _resume_config(Path(args.resume))
         out = Path(args.resume)
+        cfg, text, already_completed, has_checkpoint = _resume_config(out)
+        if not has_checkpoint:  # killed before its first checkpoint: start it over
+            resume, overwrite = False, True
     else:
         if not args.config:
             raise ConfigError("config", None, "a YAML config path (or --resume FILE)")
@@ -90,24 +101,49 @@ def _plan(args, world_size: int) -> dict:
         resolve_path(cfg.data.path)
     if cfg.train.model not in models.available():
         raise ConfigError("train.model", cfg.train.model, " | ".join(models.available()))
-    return {"cfg": cfg, "text": text, "out": out, "already_completed": already_completed}
+    return {"cfg": cfg, "text": text, "out": out, "already_completed": already_completed,
+            "resume": resume, "overwrite": overwrite}
 
 
 def _resume_config(path: Path):
+    """(config, text, completed?, has a checkpoint?) of a result file to continue."""
     import h5py
 
     from fedmpi import config as cfgmod
 
     if not path.is_file():
         raise ConfigError("--resume", str(path), "an existing result file")
-    with h5py.File(path, "r", locking=False) as f:
-        status = str(f.attrs.get("status", ""))
-        resolved = json.loads(str(f.attrs["config_json"]))
-        text = str(f.attrs.get("config_yaml", ""))
-        has_checkpoint = "checkpoint" in f
-    if status != "completed" and not has_checkpoint:
-        raise ConfigError("--resume", str(path), "a result file with a checkpoint")
-    return cfgmod.from_dict(resolved), text, status == "completed"
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            attrs = {k: f.attrs[k] for k in ("status", "config_json", "config_yaml", "hosts",
+                                              "server_pid") if k in f.attrs}
+            has_checkpoint = "checkpoint" in f
+        resolved = json.loads(str(attrs["config_json"]))
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError("--resume", str(path), "a readable fedmpi result file "
+                          f"({type(exc).__name__}: {exc}); rerun its config with --overwrite") from None
+    status = str(attrs.get("status", ""))
+    _refuse_live_writer(path, status, attrs)
+    return cfgmod.from_dict(resolved), str(attrs.get("config_yaml", "")), \
+        status == "completed", has_checkpoint
+
+
+def _refuse_live_writer(path: Path, status: str, attrs: dict) -> None:
+    """Two writers would corrupt the file: refuse while its run is alive on this host."""
+    if status != "running" or "server_pid" not in attrs:
+        return
+    try:
+        host = json.loads(str(attrs.get("hosts", "[]")) or "[]")[:1]
+    except ValueError:
+        host = []
+    pid = int(attrs["server_pid"])
+    if host == [socket.gethostname()] and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return  # that run is gone
+        raise ConfigError("--resume", str(path), f"a file no live run writes (pid {pid} on this "
+                          "host is still running it; stop it first: kill -USR1 it)")
 
 
 def _run(comm, rank, size, local_rank, plan, args, stop) -> int:
@@ -128,13 +164,31 @@ def _run(comm, rank, size, local_rank, plan, args, stop) -> int:
 
             data.prepare(cfg.data.dataset, path=cfg.data.path)
         net.barrier()
-        exp = build(cfg, rank=rank, world_size=size, local_rank=local_rank)
+        try:  # data-dependent checks (subset sizes, partition feasibility) live in build
+            exp, error = build(cfg, rank=rank, world_size=size, local_rank=local_rank), None
+        except ConfigError as exc:
+            exp, error = None, exc
+        if not net.all_ok(error is None):
+            if rank == 0:
+                print(f"fedmpi: configuration error: {_describe(error)}", file=sys.stderr)
+                _discard(writer, plan)
+            return EXIT_CONFIG
         if rank == 0:
             return _serve(exp, net, writer, state, stop)
-        return _work(exp, net, resumed=bool(args.resume))
+        return _work(exp, net, resumed=plan["resume"])
     except BaseException as exc:  # noqa: BLE001 - any failure must end the whole job
         _fail(comm, rank, exc, writer, net)
         return 1  # not reached: Abort ends the process
+
+
+def _discard(writer, plan) -> None:
+    """A run stopped by a config error leaves no new file behind (a resumed one says why)."""
+    if plan["resume"]:
+        writer.finish("failed", "configuration error on resume")
+        return
+    writer.close()  # with --overwrite this keeps the old file and drops the temporary one
+    if not plan["overwrite"]:
+        plan["out"].unlink(missing_ok=True)
 
 
 def _open_results(plan, args, size):
@@ -142,7 +196,7 @@ def _open_results(plan, args, size):
     from fedmpi.server import ServerState
 
     cfg, out = plan["cfg"], plan["out"]
-    if args.resume:
+    if plan["resume"]:
         import h5py
 
         ckpt = read_checkpoint(out)
@@ -162,7 +216,8 @@ def _open_results(plan, args, size):
         return writer, state
     from fedmpi.experiment import build_pipelines
 
-    writer = ResultsWriter(out, attrs=_metadata(cfg, plan["text"], size), overwrite=args.overwrite)
+    writer = ResultsWriter(out, attrs=_metadata(cfg, plan["text"], size),
+                           overwrite=plan["overwrite"])
     up, down = build_pipelines(cfg)
     writer.set_codecs({0: "control", up.codec_id: up.name, down.codec_id: down.name})
     # No flush yet: with --overwrite the old file is replaced only once a round is done.

@@ -21,7 +21,7 @@ from fedmpi import accounting, wire
 from fedmpi.aggregate import StreamingFedAvg
 from fedmpi.compress import build_pipeline
 from fedmpi.experiment import Experiment, sample_clients, worker_of
-from fedmpi.faults import maybe_fail
+from fedmpi.faults import maybe_corrupt, maybe_fail
 from fedmpi.signals import StopFlag
 from fedmpi.train import evaluate, set_state
 from fedmpi.transport import (
@@ -127,11 +127,14 @@ class Server:
         last = state.round
         status = "completed"
         every = self.cfg.run.checkpoint_every
-        for rnd in range(state.round + 1, self.cfg.rounds):
+        first = state.round + 1
+        for rnd in range(first, self.cfg.rounds):
             t_round = time.perf_counter()
             due = (rnd + 1) % every == 0 or rnd == self.cfg.rounds - 1
             snapshot = self.uplink_memory and (due or self.stop.requested)
-            times = RoundTimes(encode_s=bcast.encode_s)
+            # A round counts the broadcast it encodes for the next one; the first round
+            # also the one encoded before the loop.
+            times = RoundTimes(encode_s=bcast.encode_s if rnd == first else 0.0)
             new_global, stats = self._round(rnd, bcast, times, snapshot)
             memory_before = self.memory.state() if self.memory is not None else {}
             bcast = self._encode_broadcast(new_global, rnd + 1)
@@ -169,8 +172,10 @@ class Server:
             self.ledger.log(round=rnd, kind=Kind.ASSIGN, client=-1, worker=w,
                             nbytes=len(buf), xfer_s=xfer)
         enc = bcast.encoded
-        for c in sampled:
+        for i, c in enumerate(sampled):
             buf = wire.reframe(bcast.buffer, client=int(c))
+            if i == 0:
+                buf = maybe_corrupt(cfg, 0, rnd, buf, where="corrupt_down")
             w = worker_of(int(c), exp.num_workers)
             xfer = self.net.post(buf, w, TAG_MODEL)
             self.ledger.log(round=rnd, kind=Kind.MODEL, client=int(c), worker=w,
@@ -225,8 +230,8 @@ class Server:
             tensors = exp.uplink.decode(payload, exp.spec)
             return header.client, tensors, time.perf_counter() - t0
         except WireFormatError as exc:
-            raise WireFormatError(f"server (rank 0), round {rnd}, update from rank {src}: "
-                                  f"{exc}") from None
+            raise WireFormatError(f"server (rank 0), round {rnd}, update from rank {src} "
+                                  f"(client {_client_of(buf)}): {exc}") from None
 
     def _collect_reports(self, rnd: int, times: RoundTimes,
                          snapshot: bool = False) -> list[np.ndarray]:
@@ -252,8 +257,9 @@ class Server:
         """Join both logs of this round's messages, check them, write /messages."""
         worker_view = (np.concatenate(worker_rows) if worker_rows
                        else np.empty(0, accounting.VIEW_DTYPE))
-        columns = accounting.join(self.ledger.drain(), worker_view)
-        self.totals.add(columns)
+        server_view = self.ledger.drain()
+        self.totals.add(server_view, worker_view)  # independent sums, before the join
+        columns = accounting.join(server_view, worker_view)
         self.writer.append_messages(columns)
         # Busy time per worker rank: training plus its own codec work.
         codec = np.where(np.isin(worker_view["kind"], (Kind.UPDATE, Kind.MODEL)),
@@ -359,6 +365,7 @@ class Server:
 
     def _stop_workers(self, rnd: int, status: str) -> None:
         """STOP every worker, then join their final reports (which log the STOP)."""
+        self.net.complete()  # e.g. residual restores of a resume that had no round left
         for w in self.workers:
             buf = wire.frame(Kind.STOP, round=rnd, client=-1, payload=status.encode())
             xfer = self.net.send(buf, w, TAG_CONTROL)
@@ -369,3 +376,11 @@ class Server:
         stats = self._account(rnd, rows)
         self.cum_bytes += int(stats.columns["sender_bytes"].sum())
         self.writer.set_attrs(cum_wire_bytes=self.cum_bytes)
+
+
+def _client_of(buf: np.ndarray) -> str:
+    """The client id a damaged message claims, when at least its header is intact."""
+    try:
+        return str(wire.parse_header(buf).client)
+    except WireFormatError:
+        return "unknown: header damaged"

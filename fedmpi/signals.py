@@ -8,8 +8,8 @@ signals (the default action of SIGUSR1 would kill them); the server stops them.
 
 from __future__ import annotations
 
+import os
 import signal
-import sys
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later (resume)
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -27,8 +27,9 @@ class StopFlag:
         def handler(signum, _frame):
             if rank == 0 and not flag.requested:
                 flag.signal_name = signal.Signals(signum).name
-                print(f"fedmpi: rank 0 got {flag.signal_name}: stopping after this round "
-                      "(checkpoint, status 'interrupted')", file=sys.stderr, flush=True)
+                # os.write, not print: a handler must not re-enter a buffered stream
+                os.write(2, f"fedmpi: rank 0 got {flag.signal_name}: stopping after this "
+                            "round (checkpoint, status 'interrupted')\n".encode())
             flag.requested = True
 
         for sig in SIGNALS:

@@ -100,6 +100,16 @@ class Transport:
             self._check_failures()
             time.sleep(0.01)
 
+    def all_ok(self, ok: bool) -> bool:
+        """True when every rank is ok; polls, so a failing rank is noticed meanwhile."""
+        flag = np.array([1 if ok else 0], dtype=np.int32)
+        out = np.empty(1, dtype=np.int32)
+        req = self.comm.Iallreduce([flag, MPI.INT], [out, MPI.INT], op=MPI.MIN)
+        while not req.Test():
+            self._check_failures()
+            time.sleep(0.01)
+        return bool(out[0])
+
     def _check_failures(self) -> None:
         status = MPI.Status()
         msg = self.comm.Improbe(source=MPI.ANY_SOURCE, tag=TAG_FAIL, status=status)

@@ -52,6 +52,7 @@ def failure_seconds(stderr: str) -> float:
         (0, "aggregate", "InjectedFault"),  # the server, during aggregation
         (2, "data", "InjectedFault"),  # a worker that cannot read its data
         (1, "corrupt", "WireFormatError"),  # a malformed update reaches the server
+        (0, "corrupt_down", "WireFormatError"),  # a malformed model reaches a worker
     ],
 )
 def test_a_failing_rank_ends_the_job_fast(tmp_path, rank, where, cause):
@@ -59,16 +60,20 @@ def test_a_failing_rank_ends_the_job_fast(tmp_path, rank, where, cause):
     res = run(fedmpi_cmd(3, QUICK, "--out", out, *FAST, "--set",
                          f"run.fail_at={{rank: {rank}, round: 1, where: {where}}}"), timeout=120)
     assert res.returncode != 0
-    failed_rank = 0 if where == "corrupt" else rank
+    # who fails: the receiver of a corrupted message (client 0 lives on rank 1)
+    failed_rank = {"corrupt": 0, "corrupt_down": 1}.get(where, rank)
     assert f"rank {failed_rank} failed: {cause}" in res.stderr, res.stderr
-    if where != "corrupt":
+    if where == "corrupt":  # names rank, round and client of the bad message
+        assert re.search(r"round 1, update from rank 1 \(client \d+\): .*checksum",
+                         res.stderr), res.stderr
+    elif where == "corrupt_down":
+        assert re.search(r"rank 1, round 1 client 0: .*checksum", res.stderr), res.stderr
+    else:
         assert failure_seconds(res.stderr) < 10
-    else:  # names rank, round and client of the bad message
-        assert re.search(r"round 1, update from rank 1: .*checksum", res.stderr), res.stderr
     a = attrs(out)
     assert a["status"] == "failed"
     assert cause in a["failure_reason"]
-    if where in ("train", "aggregate", "corrupt"):
+    if where != "data":
         assert a["completed_rounds"] == 1  # round 0 is kept
 
 
@@ -87,3 +92,13 @@ def test_missing_cifar_is_a_config_error(tmp_path):
     assert res.returncode == 2
     assert res.stderr.count("configuration error") == 1
     assert "data.path" in res.stderr
+
+
+def test_data_dependent_config_error_leaves_no_file(tmp_path):
+    out = tmp_path / "x.h5"
+    res = run(fedmpi_cmd(3, QUICK, "--out", out, "--set", "data.partition.min_samples=500"),
+              timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("configuration error") == 1
+    assert "data.partition.min_samples" in res.stderr
+    assert not out.exists()  # a corrected rerun needs no --overwrite

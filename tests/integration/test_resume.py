@@ -84,3 +84,30 @@ def test_same_seed_same_results_with_one_or_two_workers(tmp_path):
     ga, gb = global_model(outs[0]), global_model(outs[1])
     for k in ga:
         np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path):
+    out = tmp_path / "early.h5"
+    res = run(fedmpi_cmd(3, QUICK, "--out", out, "--set", "rounds=2"))
+    assert res.returncode == 0
+    with h5py.File(out, "r+", locking=False) as f:  # what a kill during round 0 leaves
+        del f["checkpoint"]
+        f.attrs["status"] = "running"
+        f.attrs["server_pid"] = 2**22 + 1  # no such process
+    res = run(fedmpi_cmd(3, "--resume", out))
+    assert res.returncode == 0, res.stderr
+    assert "no checkpoint yet: starting the run over" in res.stderr
+    assert attrs(out)["status"] == "completed" and len(rounds(out)["round"]) == 2
+
+
+def test_resume_refuses_a_file_its_run_is_still_writing(tmp_path):
+    out = tmp_path / "live.h5"
+    proc = start(fedmpi_cmd(3, QUICK, "--out", out, "--set", "rounds=400"))
+    try:
+        wait_for_rounds(out, 1, proc)
+        res = run(fedmpi_cmd(2, "--resume", out), timeout=120)
+        assert res.returncode == 2
+        assert "still running" in res.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
