@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import QUICK, ROOT, attrs, fedmpi_cmd, run
+from mpijobs import QUICK, ROOT, attrs, fedmpi_cmd, run
 
 FAST = ["--set", "rounds=4"]
 

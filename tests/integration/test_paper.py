@@ -9,7 +9,7 @@ import os
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, fedmpi_cmd, run
+from mpijobs import ROOT, fedmpi_cmd, run
 
 PAPER = ROOT / "configs" / "paper" / "paper.yaml"
 RESNET12_PARAMS = 780_266

@@ -8,7 +8,7 @@ import signal
 import h5py
 import numpy as np
 import pytest
-from conftest import QUICK, attrs, fedmpi_cmd, finish, rounds, run, start, wait_for_rounds
+from mpijobs import QUICK, attrs, fedmpi_cmd, finish, rounds, run, start, wait_for_rounds
 
 ROUNDS = 6
 SET = ["--set", f"rounds={ROUNDS}", "--set", "clients.num_clients=6"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import run_recorded, shared_tmp
+from inprocess import run_recorded, shared_tmp
 
 pytestmark = pytest.mark.mpi(min_size=3)
 

@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import pytest
+from h5files import attrs as h5_attrs  # noqa: F401  (re-exported)
+from h5files import completed_rounds  # noqa: F401
+from h5files import rounds as h5_rounds  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ROOT / "configs" / "quickstart.yaml"
@@ -101,20 +103,3 @@ def wait_done(jobs: Jobs, job_id: str, timeout: float, n_tasks: int = 1) -> list
                 f"{[r.get('JobState') for r in records]}\n{jobs.logs()}")
 
 
-def h5_attrs(path: Path) -> dict:
-    with h5py.File(path, "r", locking=False) as f:
-        return {k: f.attrs[k] for k in f.attrs}
-
-
-def h5_rounds(path: Path) -> dict:
-    with h5py.File(path, "r", locking=False) as f:
-        return {k: f["rounds"][k][()] for k in f["rounds"]}
-
-
-def completed_rounds(path: Path) -> int:
-    """Rounds in a file another process is writing (0 while it is absent or mid-write)."""
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return len(f["rounds"]["round"])
-    except (OSError, KeyError):
-        return 0

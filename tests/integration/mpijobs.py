@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import pytest
+from h5files import attrs, completed_rounds, rounds  # noqa: F401  (re-exported)
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ROOT / "configs" / "quickstart.yaml"
@@ -40,24 +40,6 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
 
 def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     return finish(start(cmd), timeout)
-
-
-def attrs(path: Path) -> dict:
-    with h5py.File(path, "r", locking=False) as f:
-        return {k: f.attrs[k] for k in f.attrs}
-
-
-def rounds(path: Path) -> dict:
-    with h5py.File(path, "r", locking=False) as f:
-        return {k: f["rounds"][k][()] for k in f["rounds"]}
-
-
-def completed_rounds(path: Path) -> int:
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return len(f["rounds"]["round"])
-    except (OSError, KeyError):
-        return 0
 
 
 def wait_for_rounds(path: Path, n: int, proc: subprocess.Popen, timeout: float = 180) -> None:
