@@ -44,7 +44,7 @@ test-slurm: install
 bench: install
 	$(PY) -m fedmpi bench codec
 
-# Issue: reproduce the paper at CPU scale (about an hour on 2 cores): θ ∈ {0, 0.5, 0.9} × E ∈ {1, 10}
+# Reproduce the paper at CPU scale (about an hour on 2 cores): θ ∈ {0, 0.5, 0.7, 0.9} × E ∈ {1, 10}
 # on CIFAR-10 images; finished tasks are skipped, interrupted ones resumed.
 PAPER_SWEEP ?= configs/paper/sweep-cpu.yaml
 paper-cpu: install
