@@ -19,6 +19,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -33,3 +34,9 @@ def write_text(path: Path, text: str) -> Path:
 def save_figure(fig, path: Path) -> Path:
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120,
                                                     bbox_inches="tight"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
