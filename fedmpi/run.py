@@ -200,16 +200,23 @@ def _open_results(plan, args, size):
         import h5py
 
         ckpt = read_checkpoint(out)
-        writer = ResultsWriter(out, attrs={}, resume=True)
-        writer.truncate_after(ckpt.round)
         with h5py.File(out, "r", locking=False) as f:
-            cum = int(f["rounds/cum_wire_bytes"][ckpt.round]) if ckpt.round >= 0 else 0
+            clean_stop = str(f.attrs.get("status", "")) == "interrupted"
+            segment = int(f.attrs.get("segment", 0)) + 1
+            if clean_stop:  # checkpointed at its last round; only its STOP exchange follows
+                cum = int(f.attrs.get("cum_wire_bytes", 0))
+            else:  # crashed: rounds after the checkpoint are redone, their rows dropped
+                cum = int(f["rounds/cum_wire_bytes"][ckpt.round]) if ckpt.round >= 0 else 0
+        writer = ResultsWriter(out, attrs={}, resume=True)
+        if not clean_stop:
+            writer.truncate_after(ckpt.round)
         writer.set_attrs(status="running", failure_reason="", completed_rounds=ckpt.round + 1,
-                         server_pid=os.getpid(),
+                         server_pid=os.getpid(), segment=segment,
                          resumed_from_round=ckpt.round, world_size=size, num_workers=size - 1)
         writer.flush()
         state = ServerState(round=ckpt.round, global_state=ckpt.global_state,
                             memory=ckpt.memories.get("server", {}), cum_bytes=cum,
+                            segment=segment,
                             client_memories={int(k.split("_", 1)[1]): v
                                              for k, v in ckpt.memories.items()
                                              if k.startswith("client_")})
@@ -299,6 +306,7 @@ def _metadata(cfg, text: str, size: int) -> dict:
         "git_commit": _git_commit(),
         "command": " ".join(sys.argv),
         "server_pid": os.getpid(),  # where to send SIGUSR1/SIGTERM for a graceful stop
+        "segment": 0,
         "uplink_codec": up.name,
         "uplink_codec_id": up.codec_id,
         "downlink_codec": down.name,

@@ -71,6 +71,7 @@ class ServerState:
     global_state: dict[str, np.ndarray]
     memory: dict[str, np.ndarray] = field(default_factory=dict)  # downlink residual
     cum_bytes: int = 0  # wire bytes through `round`
+    segment: int = 0  # process incarnation: 0, then +1 per --resume (keys /messages rows)
     client_memories: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # uplink
 
 
@@ -92,6 +93,7 @@ class Server:
         self.uplink_memory = exp.uplink.new_memory() is not None
         self.dense = build_pipeline([], field="(checkpoint)")
         self.client_memories: dict[int, dict[str, np.ndarray]] = {}
+        self.segment = 0
         self.workers = list(range(1, exp.num_workers + 1))
         self.x_test = torch.from_numpy(exp.test.x).to(exp.device)
         self.y_test = torch.from_numpy(exp.test.y).to(exp.device)
@@ -121,6 +123,7 @@ class Server:
         if self.memory is not None and state.memory:
             self.memory.load(state.memory)
         self.cum_bytes = state.cum_bytes
+        self.segment = state.segment
         if state.round >= 0:  # resumed
             self.restore_client_memories(state.client_memories)
         bcast = self._encode_broadcast(state.global_state, state.round + 1)
@@ -260,6 +263,7 @@ class Server:
         server_view = self.ledger.drain()
         self.totals.add(server_view, worker_view)  # independent sums, before the join
         columns = accounting.join(server_view, worker_view)
+        columns["segment"] = np.full(len(columns["round"]), self.segment, dtype="<i4")
         self.writer.append_messages(columns)
         # Busy time per worker rank: training plus its own codec work.
         codec = np.where(np.isin(worker_view["kind"], (Kind.UPDATE, Kind.MODEL)),

@@ -68,6 +68,7 @@ EXTRA_ROOT_ATTRS: tuple[Field, ...] = (
     Field("downlink_codec", "str", "", "downlink pipeline name"),
     Field("downlink_codec_id", "i8", "code", "downlink pipeline id"),
     Field("cum_wire_bytes", "i8", "bytes", "every wire byte so far, final STOP exchange included"),
+    Field("segment", "i8", "1", "current process incarnation (0, +1 per --resume)"),
 )
 
 # ------------------------------------------------------------------------- /rounds
@@ -120,6 +121,7 @@ MESSAGES: tuple[Field, ...] = (
     Field("decode_s", "f8", _S, "time to decode on the receiver"),
     Field("send_s", "f8", _S, "time blocked sending"),
     Field("recv_s", "f8", _S, "time blocked receiving"),
+    Field("segment", "i4", "1", "process incarnation that sent it: 0, then +1 per --resume"),
 )
 
 # ------------------------------------------------------------------------ /clients

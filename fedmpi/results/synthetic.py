@@ -93,6 +93,7 @@ def messages_for_round(r: int, theta: float, rng: np.random.Generator, *, client
         "dense_bytes": a[:, 5], "numel": a[:, 6], "nnz": a[:, 7], "codec_id": a[:, 8],
         "encode_s": rng.random(n) * 1e-3, "decode_s": rng.random(n) * 1e-3,
         "send_s": rng.random(n) * 1e-4, "recv_s": rng.random(n) * 1e-4,
+        "segment": np.zeros(n, dtype=np.int32),
     }
 
 
@@ -107,6 +108,7 @@ def stop_messages(r: int, workers: int) -> dict[str, np.ndarray]:
         "sender_bytes": np.full(n, CONTROL), "receiver_bytes": np.full(n, CONTROL),
         "dense_bytes": zeros, "numel": zeros, "nnz": zeros, "codec_id": zeros,
         "encode_s": zeros, "decode_s": zeros, "send_s": zeros, "recv_s": zeros,
+        "segment": np.zeros(n, dtype=np.int32),
     }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mpijobs import QUICK, attrs, fedmpi_cmd, finish, rounds, run, start, wait_for_rounds
 
-ROUNDS = 6
+ROUNDS = 12  # enough that a stop requested after round 2 lands before the end
 SET = ["--set", f"rounds={ROUNDS}", "--set", "clients.num_clients=6"]
 
 
@@ -65,6 +65,15 @@ def test_sigusr1_checkpoints_and_resume_is_bit_identical(tmp_path, config):
     for k in g_full:
         np.testing.assert_array_equal(g_full[k], g_cut[k], err_msg=k)
 
+    # Both incarnations' messages are kept apart: each has its hellos and its STOPs.
+    with h5py.File(cut, "r", locking=False) as f:
+        m = {k: f["messages"][k][()] for k in ("segment", "round", "kind", "sender_bytes")}
+        cum = int(f.attrs["cum_wire_bytes"])
+    for seg in (0, 1):
+        rows = m["segment"] == seg
+        assert ((m["kind"] == 4) & (m["round"] == -1) & rows).sum() == 2  # hello per worker
+        assert ((m["kind"] == 5) & rows).sum() == 2  # STOP per worker
+    assert cum == int(m["sender_bytes"].sum())  # every byte of both segments
     again = run(fedmpi_cmd(3, "--resume", cut))  # a resubmitted finished task is a no-op
     assert again.returncode == 0 and "already completed" in again.stdout
 
