@@ -63,7 +63,7 @@ def main(args) -> int:
     if args.resume and not plan["resume"] and rank == 0:
         print(f"fedmpi: {plan['out']} has no checkpoint yet: starting the run over",
               file=sys.stderr)
-    return _run(comm, rank, size, local_rank, plan, args, stop)
+    return _run(comm, rank, size, local_rank, plan, stop)
 
 
 def _describe(error: BaseException | None) -> str:
@@ -146,7 +146,7 @@ def _refuse_live_writer(path: Path, status: str, attrs: dict) -> None:
                           "host is still running it; stop it first: kill -USR1 it)")
 
 
-def _run(comm, rank, size, local_rank, plan, args, stop) -> int:
+def _run(comm, rank, size, local_rank, plan, stop) -> int:
     from fedmpi.transport import Transport
 
     cfg = plan["cfg"]
@@ -154,7 +154,7 @@ def _run(comm, rank, size, local_rank, plan, args, stop) -> int:
     writer = None
     try:
         if rank == 0:
-            writer, state = _open_results(plan, args, size)
+            writer, state = _open_results(plan, size)
         from fedmpi.experiment import build
         from fedmpi.faults import maybe_fail
 
@@ -191,7 +191,7 @@ def _discard(writer, plan) -> None:
         plan["out"].unlink(missing_ok=True)
 
 
-def _open_results(plan, args, size):
+def _open_results(plan, size):
     from fedmpi.results import ResultsWriter, read_checkpoint
     from fedmpi.server import ServerState
 
