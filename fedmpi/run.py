@@ -45,14 +45,15 @@ def main(args) -> int:
     stop = StopFlag.install(rank)  # first: a signal during start-up must not kill a rank
     local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
 
-    from fedmpi.transport import all_ok
+    from fedmpi.transport import Transport
 
+    net = Transport(comm)
     error, plan = None, None
     try:
         plan = _plan(args, size)
     except Exception as exc:  # noqa: BLE001 - every rank must reach the Allreduce below
         error = exc
-    if not all_ok(comm, error is None):
+    if not net.all_ok(error is None):
         if rank == 0:
             print(f"fedmpi: configuration error: {_describe(error)}", file=sys.stderr)
         return EXIT_CONFIG
@@ -63,7 +64,7 @@ def main(args) -> int:
     if args.resume and not plan["resume"] and rank == 0:
         print(f"fedmpi: {plan['out']} has no checkpoint yet: starting the run over",
               file=sys.stderr)
-    return _run(comm, rank, size, local_rank, plan, stop)
+    return _run(comm, net, rank, size, local_rank, plan, stop)
 
 
 def _describe(error: BaseException | None) -> str:
@@ -146,11 +147,8 @@ def _refuse_live_writer(path: Path, status: str, attrs: dict) -> None:
                           "host is still running it; stop it first: kill -USR1 it)")
 
 
-def _run(comm, rank, size, local_rank, plan, stop) -> int:
-    from fedmpi.transport import Transport
-
+def _run(comm, net, rank, size, local_rank, plan, stop) -> int:
     cfg = plan["cfg"]
-    net = Transport(comm)
     writer = None
     try:
         if rank == 0:

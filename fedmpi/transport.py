@@ -140,22 +140,3 @@ def _fail_reason(buf: np.ndarray) -> str:
     except WireFormatError as exc:
         return f"(unreadable failure message: {exc})"
 
-
-def gather_strings(comm: MPI.Comm, text: str, size: int = 512) -> list[str] | None:
-    """Gather one short string per rank on rank 0 through fixed-size byte buffers."""
-    mine = np.zeros(size, dtype=np.uint8)
-    raw = text.encode()[:size]
-    mine[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    everyone = np.empty((comm.Get_size(), size), dtype=np.uint8) if comm.Get_rank() == 0 else None
-    comm.Gather([mine, MPI.BYTE], [everyone, MPI.BYTE] if everyone is not None else None, root=0)
-    if everyone is None:
-        return None
-    return [bytes(row).rstrip(b"\0").decode("utf-8", "replace") for row in everyone]
-
-
-def all_ok(comm: MPI.Comm, ok: bool) -> bool:
-    """True when every rank is ok (a collective: every rank must call it)."""
-    flag = np.array([1 if ok else 0], dtype=np.int32)
-    out = np.empty(1, dtype=np.int32)
-    comm.Allreduce([flag, MPI.INT], [out, MPI.INT], op=MPI.MIN)
-    return bool(out[0])
