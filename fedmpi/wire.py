@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,15 +125,44 @@ def parse_header(buf) -> Header:
                   n_tensors=n_tensors, payload_len=plen, payload_crc=pcrc, version=version)
 
 
-def parse(buf, *, expect_kind: Kind | None = None) -> tuple[Header, memoryview]:
-    """Validate a whole message; returns its header and a view of its payload."""
+def parse(buf, *, expect_kind: Kind | None = None, round: int | None = None,
+          client: int | Collection[int] | None = None, codec_id: int | None = None,
+          n_tensors: int | None = None) -> tuple[Header, memoryview]:
+    """Validate a whole message; returns its header and a view of its payload.
+
+    The keyword arguments other than `buf` are what the receiver expects (None:
+    not checked; `client` may be a collection of allowed ids). A checksum only
+    says the bytes arrived as sent, so a receiver states every header field it
+    can know: a model message must carry its pipeline's codec id and the model's
+    tensor count, a control message codec id 0 and no tensors.
+    """
     h = parse_header(buf)
     payload = _as_bytes(buf)[HEADER_SIZE:]
     if zlib.crc32(payload) != h.payload_crc:
         raise WireFormatError("payload checksum mismatch (corrupted payload)")
     if expect_kind is not None and h.kind != expect_kind:
         raise WireFormatError(f"expected a {Kind(expect_kind).name} message, got {h.kind.name}")
+    expect(h, round=round, client=client, codec_id=codec_id, n_tensors=n_tensors)
     return h, payload
+
+
+def expect(h: Header, *, round: int | None = None, client: int | Collection[int] | None = None,
+           codec_id: int | None = None, n_tensors: int | None = None) -> Header:
+    """Check header fields against what the receiver expects (None: not checked)."""
+    name = h.kind.name
+    if round is not None and h.round != round:
+        raise WireFormatError(f"{name} for round {h.round}, expected round {round}")
+    if client is not None:
+        single = isinstance(client, (int, np.integer))
+        ok = h.client == client if single else h.client in client
+        if not ok:
+            want = f"client {client}" if single else "one of the expected clients"
+            raise WireFormatError(f"{name} for client {h.client}, expected {want}")
+    if codec_id is not None and h.codec_id != codec_id:
+        raise WireFormatError(f"{name} has codec id {h.codec_id:#010x}, expected {codec_id:#010x}")
+    if n_tensors is not None and h.n_tensors != n_tensors:
+        raise WireFormatError(f"{name} declares {h.n_tensors} tensors, the model has {n_tensors}")
+    return h
 
 
 def reframe(buf, *, client: int) -> np.ndarray:

@@ -137,7 +137,11 @@ class ValueCoder(Stage):
         raise NotImplementedError
 
     def decode(self, codes: np.ndarray, count: int, p0: float, p1: float) -> np.ndarray:
-        """Inverse of encode; a new float32 array; WireFormatError on bad parameters."""
+        """Inverse of encode: a new array of `count` finite float32 values.
+
+        Strict: WireFormatError unless the codes fill exactly `nbytes(count)` bytes
+        with unused bits 0 and both parameters are what this coder can have written.
+        """
         raise NotImplementedError
 
 
@@ -148,24 +152,30 @@ class Layout(Stage):
 class Container(Stage):
     """Byte sections <-> payload. This base class stores them as is.
 
-    Payload: u32 section count, then per section (u8 itemsize, 3 pad, u64 raw length,
-    u64 stored length), then the stored bytes of every section.
+    Payload: u32 section count, then per section (u8 itemsize, 3 pad bytes = 0,
+    u64 raw length, u64 stored length), then the stored bytes of every section,
+    nothing after the last.
     """
 
-    _SECTION = struct.Struct("<B3xQQ")
+    _SECTION = struct.Struct("<B3sQQ")
 
     def squeeze(self, parts: list[np.ndarray], itemsize: int) -> list[np.ndarray]:
         """One section's raw parts (uint8) -> its stored parts."""
         return parts
 
     def expand(self, stored: np.ndarray, itemsize: int, raw_len: int) -> np.ndarray:
+        """Stored bytes -> the `raw_len` raw bytes; WireFormatError unless exactly that."""
+        if stored.nbytes != raw_len:
+            raise WireFormatError(f"section stores {stored.nbytes} bytes, declared {raw_len} "
+                                  "(this pipeline stores sections as they are)")
         return stored
 
     def pack(self, sections: list[tuple[list[np.ndarray], int]]) -> np.ndarray:
         """Sections given as (uint8 parts, itemsize) -> one new uint8 payload array."""
         stored = [self.squeeze(parts, size) for parts, size in sections]
         head = struct.pack("<I", len(sections)) + b"".join(
-            self._SECTION.pack(size, sum(p.nbytes for p in parts), sum(p.nbytes for p in st))
+            self._SECTION.pack(size, b"", sum(p.nbytes for p in parts),
+                               sum(p.nbytes for p in st))
             for (parts, size), st in zip(sections, stored))
         out = np.empty(len(head) + sum(p.nbytes for st in stored for p in st), dtype=np.uint8)
         out[: len(head)] = np.frombuffer(head, dtype=np.uint8)
@@ -175,8 +185,14 @@ class Container(Stage):
             pos += p.nbytes
         return out
 
-    def unpack(self, payload: np.ndarray, count: int, limit: int) -> list[np.ndarray]:
-        """The `count` raw sections; `limit` bounds their total size (no decompression bombs)."""
+    def unpack(self, payload: np.ndarray, sections: list[tuple[int, int]]) -> list[np.ndarray]:
+        """The raw sections, given per section its (itemsize, largest raw length).
+
+        The bounds come from the model spec, never from the message, so that no
+        field can make the decoder allocate more than the model can need (no
+        decompression bombs).
+        """
+        count = len(sections)
         need = 4 + count * self._SECTION.size
         if payload.nbytes < need:
             raise WireFormatError(f"payload of {payload.nbytes} bytes is shorter than its "
@@ -186,16 +202,23 @@ class Container(Stage):
             raise WireFormatError(f"payload has {n} sections, expected {count}")
         table = [self._SECTION.unpack_from(payload, 4 + i * self._SECTION.size)
                  for i in range(count)]
-        if sum(raw for _, raw, _ in table) > limit:
-            raise WireFormatError(f"sections declare {sum(r for _, r, _ in table)} bytes, "
-                                  f"more than this model can need ({limit})")
-        if need + sum(st for _, _, st in table) != payload.nbytes:
-            raise WireFormatError(f"section lengths add up to {need + sum(s for *_, s in table)} "
-                                  f"bytes but the payload has {payload.nbytes}")
+        for i, ((size, pad, raw_len, _), (want, most)) in enumerate(zip(table, sections)):
+            if pad != b"\0\0\0":
+                raise WireFormatError(f"section {i}: padding bytes {pad.hex()} are not zero")
+            if size != want:
+                raise WireFormatError(f"section {i}: item size {size}, expected {want}")
+            if raw_len > most:
+                raise WireFormatError(f"section {i} declares {raw_len} bytes, more than this "
+                                      f"model can need ({most})")
+            if raw_len % size:
+                raise WireFormatError(f"section {i}: {raw_len} bytes are not whole "
+                                      f"{size}-byte items")
+        total = need + sum(st for *_, st in table)
+        if total != payload.nbytes:
+            raise WireFormatError(f"section lengths add up to {total} bytes but the payload "
+                                  f"has {payload.nbytes}")
         out, pos = [], need
-        for size, raw_len, st in table:
-            if size not in (1, 2, 4, 8) or raw_len % size:
-                raise WireFormatError(f"bad section item size {size} for {raw_len} bytes")
+        for size, _, raw_len, st in table:
             raw = self.expand(payload[pos: pos + st], size, raw_len)
             if raw.nbytes != raw_len:
                 raise WireFormatError(f"section holds {raw.nbytes} bytes, declared {raw_len}")

@@ -11,11 +11,19 @@ reconstruct -> keep residual (memory) -> pack sections (zstd).
 
 Payload = container of three sections:
   meta:   u32 codec_id, u32 spec crc, u32 n_tensors, u32 0, then per tensor
-          (u8 layout, 3 pad, u64 count of values, f32 p0, f32 p1)
+          (u8 layout, 3 pad = 0, u64 count of values, f32 p0, f32 p1)
   index:  the position bytes of every tensor, in order
   values: the coded values of every tensor, in order (byte-shuffled by zstd)
 The codec id and spec crc let a decoder refuse a payload made by another
 pipeline or for another model instead of decoding garbage.
+
+Decoding is strict, because the checksums only say that the bytes arrived as
+sent, not that the sender was right: every field is checked against the model
+spec and the pipeline (reserved and pad bytes 0, section item sizes, lengths
+bounded by the spec before anything is allocated, layouts this pipeline's
+sparse format produces, counts, parameters, no byte left over), and the only
+exception it raises is WireFormatError. Only finite values are sent: encode
+refuses NaN and inf (ValueError), decode refuses any value that is not finite.
 """
 
 from __future__ import annotations
@@ -114,6 +122,10 @@ class Pipeline:
         flats = [np.ascontiguousarray(tensors[k], dtype=np.float32).reshape(-1) for k in names]
         if memory is not None:
             flats = [memory.compensate(k, f) for k, f in zip(names, flats)]
+        for name, flat in zip(names, flats):
+            if not np.isfinite(flat).all():
+                raise ValueError(f"tensor {name!r} holds NaN or inf values, which are never "
+                                 f"sent (pipeline {self.name}; the decoder refuses them)")
         masks = self.pruner.masks(flats, shapes) if self.pruner else [None] * len(flats)
 
         table = np.zeros(len(names), dtype=TABLE)
@@ -152,35 +164,52 @@ class Pipeline:
     # ------------------------------------------------------------------ decode
 
     def decode(self, payload, spec: ModelSpec) -> dict[str, np.ndarray]:
-        """Payload -> tensors in `spec` order; WireFormatError on anything malformed."""
+        """Payload -> finite float32 tensors in `spec` order; WireFormatError on anything
+        malformed, and no other exception."""
         buf = np.frombuffer(payload, dtype=np.uint8) if not isinstance(payload, np.ndarray) \
             else payload.reshape(-1).view(np.uint8)
         n = len(spec)
         numels = [int(np.prod(s, dtype=np.int64)) for _, s in spec]
-        limit = _PRELUDE.size + n * TABLE.itemsize + sum(9 * k + 1 for k in numels)
-        meta, index, values = self.container.unpack(buf, 3, limit)
-        if meta.nbytes != _PRELUDE.size + n * TABLE.itemsize:
+        meta_len = _PRELUDE.size + n * TABLE.itemsize
+        # Largest raw section sizes this model can need: a delta32 index (4 bytes per
+        # entry) is the widest, and at most every entry has a value.
+        meta, index, values = self.container.unpack(buf, [
+            (1, meta_len), (1, 4 * sum(numels)),
+            (self.coder.itemsize, sum(self.coder.nbytes(k) for k in numels))])
+        if meta.nbytes != meta_len:
             raise WireFormatError(f"meta section of {meta.nbytes} bytes does not fit "
-                                  f"{n} tensors")
-        codec, crc, count, _ = _PRELUDE.unpack_from(meta, 0)
+                                  f"{n} tensors ({meta_len} bytes)")
+        codec, crc, count, reserved = _PRELUDE.unpack_from(meta, 0)
         if codec != self.codec_id:
             raise WireFormatError(f"payload made by codec {codec:#010x}, this pipeline is "
                                   f"{self.codec_id:#010x} ({self.name})")
         if count != n or crc != spec_crc(spec):
             raise WireFormatError(f"payload is for another model ({count} tensors, "
                                   f"spec crc {crc:#010x}; expected {n}, {spec_crc(spec):#010x})")
+        if reserved:
+            raise WireFormatError(f"reserved meta word is {reserved:#x}, expected 0")
         table = np.frombuffer(meta[_PRELUDE.size:].tobytes(), dtype=TABLE)
+        layouts = self.layout.layouts()
         out, ipos, vpos = {}, 0, 0
         for (name, shape), numel, row in zip(spec, numels, table):
             layout, k = int(row["layout"]), int(row["count"])
+            if layout not in layouts:
+                raise WireFormatError(f"{name}: layout {sp.NAMES.get(layout, layout)} is not "
+                                      f"one that {self.layout.label()} produces")
+            if row["pad"].tobytes() != b"\0\0\0":
+                raise WireFormatError(f"{name}: table padding bytes "
+                                      f"{row['pad'].tobytes().hex()} are not zero")
             if k > numel:
                 raise WireFormatError(f"{name}: {k} values for {numel} entries")
             ilen, vlen = sp.index_nbytes(layout, numel, k), self.coder.nbytes(k)
             if ipos + ilen > index.nbytes or vpos + vlen > values.nbytes:
                 raise WireFormatError(f"{name}: sections end before this tensor's data")
-            where = sp.positions(layout, index[ipos: ipos + ilen], numel, k)
-            v = self.coder.decode(values[vpos: vpos + vlen], k, float(row["p0"]),
-                                  float(row["p1"]))
+            try:
+                where = sp.positions(layout, index[ipos: ipos + ilen], numel, k)
+                v = self.coder.decode(values[vpos: vpos + vlen], k, float(row["p0"]),
+                                      float(row["p1"]))
+            except WireFormatError as exc:
+                raise WireFormatError(f"{name}: {exc}") from None
             out[name] = sp.scatter(numel, where, v).reshape(shape)
             ipos, vpos = ipos + ilen, vpos + vlen
         if ipos != index.nbytes or vpos != values.nbytes:

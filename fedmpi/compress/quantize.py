@@ -11,16 +11,25 @@ Methods and their stated error bounds (x a transmitted value, x^ its reconstruct
   tensor's largest; smaller values become 0. |x - x^| <= max(|x| / 3, 2^emin).
   Non-finite inputs are refused.
 - float16: |x| clipped to 65504, round to nearest even:
-  |x - x^| <= max(|x| * 2^-11, 2^-25).
-- bfloat16: the top 16 bits of float32, round to nearest even:
-  |x - x^| <= |x| * 2^-8 for normal x (x^ may overflow to inf beyond ~3.39e38).
+  |x - x^| <= max(|x| * 2^-11, 2^-25). Non-finite inputs are refused.
+- bfloat16: the top 16 bits of float32, round to nearest even, |x| clamped to the
+  largest finite bfloat16 (~3.39e38): |x - x^| <= |x| * 2^-8 for normal x.
+  Non-finite inputs are refused.
 
 Reconstruction is always computed by the same function on both sides so that
 the sender's copy (`Encoded.reconstructed`) is bit-identical to the receiver's.
+
+Decoding is strict (a checksum is not validation): the code bytes fill exactly
+count * k bits and the unused bits of the last byte are 0; the two per-tensor
+parameters are checked (finite, in range, and +0.0 where a method does not use
+them, or for an empty tensor); and every decoded value is finite: the uniform
+parameters are bounded so that offset + (2^k - 1) * scale stays a float32, pow2
+exponents lie in float32's range, float16/bfloat16 codes for inf/NaN are refused.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,6 +37,11 @@ import numpy as np
 
 from fedmpi.compress.base import BadParam, ValueCoder, register
 from fedmpi.wire import WireFormatError
+
+# float64 values from here up round to inf in float32 (half an ulp above FLT_MAX; the
+# tie rounds to the even 2^128): the bound of a uniform tensor's largest decoded value.
+F32_OVERFLOW = 2.0**128 - 2.0**103
+EMIN_F32 = -149  # 2^-149: the smallest float32 magnitude
 
 
 def pack_bits(codes: np.ndarray, k: int) -> np.ndarray:
@@ -49,6 +63,26 @@ def unpack_bits(buf: np.ndarray, count: int, k: int) -> np.ndarray:
     return bits.astype(np.uint32) @ (np.uint32(1) << np.arange(k, dtype=np.uint32))
 
 
+def _positive_zero(p: float) -> bool:
+    return p == 0 and math.copysign(1.0, p) > 0
+
+
+def check_unused(label: str, count: int, **params: float) -> None:
+    """Parameters a method does not use (all of them for an empty tensor) must be +0.0."""
+    for name, p in params.items():
+        if not _positive_zero(p):
+            why = "an empty tensor's" if count == 0 else f"{label} leaves"
+            raise WireFormatError(f"{why} parameter {name} is {p!r}, expected +0.0")
+
+
+def check_finite(values: np.ndarray, label: str) -> np.ndarray:
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise WireFormatError(f"{label} value {bad} decodes to {values[bad]} (only finite "
+                              "values are sent)")
+    return values
+
+
 class Float32(ValueCoder):
     """No quantization (the pipeline's default coder)."""
 
@@ -61,7 +95,11 @@ class Float32(ValueCoder):
         return np.ascontiguousarray(values, dtype="<f4").view(np.uint8), 0.0, 0.0
 
     def decode(self, codes, count, p0, p1):
-        return codes.view("<f4").astype(np.float32)  # astype copies: the caller owns it
+        check_unused("float32", count, p0=p0, p1=p1)
+        if codes.nbytes != 4 * count:
+            raise WireFormatError(f"{codes.nbytes} bytes of float32 values for {count} values")
+        # astype copies: the caller owns it
+        return check_finite(codes.view("<f4").astype(np.float32), "float32")
 
 
 def _finite(values: np.ndarray, method: str) -> None:
@@ -119,6 +157,13 @@ class Quantize(ValueCoder):
         if codes.nbytes != self.nbytes(count):
             raise WireFormatError(f"{codes.nbytes} bytes of {self.label()} codes for "
                                   f"{count} values")
+        tail = count * self.k % 8
+        if tail and int(codes[-1]) >> tail:
+            raise WireFormatError(f"padding bits of the last {self.label()} code byte are set "
+                                  f"({int(codes[-1]):#04x}, {tail} bits used)")
+        if count == 0:
+            check_unused(self.label(), 0, p0=p0, p1=p1)
+            return np.empty(0, np.float32)
         return getattr(self, f"_dec_{self.method}")(codes, count, p0, p1)
 
     # uniform: p0 = offset (min), p1 = scale
@@ -128,9 +173,17 @@ class Quantize(ValueCoder):
         _finite(v, "uniform")
         lo, hi = np.float32(v.min()), np.float32(v.max())
         levels = (1 << self.k) - 1
-        scale = np.float32((np.float64(hi) - np.float64(lo)) / levels)
+        step = (np.float64(hi) - np.float64(lo)) / levels
+        if step >= F32_OVERFLOW:  # only 1 bit over a range wider than float32's
+            raise ValueError(f"uniform {self.k}-bit quantization cannot span the range "
+                             f"[{lo}, {hi}]: its step is not a float32")
+        scale = np.float32(step)
         if scale == 0 and hi > lo:  # range below float32 resolution: smallest step
             scale = np.nextafter(np.float32(0), np.float32(1))
+        # Near +-3.4e38 the rounded scale can carry the top level past float32: one ulp
+        # less keeps every decoded value finite (what the decoder demands) and the bound.
+        while float(lo) + levels * float(scale) >= F32_OVERFLOW:
+            scale = np.nextafter(scale, np.float32(0))
         if scale > 0:
             codes = np.rint((v.astype(np.float64) - np.float64(lo)) / np.float64(scale))
             codes = np.clip(codes, 0, levels).astype(np.uint32)
@@ -139,8 +192,14 @@ class Quantize(ValueCoder):
         return pack_bits(codes, self.k), float(lo), float(scale)
 
     def _dec_uniform(self, buf, count, lo, scale):
-        if not (np.isfinite(lo) and np.isfinite(scale) and scale >= 0):
-            raise WireFormatError(f"bad uniform parameters offset={lo} scale={scale}")
+        if not (math.isfinite(lo) and math.isfinite(scale)
+                and (scale > 0 or _positive_zero(scale))):
+            raise WireFormatError(f"bad uniform parameters offset={lo} scale={scale} "
+                                  "(finite, scale >= +0.0)")
+        top = lo + ((1 << self.k) - 1) * scale  # largest decodable value (codes are <= 2^k - 1)
+        if top >= F32_OVERFLOW:
+            raise WireFormatError(f"uniform parameters offset={lo} scale={scale} decode "
+                                  f"{self.k}-bit codes up to {top:.4g}, beyond float32")
         codes = unpack_bits(buf, count, self.k)
         return (np.float64(lo) + codes * np.float64(scale)).astype(np.float32)
 
@@ -161,26 +220,40 @@ class Quantize(ValueCoder):
         codes = (m | (np.signbit(v) & (m > 0)).astype(np.int64) << e).astype(np.uint32)
         return pack_bits(codes, self.k), float(emax), 0.0
 
-    def _dec_pow2(self, buf, count, emax, _):
-        if not (np.isfinite(emax) and emax == int(emax) and -300 <= emax <= 127):
-            raise WireFormatError(f"bad pow2 exponent {emax}")
+    def _dec_pow2(self, buf, count, emax, p1):
+        check_unused(self.label(), count, p1=p1)
+        if not (math.isfinite(emax) and emax == int(emax) and EMIN_F32 <= emax <= 127):
+            raise WireFormatError(f"bad pow2 exponent {emax} (an integer in "
+                                  f"{EMIN_F32}..127)")
         e = self.k - 1
         codes = unpack_bits(buf, count, self.k)
         m = (codes & ((1 << e) - 1)).astype(np.int64)
+        if np.any(codes == 1 << e):
+            raise WireFormatError("pow2 code with a sign and no magnitude (-0 is sent as 0)")
+        if int(m.max()) > int(emax) - EMIN_F32 + 1:  # 2^(emax - m + 1) < 2^-149: not a float32
+            raise WireFormatError(f"pow2 magnitude code {int(m.max())} is below float32's "
+                                  f"smallest value for emax {int(emax)}")
         mag = np.where(m > 0, np.ldexp(1.0, int(emax) - m + 1), 0.0).astype(np.float32)
         return np.where(codes >> e, -mag, mag)
 
     def _enc_float16(self, v):
+        _finite(v, "float16")
         return np.clip(v, -65504, 65504).astype("<f2").view(np.uint8), 0.0, 0.0
 
-    def _dec_float16(self, buf, count, *_):
-        return buf.view("<f2").astype(np.float32)
+    def _dec_float16(self, buf, count, p0, p1):
+        check_unused(self.label(), count, p0=p0, p1=p1)
+        return check_finite(buf.view("<f2").astype(np.float32), "float16")
 
     def _enc_bfloat16(self, v):
+        _finite(v, "bfloat16")
         b = np.ascontiguousarray(v).view(np.uint32)
         rounded = ((b + np.uint32(0x7FFF) + ((b >> 16) & 1)) >> 16).astype("<u2")
-        rounded[np.isnan(v)] = 0x7FC0  # rounding could carry a NaN into inf
+        # rounding can carry the largest float32 values into inf: the largest bfloat16
+        overflow = (rounded & 0x7F80) == 0x7F80
+        rounded[overflow] = (rounded[overflow] & 0x8000) | 0x7F7F
         return rounded.view(np.uint8), 0.0, 0.0
 
-    def _dec_bfloat16(self, buf, count, *_):
-        return (buf.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    def _dec_bfloat16(self, buf, count, p0, p1):
+        check_unused(self.label(), count, p0=p0, p1=p1)
+        return check_finite((buf.view("<u2").astype(np.uint32) << 16).view(np.float32),
+                            "bfloat16")

@@ -27,6 +27,8 @@ DENSE, BITMAP, DELTA8, DELTA16, DELTA32 = range(5)
 _GAP = {DELTA8: np.dtype("u1"), DELTA16: np.dtype("<u2"), DELTA32: np.dtype("<u4")}
 NAMES = {DENSE: "dense", BITMAP: "bitmap", DELTA8: "delta8", DELTA16: "delta16",
          DELTA32: "delta32"}
+_LAYOUTS = {"dense": frozenset({DENSE}), "bitmap": frozenset({BITMAP}),
+            "delta": frozenset(_GAP), "auto": frozenset(NAMES)}
 
 
 @dataclass
@@ -65,21 +67,33 @@ def masked(flat: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def positions(layout: int, buf: np.ndarray, numel: int, count: int) -> np.ndarray | None:
-    """Decode-side inverse of the index bytes, validated."""
+    """Decode-side inverse of the index bytes, validated.
+
+    Every index list is canonical: a bitmap's padding bits are 0 and its
+    popcount is `count`; delta gaps are unsigned (so indices are strictly
+    increasing: never unsorted or repeated), end inside the tensor and use the
+    narrowest width that fits the largest gap, as the encoder does.
+    """
     if layout == DENSE:
         if count != numel:
             raise WireFormatError(f"dense tensor carries {count} values, expected {numel}")
         return None
     if layout == BITMAP:
-        bits = np.unpackbits(buf, bitorder="little")
-        if bits[numel:].any():
-            raise WireFormatError("bitmap padding bits are set")
-        mask = bits[:numel].view(bool)
-        if int(np.count_nonzero(mask)) != count:
-            raise WireFormatError(f"bitmap marks {np.count_nonzero(mask)} entries, "
-                                  f"header says {count}")
+        if numel % 8 and int(buf[-1]) >> (numel % 8):
+            raise WireFormatError(f"bitmap padding bits are set (last byte {int(buf[-1]):#04x} "
+                                  f"for {numel} entries)")
+        mask = np.unpackbits(buf, count=numel, bitorder="little").view(bool)
+        marked = int(np.count_nonzero(mask))
+        if marked != count:
+            raise WireFormatError(f"bitmap marks {marked} entries, header says {count}")
         return np.flatnonzero(mask)
-    idx = np.cumsum(buf.view(_GAP[layout]).astype(np.int64) + 1) - 1
+    gaps = buf.view(_GAP[layout])
+    big = int(gaps.max()) if count else 0
+    narrowest = DELTA8 if big < 1 << 8 else DELTA16 if big < 1 << 16 else DELTA32
+    if layout != narrowest:
+        raise WireFormatError(f"{NAMES[layout]} index gaps whose largest ({big}) fits "
+                              f"{NAMES[narrowest]} (the narrowest width is required)")
+    idx = np.cumsum(gaps.astype(np.int64) + 1) - 1
     if count and idx[-1] >= numel:
         raise WireFormatError(f"delta index {idx[-1]} out of range for {numel} entries")
     return idx
@@ -95,6 +109,10 @@ class Sparse(Layout):
 
     def label(self):
         return f"sparse({self.format})"
+
+    def layouts(self) -> frozenset[int]:
+        """The layouts this format ever produces: a decoder refuses the others."""
+        return _LAYOUTS[self.format]
 
     def place(self, flat: np.ndarray, mask: np.ndarray | None, coder: ValueCoder) -> Placed:
         n = flat.size

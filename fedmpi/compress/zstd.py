@@ -53,15 +53,21 @@ class Zstd(Container):
                               dtype=np.uint8)]
 
     def expand(self, stored, itemsize, raw_len):
+        """Exactly one zstd frame that declares `raw_len` bytes and holds them; nothing after it.
+
+        The declared size is checked before decompressing, so the output buffer is
+        bounded by the section's limit (which `Container.unpack` took from the model).
+        """
         data = np.ascontiguousarray(stored)
         try:
             declared = zstandard.frame_content_size(data)
             if declared != raw_len:
                 raise WireFormatError(f"zstd frame declares {declared} bytes, "
                                       f"section {raw_len}")
-            raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_len)
+            raw = zstandard.ZstdDecompressor().decompress(
+                data, max_output_size=raw_len, read_across_frames=False, allow_extra_data=False)
         except zstandard.ZstdError as exc:
-            raise WireFormatError(f"bad zstd frame: {exc}") from None
+            raise WireFormatError(f"bad zstd section (one frame, nothing after it): {exc}") from None
         raw = np.frombuffer(raw, dtype=np.uint8)
         if raw.nbytes != raw_len:
             raise WireFormatError(f"zstd frame holds {raw.nbytes} bytes, declared {raw_len}")

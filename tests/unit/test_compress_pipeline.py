@@ -10,7 +10,8 @@ from fedmpi.compress import build, build_pipeline, spec_of
 from fedmpi.errors import ConfigError
 from fedmpi.wire import WireFormatError
 
-any32 = st.floats(width=32)  # NaN, inf, -0.0 and subnormals included
+# every finite float32: -0.0, subnormals and +-3.4e38 included (NaN and inf are never sent)
+any32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 weights32 = st.floats(-4.0, 4.0, width=32) | st.sampled_from([0.0, -0.0])
 
 LOSSLESS = [
@@ -225,3 +226,13 @@ def test_non_finite_values_are_refused_by_uniform():
     pipe = build_pipeline([{"quantize": {}}])
     with pytest.raises(ValueError, match="NaN or inf"):
         pipe.encode({"w": np.array([1.0, np.nan], np.float32)})
+
+
+@pytest.mark.parametrize("stages", LOSSLESS + LOSSY)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_every_pipeline_refuses_non_finite_values(stages, bad):
+    """Decoders refuse non-finite values, so no encoder may produce them."""
+    pipe = build_pipeline(stages)
+    with pytest.raises(ValueError, match="'b' holds NaN or inf"):
+        pipe.encode({"a": np.ones(3, np.float32), "b": np.array([0.0, bad], np.float32)},
+                    memory=pipe.new_memory())
