@@ -9,12 +9,13 @@ missing on one side or its sizes differ. Pure numpy: testable without MPI.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedmpi.errors import FedMPIError
-from fedmpi.wire import Kind
+from fedmpi.wire import HEADER_SIZE, Kind, WireFormatError
 
 DOWN, UP = 0, 1
 
@@ -81,15 +82,92 @@ def report_payload(rows: np.ndarray) -> bytes:
     return np.ascontiguousarray(rows, dtype=VIEW_DTYPE).tobytes()
 
 
-def parse_report(payload: memoryview | bytes) -> np.ndarray:
-    from fedmpi.wire import WireFormatError
+# What a worker's log may hold. Bounds that no real run reaches keep every sum of a
+# round's rows exact in int64/float64 (a row past them is malformed, not big).
+WORKER_KINDS = (Kind.ASSIGN, Kind.MODEL, Kind.UPDATE, Kind.REPORT, Kind.STOP, Kind.MEMORY)
+MAX_MESSAGE_BYTES = 1 << 48
+MAX_SECONDS = 1e9
 
+
+@dataclass(frozen=True)
+class ReportRules:
+    """What the rows of one worker's REPORT may contain; the server knows all of it."""
+
+    worker: int  # the sending rank: every row's `worker`
+    clients: frozenset[int]  # the clients it hosts
+    numel: int  # entries of the model: rows of messages it encodes carry this many
+    samples: Mapping[int, int]  # training samples per hosted client (UPDATE rows)
+    codecs: Mapping[int, int]  # Kind -> codec id of what it encodes (UPDATE, MEMORY)
+
+
+def _row_name(row) -> str:
+    kind = int(row["kind"])
+    name = Kind(kind).name if kind in Kind._value2member_map_ else f"kind {kind}"
+    return f"(round {int(row['round'])}, {name}, client {int(row['client'])})"
+
+
+def _checks(rows: np.ndarray, round: int | None, rules: ReportRules | None):
+    """(field, bad-row mask, what is allowed) in the order they are reported."""
+    kind, way = rows["kind"].astype(np.int64), rows["direction"].astype(np.int64)
+    yield "kind", ~np.isin(kind, WORKER_KINDS), " | ".join(k.name for k in WORKER_KINDS)
+    down = np.isin(kind, (Kind.ASSIGN, Kind.MODEL, Kind.STOP))
+    up = np.isin(kind, (Kind.UPDATE, Kind.REPORT))
+    yield "direction", ((way != DOWN) & down) | ((way != UP) & up) | ~np.isin(way, (DOWN, UP)), \
+        f"{DOWN} (down) for ASSIGN, MODEL, STOP; {UP} (up) for UPDATE, REPORT; either for MEMORY"
+    if round is not None:
+        yield "round", ~np.isin(rows["round"], (-1, round)), f"{round} (or -1: start-up)"
+    nbytes = rows["bytes"]
+    yield "bytes", (nbytes < HEADER_SIZE) | (nbytes > MAX_MESSAGE_BYTES), \
+        f"{HEADER_SIZE}..{MAX_MESSAGE_BYTES} (a whole message)"
+    for name in ("codec_s", "xfer_s", "compute_s"):
+        t = rows[name]
+        yield name, ~((t >= 0) & (t <= MAX_SECONDS)), f"seconds in 0..{MAX_SECONDS:g}"
+    update = kind == Kind.UPDATE
+    yield "compute_s", ~update & (rows["compute_s"] != 0), "0 except in UPDATE rows"
+    loss = rows["train_loss"]
+    yield "train_loss", np.where(update, loss < 0, ~np.isnan(loss)), \
+        ">= 0 or NaN in UPDATE rows, NaN in the others"
+    numel, nnz, dense = rows["numel"], rows["nnz"], rows["dense_bytes"]
+    yield "nnz", (nnz < 0) | (nnz > numel), "0..numel"
+    yield "dense_bytes", dense != 4 * numel, "4 * numel"
+    if rules is None:
+        yield "numel", numel < 0, ">= 0"
+        return
+    yield "worker", rows["worker"] != rules.worker, f"{rules.worker} (the sending rank)"
+    per_client = np.isin(kind, (Kind.MODEL, Kind.UPDATE, Kind.MEMORY))
+    hosted = np.isin(rows["client"], np.fromiter(rules.clients, np.int64, len(rules.clients)))
+    yield "client", np.where(per_client, ~hosted, rows["client"] != -1), \
+        "a client this rank hosts (MODEL, UPDATE, MEMORY) or -1"
+    encoded = update | ((kind == Kind.MEMORY) & (way == UP))  # what the worker encodes
+    yield "numel", numel != np.where(encoded, rules.numel, 0), \
+        f"{rules.numel} for messages the worker encodes, else 0"
+    codec = np.array([rules.codecs.get(int(k), 0) for k in kind], dtype=np.int64)
+    yield "codec_id", rows["codec_id"] != np.where(encoded, codec, 0), \
+        "the pipeline's codec id for messages the worker encodes, else 0"
+    samples = np.array([rules.samples.get(int(c), -1) for c in rows["client"]], dtype=np.int64)
+    yield "samples", rows["samples"] != np.where(update, samples, 0), \
+        "the client's training samples in UPDATE rows, else 0"
+
+
+def parse_report(payload: memoryview | bytes, *, round: int | None = None,
+                 rules: ReportRules | None = None) -> np.ndarray:
+    """A worker's log, every field checked: WireFormatError names the row and the field.
+
+    Without `rules` only what holds for any worker's log is checked (known kind,
+    consistent direction, sizes, counts and times in range; `round` if given).
+    """
     if len(payload) % VIEW_DTYPE.itemsize:
         raise WireFormatError(
             f"report payload of {len(payload)} bytes is not a multiple of the "
             f"{VIEW_DTYPE.itemsize}-byte record size"
         )
-    return np.frombuffer(bytes(payload), dtype=VIEW_DTYPE).copy()
+    rows = np.frombuffer(bytes(payload), dtype=VIEW_DTYPE).copy()
+    for name, bad, allowed in _checks(rows, round, rules):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise WireFormatError(f"REPORT row {i} {_row_name(rows[i])}: {name} = "
+                                  f"{rows[name][i].item()!r}, allowed: {allowed}")
+    return rows
 
 
 def _key(row) -> tuple:

@@ -9,7 +9,6 @@ compression applied) -> write the round, its messages and a checkpoint.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from fedmpi import accounting, wire
+from fedmpi import accounting, protocol, wire
 from fedmpi.aggregate import StreamingFedAvg
 from fedmpi.compress import build_pipeline
 from fedmpi.experiment import Experiment, sample_clients, worker_of
@@ -33,8 +32,8 @@ from fedmpi.transport import (
     TAG_UPDATE,
     Transport,
 )
+from fedmpi.protocol import SNAPSHOT
 from fedmpi.wire import Kind, WireFormatError
-from fedmpi.worker import SNAPSHOT
 
 
 @dataclass
@@ -95,6 +94,16 @@ class Server:
         self.client_memories: dict[int, dict[str, np.ndarray]] = {}
         self.segment = 0
         self.workers = list(range(1, exp.num_workers + 1))
+        # What each worker may send: its clients, and the rules its REPORT rows follow.
+        self.hosted = {w: frozenset(exp.clients_of(w)) for w in self.workers}
+        samples = exp.samples
+        numel = sum(int(np.prod(shape, dtype=np.int64)) for _, shape in exp.spec)
+        self.report_rules = {
+            w: accounting.ReportRules(
+                worker=w, clients=self.hosted[w], numel=numel,
+                samples={c: int(samples[c]) for c in self.hosted[w]},
+                codecs={Kind.UPDATE: exp.uplink.codec_id, Kind.MEMORY: self.dense.codec_id})
+            for w in self.workers}
         self.x_test = torch.from_numpy(exp.test.x).to(exp.device)
         self.y_test = torch.from_numpy(exp.test.y).to(exp.device)
         self.cum_bytes = 0
@@ -104,14 +113,10 @@ class Server:
         out = []
         for w in self.workers:
             buf, _, waited = self.net.recv(w, TAG_HELLO)
-            try:
-                _, payload = wire.parse(buf, expect_kind=Kind.REPORT)
-                info = json.loads(bytes(payload).decode())
-            except (WireFormatError, ValueError) as exc:
-                raise WireFormatError(f"server (rank 0): hello from rank {w}: {exc}") from None
+            info = protocol.read_hello(buf, src=w)
             self.ledger.log(round=-1, kind=Kind.REPORT, client=-1, worker=w, nbytes=len(buf),
                             xfer_s=waited)
-            out.append({"host": str(info.get("host", "")), "device": str(info.get("device", ""))})
+            out.append(info)
         return out
 
     # ------------------------------------------------------------------ loop
@@ -170,7 +175,7 @@ class Server:
         for w, clients in by_worker.items():
             flags = SNAPSHOT if snapshot else 0
             buf = wire.frame(Kind.ASSIGN, round=rnd, client=-1,
-                             payload=np.asarray([flags, *clients], dtype="<i4").tobytes())
+                             payload=protocol.assign_payload(flags, clients))
             xfer = self.net.post(buf, w, TAG_CONTROL)
             self.ledger.log(round=rnd, kind=Kind.ASSIGN, client=-1, worker=w,
                             nbytes=len(buf), xfer_s=xfer)
@@ -197,10 +202,10 @@ class Server:
                 source = MPI.ANY_SOURCE
             buf, src, waited = self.net.recv(source, TAG_UPDATE)
             times.wait_s += waited
-            client, tensors, decode_s = self._decode_update(buf, rnd, src, expected)
-            if cfg.run.deterministic and client != order[i]:
-                raise WireFormatError(f"round {rnd}: expected the update of client {order[i]} "
-                                      f"from rank {src}, got client {client}")
+            # deterministic: this very client's update (fixed summation order)
+            client, tensors, decode_s = protocol.read_update(
+                buf, src=src, round=rnd, hosted=self.hosted[src], pipeline=exp.uplink,
+                spec=exp.spec, expected={order[i]} if cfg.run.deterministic else expected)
             expected.discard(client)
             times.decode_s += decode_s
             t0 = time.perf_counter()
@@ -217,25 +222,6 @@ class Server:
         times.wait_s += self.net.complete()
         return new_global, self._account(rnd, worker_rows)
 
-    def _decode_update(self, buf, rnd, src, expected):
-        exp = self.exp
-        try:
-            header, payload = wire.parse(buf, expect_kind=Kind.UPDATE)
-            if header.round != rnd or header.client not in expected:
-                raise WireFormatError(f"unexpected UPDATE for round {header.round} client "
-                                      f"{header.client}")
-            if worker_of(header.client, exp.num_workers) != src:
-                raise WireFormatError(f"client {header.client} is not hosted by rank {src}")
-            if header.codec_id != exp.uplink.codec_id:
-                raise WireFormatError(f"codec id {header.codec_id:#x} != uplink pipeline "
-                                      f"{exp.uplink.codec_id:#x}")
-            t0 = time.perf_counter()
-            tensors = exp.uplink.decode(payload, exp.spec)
-            return header.client, tensors, time.perf_counter() - t0
-        except WireFormatError as exc:
-            raise WireFormatError(f"server (rank 0), round {rnd}, update from rank {src} "
-                                  f"(client {_client_of(buf)}): {exc}") from None
-
     def _collect_reports(self, rnd: int, times: RoundTimes,
                          snapshot: bool = False) -> list[np.ndarray]:
         rows = []
@@ -244,14 +230,7 @@ class Server:
                 self._receive_memories(rnd, w, times)
             buf, _, waited = self.net.recv(w, TAG_REPORT)
             times.wait_s += waited
-            try:
-                header, payload = wire.parse(buf, expect_kind=Kind.REPORT)
-                if header.round != rnd:
-                    raise WireFormatError(f"REPORT for round {header.round}")
-                rows.append(accounting.parse_report(payload))
-            except WireFormatError as exc:
-                raise WireFormatError(f"server (rank 0), round {rnd}, report from rank {w}: "
-                                      f"{exc}") from None
+            rows.append(protocol.read_report(buf, src=w, round=rnd, rules=self.report_rules[w]))
             self.ledger.log(round=rnd, kind=Kind.REPORT, client=-1, worker=w,
                             nbytes=len(buf), xfer_s=waited)
         return rows
@@ -277,15 +256,8 @@ class Server:
         for client in self.exp.clients_of(w):
             buf, _, waited = self.net.recv(w, TAG_MEMORY)
             times.wait_s += waited
-            try:
-                header, payload = wire.parse(buf, expect_kind=Kind.MEMORY)
-                if header.round != rnd or header.client != client:
-                    raise WireFormatError(f"residual for round {header.round} client "
-                                          f"{header.client}, expected client {client}")
-                self.client_memories[client] = self.dense.decode(payload, self.exp.spec)
-            except WireFormatError as exc:
-                raise WireFormatError(f"server (rank 0), round {rnd}, residuals from rank {w}: "
-                                      f"{exc}") from None
+            self.client_memories[client] = protocol.read_snapshot(
+                buf, src=w, round=rnd, client=client, pipeline=self.dense, spec=self.exp.spec)
             self.ledger.log(round=rnd, kind=Kind.MEMORY, client=client, worker=w,
                             nbytes=len(buf), xfer_s=waited, direction=accounting.UP)
 
@@ -371,7 +343,8 @@ class Server:
         """STOP every worker, then join their final reports (which log the STOP)."""
         self.net.complete()  # e.g. residual restores of a resume that had no round left
         for w in self.workers:
-            buf = wire.frame(Kind.STOP, round=rnd, client=-1, payload=status.encode())
+            buf = wire.frame(Kind.STOP, round=rnd, client=-1,
+                             payload=protocol.stop_payload(status))
             xfer = self.net.send(buf, w, TAG_CONTROL)
             self.ledger.log(round=rnd, kind=Kind.STOP, client=-1, worker=w, nbytes=len(buf),
                             xfer_s=xfer)
@@ -381,10 +354,3 @@ class Server:
         self.cum_bytes += int(stats.columns["sender_bytes"].sum())
         self.writer.set_attrs(cum_wire_bytes=self.cum_bytes)
 
-
-def _client_of(buf: np.ndarray) -> str:
-    """The client id a damaged message claims, when at least its header is intact."""
-    try:
-        return str(wire.parse_header(buf).client)
-    except WireFormatError:
-        return "unknown: header damaged"

@@ -8,14 +8,13 @@ with its own log (exact byte accounting).
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 
 import numpy as np
 import torch
 
-from fedmpi import accounting, wire
+from fedmpi import accounting, protocol, wire
 from fedmpi.compress import build_pipeline
 from fedmpi.experiment import Experiment, client_generator
 from fedmpi.faults import maybe_corrupt, maybe_fail
@@ -29,10 +28,10 @@ from fedmpi.transport import (
     TAG_UPDATE,
     Transport,
 )
-from fedmpi.wire import Kind, WireFormatError
+from fedmpi.wire import Kind
 
 SERVER = 0
-SNAPSHOT = 1  # ASSIGN flag: send every hosted client's error-feedback residual this round
+SNAPSHOT = protocol.SNAPSHOT  # ASSIGN flag: send every hosted client's residual this round
 
 
 class ClientWorker:
@@ -52,44 +51,34 @@ class ClientWorker:
 
     def run(self) -> str:
         """Serve rounds until STOP; returns the run status the server sent with it."""
+        last = None  # the last round assigned: rounds go up by one
         while True:
             buf, _, waited = self.net.recv(SERVER, TAG_CONTROL)
-            header, payload = self._parse(buf, None, where="control message")
-            self.ledger.log(round=header.round, kind=header.kind, client=-1, worker=self.rank,
+            msg = protocol.read_control(buf, rank=self.rank, hosted=self.parts,
+                                        rounds=self.exp.cfg.rounds, last=last,
+                                        feedback=self.has_memory)
+            self.ledger.log(round=msg.round, kind=msg.kind, client=-1, worker=self.rank,
                             nbytes=len(buf), xfer_s=waited)
-            if header.kind == Kind.STOP:
-                self._report(header.round)
-                return bytes(payload).decode("utf-8", "replace") or "completed"
-            if header.kind != Kind.ASSIGN:
-                raise WireFormatError(f"rank {self.rank}: expected ASSIGN or STOP, got {header.kind.name}")
-            flags, clients = self._clients(payload, header.round)
-            for client in clients:
-                self._serve(header.round, client)
-            if flags & SNAPSHOT:
-                self._send_memories(header.round)
-            self._report(header.round)
+            if msg.kind == Kind.STOP:
+                self._report(msg.round)
+                return msg.status
+            last = msg.round
+            for client in msg.clients:
+                self._serve(msg.round, client)
+            if msg.flags & SNAPSHOT:
+                self._send_memories(msg.round)
+            self._report(msg.round)
 
     def hello(self) -> None:
         """Tell the server where this worker runs (JSON, read with json.loads only).
 
         Logged as round -1 ("startup") so that even this message is accounted.
         """
-        info = {"host": socket.gethostname(), "device": _device_name(self.exp.device)}
-        buf = wire.frame(Kind.REPORT, round=0, client=-1, payload=json.dumps(info).encode())
+        payload = protocol.hello_payload(socket.gethostname(), _device_name(self.exp.device))
+        buf = wire.frame(Kind.REPORT, round=0, client=-1, payload=payload)
         sent = self.net.send(buf, SERVER, TAG_HELLO)
         self.ledger.log(round=-1, kind=Kind.REPORT, client=-1, worker=self.rank,
                         nbytes=len(buf), xfer_s=sent)
-
-    def _clients(self, payload: memoryview, rnd: int) -> tuple[int, list[int]]:
-        """ASSIGN payload: int32 flags, then the client ids to run, in order."""
-        if len(payload) % 4 or not len(payload):
-            raise WireFormatError(f"rank {self.rank} round {rnd}: ASSIGN payload of {len(payload)} bytes")
-        flags, *clients = np.frombuffer(bytes(payload), dtype="<i4").tolist()
-        mine = set(self.parts)
-        bad = [c for c in clients if c not in mine]
-        if bad:
-            raise WireFormatError(f"rank {self.rank} round {rnd}: assigned clients {bad} it does not host")
-        return flags, clients
 
     # -------------------------------------------------- error-feedback state for checkpoints
 
@@ -114,32 +103,16 @@ class ClientWorker:
             return
         for client in sorted(self.memories):
             buf, _, waited = self.net.recv(SERVER, TAG_MEMORY)
-            header, payload = self._parse(buf, Kind.MEMORY, where=f"restore of client {client}")
-            if header.client != client:
-                raise WireFormatError(f"rank {self.rank}: residual of client {header.client}, "
-                                      f"expected client {client}")
-            self.memories[client].load(self.dense.decode(payload, self.exp.spec))
+            self.memories[client].load(protocol.read_restore(
+                buf, rank=self.rank, client=client, pipeline=self.dense, spec=self.exp.spec))
             self.ledger.log(round=-1, kind=Kind.MEMORY, client=client, worker=self.rank,
                             nbytes=len(buf), xfer_s=waited, direction=accounting.DOWN)
 
     def _serve(self, rnd: int, client: int) -> None:
         exp, cfg = self.exp, self.exp.cfg
         buf, _, waited = self.net.recv(SERVER, TAG_MODEL)
-        header, payload = self._parse(buf, Kind.MODEL, where=f"round {rnd} client {client}")
-        if header.round != rnd or header.client != client:
-            raise WireFormatError(
-                f"rank {self.rank}: expected MODEL for round {rnd} client {client}, "
-                f"got round {header.round} client {header.client}")
-        if header.codec_id != exp.downlink.codec_id:
-            raise WireFormatError(
-                f"rank {self.rank} round {rnd} client {client}: MODEL codec id "
-                f"{header.codec_id:#x} != downlink pipeline {exp.downlink.codec_id:#x}")
-        t0 = time.perf_counter()
-        try:
-            start = exp.downlink.decode(payload, exp.spec)
-        except WireFormatError as exc:
-            raise WireFormatError(f"rank {self.rank} round {rnd} client {client}: {exc}") from None
-        decode_s = time.perf_counter() - t0
+        start, decode_s = protocol.read_model(buf, rank=self.rank, round=rnd, client=client,
+                                              pipeline=exp.downlink, spec=exp.spec)
         self.ledger.log(round=rnd, kind=Kind.MODEL, client=client, worker=self.rank,
                         nbytes=len(buf), codec_s=decode_s, xfer_s=waited)
 
@@ -176,13 +149,6 @@ class ClientWorker:
                          payload=accounting.report_payload(self.ledger.drain()))
         assert len(buf) == size, (len(buf), size)
         self.net.send(buf, SERVER, TAG_REPORT)
-
-    def _parse(self, buf: np.ndarray, kind: Kind | None, where: str):
-        try:
-            return wire.parse(buf, expect_kind=kind)
-        except WireFormatError as exc:
-            raise WireFormatError(f"rank {self.rank}, {where}: {exc}") from None
-
 
 
 def _device_name(device: torch.device) -> str:
