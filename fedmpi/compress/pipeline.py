@@ -29,6 +29,7 @@ refuses NaN and inf (ValueError), decode refuses any value that is not finite.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from collections.abc import Mapping
@@ -169,7 +170,7 @@ class Pipeline:
         buf = np.frombuffer(payload, dtype=np.uint8) if not isinstance(payload, np.ndarray) \
             else payload.reshape(-1).view(np.uint8)
         n = len(spec)
-        numels = [int(np.prod(s, dtype=np.int64)) for _, s in spec]
+        numels = [math.prod(s) for _, s in spec]
         meta_len = _PRELUDE.size + n * TABLE.itemsize
         # Largest raw section sizes this model can need: a delta32 index (4 bytes per
         # entry) is the widest, and at most every entry has a value.
