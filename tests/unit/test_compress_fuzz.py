@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedmpi.bench.codec import make_model
-from fedmpi.compress import build_pipeline, spec_of
+from fedmpi.compress import build, build_pipeline, spec_of
 from fedmpi.compress import sparse as sp
 from fedmpi.compress.pipeline import _PRELUDE, TABLE
 from fedmpi.compress.zstd import Zstd, shuffle, unshuffle
@@ -597,3 +597,171 @@ def test_valid_crc_mutation_combinations(variant, names, seed):
     except WireFormatError:
         return  # (two mutations may undo each other, so acceptance is not an error here)
     assert_model(out, spec)
+
+
+# ============================================================ focused regressions
+# One crafted message per rule, checksums valid: each was accepted (or raised another
+# exception) before the decoders checked it.
+
+SMALL = {"w": np.linspace(-1, 1, 13, dtype=np.float32).reshape(13),
+         "v": np.array([[0, 0.5, 0, -2, 0], [0, 0, 0, 1, 0]], np.float32)}
+
+
+def crafted(stages, edit, model=SMALL):
+    """Encode `model`, edit the taken-apart message, put it back together (valid CRCs)."""
+    pipe = build_pipeline(stages)
+    enc = pipe.encode(model, memory=pipe.new_memory())
+    buf = frame(Kind.UPDATE, round=ROUND, client=CLIENT, payload=enc.payload,
+                codec_id=pipe.codec_id, n_tensors=len(model))
+    m = take_apart(pipe, buf)
+    edit(m)
+    return pipe, spec_of(model), put_together(m)
+
+
+def _set(row_field, value, i=0):
+    def edit(m):
+        m.table[i][row_field] = value
+    return edit
+
+
+def _second_frame(which):
+    def edit(m):
+        m.sections[which].suffix = zstandard.ZstdCompressor(write_content_size=True) \
+            .compress(b"more")
+    return edit
+
+
+def _suffix(which, extra):
+    def edit(m):
+        m.sections[which].suffix = extra
+    return edit
+
+
+def _index(fn):
+    def edit(m):
+        m.index = fn(m.index)
+    return edit
+
+
+def _values(fn):
+    def edit(m):
+        m.values = fn(m.values)
+    return edit
+
+
+def _attr(name, value):
+    def edit(m):
+        setattr(m, name, value)
+    return edit
+
+
+def _reserved(m):
+    m.prelude[3] = 1
+
+
+def _section_pad(m):
+    m.sections[2].pad = b"\0\0\x80"
+
+
+def _section_size(m):
+    m.sections[2].size = 1
+
+
+def _empty_frame_then_bytes(m):  # python-zstandard alone lets this pass
+    m.index, m.sections[1].suffix = b"", b"\x00\x01"
+
+
+FULL = {"w": np.arange(1, 14, dtype=np.float32), "v": np.ones((2, 5), np.float32)}
+ZSTD = [{"zstd": {}}]
+UNIFORM3 = [{"quantize": {"bits": 3}}]
+POW2 = [{"quantize": {"method": "pow2", "bits": 3}}]
+
+
+@pytest.mark.parametrize("stages, edit, match, model", [(*case, SMALL)[:4] for case in [
+    # uniform dequantization with finite but huge offset/scale decoded to inf
+    (UNIFORM3, lambda m: (_set("p0", 1e38)(m), _set("p1", 1e38)(m)), "beyond float32"),
+    ([{"quantize": {"bits": 8}}], _set("p1", 3.4e38), "beyond float32"),
+    (UNIFORM3, _set("p1", -0.0), "scale"),
+    # trailing bytes or a second zstd frame after a section
+    (ZSTD, _second_frame(2), "second frame"),
+    (ZSTD, _suffix(0, b"\x00"), "trailing bytes"),
+    (ZSTD, _empty_frame_then_bytes, "trailing bytes"),
+    # non-zero reserved words and padding
+    ([], _reserved, "reserved meta word"),
+    ([], _set("pad", np.void(b"\0\1\0")), "table padding"),
+    ([], _section_pad, "section 2: padding"),
+    # a section whose item size is not the coder's (it changes zstd's byte shuffle)
+    ([], _section_size, "item size 1, expected 4"),
+    # padding bits set in k-bit codes (13 * 3 = 39 bits: one unused bit)
+    (UNIFORM3, _values(lambda v: _poke(v, 4, bytes([v[4] | 0x80]))), "padding bits"),
+    # index lists: a layout this sparse format never writes; a wider delta than needed
+    ([{"sparse": {"format": "bitmap"}}], lambda m: (_set("layout", sp.DENSE)(m),
+                                                    _set("layout", sp.DENSE, 1)(m),
+                                                    _attr("index", b"")(m)),
+     "not one that sparse\\(bitmap\\) produces", FULL),
+    ([{"prune": {"rate": 0.5}}, {"sparse": {"format": "delta"}}],
+     lambda m: (_set("layout", sp.DELTA16)(m), _set("layout", sp.DELTA16, 1)(m),
+                _index(lambda ix: np.frombuffer(ix, np.uint8).astype("<u2").tobytes())(m)),
+     "narrowest width"),
+    # side information the coder does not use must be +0.0
+    ([], _set("p0", 1.0), "p0 is 1.0"),
+    (POW2, _set("p1", 2.0), "p1 is 2.0"),
+    # pow2: an exponent below float32's; a sign with no magnitude (-0)
+    (POW2, _set("p0", -200.0), "exponent -200"),
+    ([{"quantize": {"method": "pow2", "bits": 7}}], _values(lambda v: b"\x80" + v[1:]),
+     "no magnitude"),
+    # non-finite values
+    ([], _values(lambda v: np.array([np.nan], "<f4").tobytes() + v[4:]), "finite"),
+    ([{"quantize": {"method": "float16"}}], _values(lambda v: b"\x00\x7c" + v[2:]), "finite"),
+    ([{"quantize": {"method": "bfloat16"}}], _values(lambda v: b"\xc0\x7f" + v[2:]),
+     "finite"),
+]])
+def test_malformed_fields_are_refused(stages, edit, match, model):
+    pipe, spec, buf = crafted(stages, edit, model)
+    with pytest.raises(WireFormatError, match=match):
+        receive(pipe, spec, buf)
+
+
+@pytest.mark.parametrize("k", range(1, 17))
+def test_uniform_extremes_stay_finite_and_within_bound(k):
+    """±3.4e38 in one tensor: the rounded scale carried the top level to inf for
+    k = 5, 7, 9, ... (the encoder now steps the scale down one ulp instead)."""
+    big = np.finfo(np.float32).max
+    v = np.array([-big, big, 0.0, 1.0], np.float32)
+    if k == 1:  # one step cannot span twice float32's range
+        with pytest.raises(ValueError, match="cannot span"):
+            build_pipeline([{"quantize": {"bits": 1}}]).encode({"w": v})
+        return
+    pipe = build_pipeline([{"quantize": {"bits": k}}])
+    enc = pipe.encode({"w": v})
+    out = pipe.decode(enc.payload, [("w", (4,))])["w"]
+    assert np.array_equal(out, enc.reconstructed["w"]) and np.isfinite(out).all()
+    q = build("quantize", {"bits": k})
+    codes, lo, scale = q.encode(v)
+    got = q.decode(codes, v.size, lo, scale)
+    assert np.array_equal(got, out)
+    ulp32 = np.ldexp(1.0, np.frexp(got.astype(np.float64))[1] - 24)  # float32 ulp of x^
+    assert np.all(np.abs(got.astype(np.float64) - v) <= scale / 2 + ulp32)
+
+
+def test_bfloat16_clamps_instead_of_overflowing_to_inf():
+    big = np.finfo(np.float32).max
+    pipe = build_pipeline([{"quantize": {"method": "bfloat16"}}])
+    v = np.array([big, -big, 3.39e38, 1.0], np.float32)
+    out = pipe.decode(pipe.encode({"w": v}).payload, [("w", (4,))])["w"]
+    assert np.isfinite(out).all()
+    assert np.all(np.abs(out.astype(np.float64) - v) <= np.abs(v) * 2.0**-8)
+
+
+def test_declared_sizes_are_bounded_by_the_model_before_anything_is_allocated():
+    """A zstd section declaring (and holding) 64 MiB for a 21-entry model."""
+    bomb = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(64 << 20))
+
+    def edit(m):
+        m.values = b""
+        m.sections[2].raw_len = 64 << 20
+        m.sections[2].suffix = bomb
+
+    pipe, spec, buf = crafted(ZSTD, edit)
+    with pytest.raises(WireFormatError, match="more than this model can need"):
+        _decode_bounded(pipe, spec, buf, limit=1 << 20)
