@@ -131,6 +131,10 @@ def _status(payload) -> str:
     raise WireFormatError(f"STOP status {raw[:64]!r} is not one of {', '.join(STATUSES)}")
 
 
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
     keys = [k for k, _ in pairs]
     if len(set(keys)) != len(keys):
@@ -146,8 +150,8 @@ def _hello(payload) -> dict[str, str]:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise WireFormatError(f"hello is not UTF-8 JSON: {exc}") from None
     if not isinstance(info, dict):
-        raise WireFormatError(f"hello is a JSON {type(info).__name__}, expected an object "
-                              f"with the keys {', '.join(HELLO_KEYS)}")
+        raise WireFormatError(f"hello is a JSON {_JSON_TYPES.get(type(info), 'value')}, "
+                              f"expected an object with the keys {', '.join(HELLO_KEYS)}")
     if sorted(info) != sorted(HELLO_KEYS):
         raise WireFormatError(f"hello has the keys {sorted(info)[:8]}, expected exactly "
                               f"{', '.join(HELLO_KEYS)}")

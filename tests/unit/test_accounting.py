@@ -74,3 +74,94 @@ def test_report_payload_round_trip_and_bad_length():
 
     with pytest.raises(WireFormatError):
         accounting.parse_report(accounting.report_payload(w)[:-3])
+
+
+# ---------------------------------------------------------------- REPORT rows are validated
+
+NUMEL = 1000
+RULES = accounting.ReportRules(worker=1, clients=frozenset({3, 5}), numel=NUMEL,
+                               samples={3: 17, 5: 20}, codecs={Kind.UPDATE: 9, Kind.MEMORY: 4})
+
+
+def worker_log(rnd=2):
+    """What worker rank 1 (clients 3 and 5) logs in round `rnd` after a fresh start."""
+    w = Ledger()
+    w.log(round=-1, kind=Kind.REPORT, client=-1, worker=1, nbytes=90, xfer_s=0.01)  # hello
+    w.log(round=rnd, kind=Kind.ASSIGN, client=-1, worker=1, nbytes=48, xfer_s=0.2)
+    w.log(round=rnd, kind=Kind.MODEL, client=3, worker=1, nbytes=900, codec_s=0.25)
+    w.log(round=rnd, kind=Kind.UPDATE, client=3, worker=1, nbytes=120, dense_bytes=4 * NUMEL,
+          numel=NUMEL, nnz=100, codec_id=9, codec_s=0.125, compute_s=2.0, train_loss=0.5,
+          samples=17)
+    w.log(round=rnd, kind=Kind.MEMORY, client=5, worker=1, nbytes=4100,
+          dense_bytes=4 * NUMEL, numel=NUMEL, nnz=NUMEL, codec_id=4, direction=accounting.UP)
+    w.log(round=rnd, kind=Kind.REPORT, client=-1, worker=1, nbytes=500)
+    return w.drain()
+
+
+def test_a_valid_report_is_read_back_unchanged():
+    rows = worker_log()
+    back = accounting.parse_report(accounting.report_payload(rows), round=2, rules=RULES)
+    assert back.tobytes() == rows.tobytes()
+    assert accounting.parse_report(accounting.report_payload(rows)).tobytes() == rows.tobytes()
+
+
+# (row, field, value, message); row 2 is the MODEL, 3 the UPDATE, 1 the ASSIGN
+ANY_LOG = [  # wrong in any worker's log: checked without rules too
+    (3, "kind", 200, "kind = 200, allowed: ASSIGN"),
+    (3, "kind", int(Kind.FAIL), "kind = 6"),
+    (1, "direction", accounting.UP, "direction = 1"),
+    (3, "direction", 7, "direction = 7"),
+    (2, "bytes", -1, "bytes = -1"),
+    (2, "bytes", 12, "bytes = 12"),
+    (2, "bytes", 2**62, "bytes = 4611686018427387904"),
+    (2, "codec_s", np.nan, "codec_s = nan"),
+    (1, "xfer_s", -1.0, "xfer_s = -1.0"),
+    (3, "compute_s", np.inf, "compute_s = inf"),
+    (2, "compute_s", 1.0, "compute_s = 1.0, allowed: 0 except in UPDATE rows"),
+    (3, "train_loss", -0.5, "train_loss = -0.5"),
+    (2, "train_loss", 0.5, "train_loss = 0.5, allowed: >= 0 or NaN in UPDATE rows, NaN"),
+    (3, "nnz", NUMEL + 1, "nnz = 1001"),
+    (3, "nnz", -1, "nnz = -1"),
+    (3, "dense_bytes", 3, "dense_bytes = 3, allowed: 4 \\* numel"),
+]
+WITH_RULES = [  # wrong for this worker and round: the server knows
+    (3, "round", 7, "round = 7, allowed: 2 \\(or -1"),
+    (0, "round", -2, "round = -2"),
+    (2, "worker", 5, "worker = 5, allowed: 1 \\(the sending rank\\)"),
+    (3, "worker", -1, "worker = -1"),
+    (3, "client", 4, "client = 4, allowed: a client this rank hosts"),
+    (1, "client", 3, "client = 3"),
+    (3, "numel", 999, "numel = 999"),
+    (2, "numel", 1, "numel = 1"),
+    (3, "codec_id", 1, "codec_id = 1"),
+    (2, "codec_id", 9, "codec_id = 9"),
+    (3, "samples", 16, "samples = 16"),
+    (2, "samples", 1, "samples = 1"),
+]
+
+
+def _broken(row, name, value):
+    rows = worker_log()
+    rows[row][name] = value
+    if name == "numel":  # keep dense_bytes consistent, so numel itself is what is wrong
+        rows[row]["dense_bytes"] = 4 * value
+    return accounting.report_payload(rows)
+
+
+@pytest.mark.parametrize("row, name, value, message", ANY_LOG)
+def test_report_rows_out_of_range_are_refused(row, name, value, message):
+    from fedmpi.wire import WireFormatError
+
+    payload = _broken(row, name, value)
+    with pytest.raises(WireFormatError, match=f"REPORT row {row} .*{message}"):
+        accounting.parse_report(payload)
+    with pytest.raises(WireFormatError, match=f"REPORT row {row} .*{message}"):
+        accounting.parse_report(payload, round=2, rules=RULES)
+
+
+@pytest.mark.parametrize("row, name, value, message", WITH_RULES)
+def test_report_rows_that_do_not_fit_the_worker_are_refused(row, name, value, message):
+    from fedmpi.wire import WireFormatError
+
+    with pytest.raises(WireFormatError, match=f"REPORT row {row} .*{message}"):
+        accounting.parse_report(_broken(row, name, value), round=2, rules=RULES)
