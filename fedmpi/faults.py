@@ -5,7 +5,9 @@
 `data` (any rank, while loading data; round is ignored), `corrupt` (a worker
 flips a byte of its update so the server sees a malformed message) or
 `corrupt_down` (rank 0 flips a byte of the round's first MODEL message, so a
-worker sees one).
+worker sees one). `forge` / `forge_down` damage the same messages as a wrong
+sender would, with valid checksums: the header declares one tensor more than
+the model has, so only the receiver's field checks can catch it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import time
 
 import numpy as np
 
+from fedmpi import wire
 from fedmpi.errors import ConfigError
 
-WHERE = ("train", "aggregate", "data", "corrupt", "corrupt_down")
+WHERE = ("train", "aggregate", "data", "corrupt", "corrupt_down", "forge", "forge_down")
+_FORGED = {"corrupt": "forge", "corrupt_down": "forge_down"}  # same message, valid CRCs
 
 
 class InjectedFault(RuntimeError):
@@ -50,8 +54,13 @@ def maybe_fail(cfg, *, rank: int, round: int | None, where: str) -> None:
 
 def maybe_corrupt(cfg, rank: int, round: int, buf: np.ndarray,
                   where: str = "corrupt") -> np.ndarray:
-    """Flip the last byte of an outgoing message (the payload checksum must catch it)."""
+    """Flip the last byte of an outgoing message (the payload checksum must catch it),
+    or, for the matching `forge` kind, re-frame it declaring one tensor too many."""
     if _hit(cfg, rank, round, where):
         buf = buf.copy()
         buf[-1] ^= 0xFF
+    elif _hit(cfg, rank, round, _FORGED[where]):
+        h = wire.parse_header(buf)
+        buf = wire.frame(h.kind, round=h.round, client=h.client, codec_id=h.codec_id,
+                         n_tensors=h.n_tensors + 1, payload=buf[wire.HEADER_SIZE:])
     return buf
