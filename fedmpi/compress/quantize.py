@@ -71,8 +71,8 @@ def check_unused(label: str, count: int, **params: float) -> None:
     """Parameters a method does not use (all of them for an empty tensor) must be +0.0."""
     for name, p in params.items():
         if not _positive_zero(p):
-            why = "an empty tensor's" if count == 0 else f"{label} leaves"
-            raise WireFormatError(f"{why} parameter {name} is {p!r}, expected +0.0")
+            why = "the tensor is empty" if count == 0 else f"{label} does not use it"
+            raise WireFormatError(f"parameter {name} is {p!r}, expected +0.0 ({why})")
 
 
 def check_finite(values: np.ndarray, label: str) -> np.ndarray:
