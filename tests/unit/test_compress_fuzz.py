@@ -580,6 +580,7 @@ def test_valid_crc_mutations_of_every_field_and_pipeline(corpus):
     assert all(refused > 0 for refused, _ in outcomes.values()), outcomes
 
 
+@pytest.mark.timeout(300)
 @settings(max_examples=400, deadline=None, derandomize=True)
 @given(variant=st.sampled_from(sorted(VARIANTS)),
        names=st.lists(st.sampled_from(sorted(MUTATIONS)), min_size=1, max_size=3),
