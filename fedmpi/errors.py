@@ -35,7 +35,10 @@ _REPR = _Repr()
 def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
     """`text` cut to `limit` characters (with a marker), on one line."""
     text = text.replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 15] + f"... ({len(text)} chars)"
+    if len(text) <= limit:
+        return text
+    tail = f"... ({len(text)} chars)"
+    return text[: max(limit - len(tail), 0)] + tail
 
 
 def short(value: object, limit: int = MAX_VALUE_CHARS) -> str:
