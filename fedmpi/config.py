@@ -261,6 +261,11 @@ def validate(cfg: Config) -> Config:
     if cfg.data.dataset == "cifar10" and cfg.data.path:
         path = Path(os.path.expandvars(os.path.expanduser(cfg.data.path)))
         _check(path.exists(), "data.path", cfg.data.path, "an existing CIFAR-10 archive or directory")
+    try:  # the result file stores it as JSON: a YAML date or binary must not fail there
+        json.dumps(cfg.to_dict(), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("config", str(exc), "plain values (strings, finite numbers, booleans, "
+                          "lists and mappings with string keys)") from None
     return cfg
 
 

@@ -397,3 +397,11 @@ def test_non_string_keys_do_not_crash():
     with pytest.raises(ConfigError) as err:
         config.from_dict(raw)
     assert err.value.field == "1"
+
+
+def test_values_the_result_file_cannot_store_as_json_are_refused(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: t\nrun:\n  fail_at: {rank: 1, round: 1, where: train, 2: !!binary aGk=}\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(p)
+    assert err.value.field == "config" and "plain values" in err.value.allowed
