@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,41 +20,82 @@ from typing import Any
 
 import yaml
 
-from fedmpi.errors import ConfigError
+from fedmpi.errors import ConfigError, clip
+
+
+# ----------------------------------------------------------------------------- bounds
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric field; NaN and infinities are never inside."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        above = self.lo < v if self.lo_open else self.lo <= v
+        below = v < self.hi if self.hi_open else v <= self.hi
+        return bool(above and below)  # False for NaN
+
+    def describe(self, integer: bool) -> str:
+        if integer:
+            return f"an integer in {self.lo}..{self.hi}"
+        return (f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+                f"{')' if self.hi_open else ']'}")
+
+
+def num(default: Any, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
+    """A numeric config field with its bounds: `lr: float = num(0.05, 0, 100, lo_open=True)`.
+
+    Every int and float field is declared this way (a unit test checks it), so a value
+    that would overflow an HDF5/wire integer, crash a library (torch threads) or make
+    the model NaN is a config error naming the field and this range.
+    """
+    return field(default=default, metadata={"range": Range(lo, hi, lo_open, hi_open)})
+
+
+MAX_INT32 = 2**31 - 1  # HDF5 /rounds and /messages store rounds and client ids as int32
+MAX_SEED = 2**32 - 1  # what every generator we seed (numpy, torch) takes without wrapping
+MAX_THREADS = 1024  # torch segfaults with 100000; more than any node has cores
+MAX_COUNT = 1_000_000  # rounds, clients, epochs, batch sizes: far beyond any real run
+MAX_STR = 4096  # characters of a string value (names, paths)
 
 
 @dataclass
 class PartitionConfig:
     method: str = "lda"  # iid | lda | shards
-    alpha: float = 100.0  # Dirichlet concentration (lda)
-    shards_per_client: int = 2  # shards
-    min_samples: int = 1
+    alpha: float = num(100.0, 0, 1e6, lo_open=True)  # Dirichlet concentration (lda)
+    shards_per_client: int = num(2, 1, MAX_COUNT)  # shards
+    min_samples: int = num(1, 1, MAX_INT32)
 
 
 @dataclass
 class DataConfig:
     dataset: str = "digits"  # digits (embedded) | cifar10
     path: str | None = None  # cifar10: archive or directory; else $FEDMPI_CIFAR10
-    train_subset: int | None = None
-    test_subset: int | None = None
+    train_subset: int | None = num(None, 1, MAX_INT32)
+    test_subset: int | None = num(None, 1, MAX_INT32)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
 
 
 @dataclass
 class ClientsConfig:
-    num_clients: int = 10
-    fraction: float = 1.0  # of clients sampled per round, in (0, 1]
-    per_round: int | None = None  # exact count; overrides fraction
+    num_clients: int = num(10, 1, MAX_COUNT)
+    fraction: float = num(1.0, 0, 1, lo_open=True)  # of clients sampled per round
+    per_round: int | None = num(None, 1, MAX_COUNT)  # exact count; overrides fraction
 
 
 @dataclass
 class TrainConfig:
     model: str = "mlp"
-    local_epochs: int = 1
-    batch_size: int = 20
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    local_epochs: int = num(1, 1, 10_000)
+    batch_size: int = num(20, 1, MAX_COUNT)
+    lr: float = num(0.05, 0, 100, lo_open=True)
+    momentum: float = num(0.0, 0, 1, hi_open=True)
+    weight_decay: float = num(0.0, 0, 1)
 
 
 @dataclass
@@ -66,19 +108,19 @@ class CompressionConfig:
 @dataclass
 class RunConfig:
     deterministic: bool = True  # ordered aggregation + deterministic torch kernels
-    threads: int = 1  # torch intra-op threads per rank (ranks share the cores)
+    threads: int = num(1, 1, MAX_THREADS)  # torch intra-op threads per rank (ranks share the cores)
     device: str = "auto"  # auto | cpu | cuda
-    eval_every: int = 1
-    checkpoint_every: int = 1
-    eval_batch_size: int = 1000
+    eval_every: int = num(1, 1, MAX_COUNT)
+    checkpoint_every: int = num(1, 1, MAX_COUNT)
+    eval_batch_size: int = num(1000, 1, MAX_COUNT)
     fail_at: dict | None = None  # fault injection for tests: {rank: R, round: N, where: train|aggregate|data}
 
 
 @dataclass
 class Config:
     name: str = "experiment"
-    seed: int = 0
-    rounds: int = 5
+    seed: int = num(0, 0, MAX_SEED)
+    rounds: int = num(5, 1, MAX_COUNT)
     output: str | None = None  # default results/<name>.h5
     data: DataConfig = field(default_factory=DataConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
@@ -114,23 +156,33 @@ CHOICES = {
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:
-    """Turn a dict into dataclass `cls`, rejecting unknown keys and wrong types."""
+    """Turn a dict into dataclass `cls`, rejecting unknown keys, wrong types and ranges."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(where or "<root>", raw, "a mapping of keys to values")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    unknown = sorted(set(raw) - set(names), key=str)  # YAML keys need not be strings
     if unknown:
         key = f"{where}.{unknown[0]}" if where else str(unknown[0])
         raise ConfigError(key, raw[unknown[0]], f"one of the known keys: {', '.join(names)}")
     values = {}
-    for name in names:
-        if name not in raw:
+    for f in fields:
+        if f.name not in raw:
             continue
-        dotted = f"{where}.{name}" if where else name
-        values[name] = _coerce(hints[name], raw[name], dotted)
+        dotted = f"{where}.{f.name}" if where else f.name
+        value = _coerce(hints[f.name], raw[f.name], dotted)
+        bounds = f.metadata.get("range")
+        if bounds is not None and value is not None and value not in bounds:
+            optional = type(None) in typing.get_args(hints[f.name])
+            integer = isinstance(value, int)
+            raise ConfigError(dotted, value, ("null or " if optional else "")
+                              + bounds.describe(integer))
+        if isinstance(value, float) and not math.isfinite(value):  # a field left unbounded
+            raise ConfigError(dotted, value, "a finite number")
+        values[f.name] = value
     return cls(**values)
 
 
@@ -155,12 +207,16 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(where, value, "an integer" + suffix)
     if origin is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond float range
+                raise ConfigError(where, value, "a finite number" + suffix) from None
         raise ConfigError(where, value, "a number" + suffix)
     if origin is str:
-        if isinstance(value, str):
+        if isinstance(value, str) and len(value) <= MAX_STR and "\0" not in value:
             return value
-        raise ConfigError(where, value, "a string" + suffix)
+        raise ConfigError(where, value, f"a string of at most {MAX_STR} characters, "
+                          "without NUL characters" + suffix)
     if origin is list:
         if isinstance(value, list):
             return copy.deepcopy(value)
@@ -178,16 +234,17 @@ def _check(cond: bool, where: str, value: Any, allowed: str) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Range and cross-field checks; pipelines, datasets and models check their own names."""
+    """Choices and cross-field checks (ranges are checked by `_build` from the fields).
+
+    Pipelines, datasets and models check their own names and parameters.
+    """
     for dotted, allowed in CHOICES.items():
         value = _get(cfg, dotted)
         _check(value in allowed, dotted, value, " | ".join(allowed))
-    _check(cfg.rounds >= 1, "rounds", cfg.rounds, "an integer >= 1")
-    _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
-    _check(bool(cfg.name) and "/" not in cfg.name, "name", cfg.name, "a non-empty name without '/'")
+    _check(bool(cfg.name) and len(cfg.name) <= 200 and "/" not in cfg.name
+           and cfg.name.isprintable(), "name", cfg.name,
+           "a non-empty name of at most 200 printable characters, without '/'")
     c = cfg.clients
-    _check(c.num_clients >= 1, "clients.num_clients", c.num_clients, "an integer >= 1")
-    _check(0.0 < c.fraction <= 1.0, "clients.fraction", c.fraction, "a number in (0, 1]")
     if c.per_round is not None:
         _check(
             1 <= c.per_round <= c.num_clients,
@@ -195,27 +252,20 @@ def validate(cfg: Config) -> Config:
             c.per_round,
             f"an integer in 1..clients.num_clients ({c.num_clients})",
         )
-    t = cfg.train
-    _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, "an integer >= 1")
-    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
-    _check(t.lr > 0, "train.lr", t.lr, "a number > 0")
-    _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "a number in [0, 1)")
-    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
-    p = cfg.data.partition
-    _check(p.alpha > 0, "data.partition.alpha", p.alpha, "a number > 0")
-    _check(p.shards_per_client >= 1, "data.partition.shards_per_client", p.shards_per_client, ">= 1")
-    _check(p.min_samples >= 1, "data.partition.min_samples", p.min_samples, "an integer >= 1")
-    for key in ("train_subset", "test_subset"):
-        value = getattr(cfg.data, key)
-        _check(value is None or value >= 1, f"data.{key}", value, "null or an integer >= 1")
-    r = cfg.run
-    _check(r.threads >= 1, "run.threads", r.threads, "an integer >= 1")
-    _check(r.eval_every >= 1, "run.eval_every", r.eval_every, "an integer >= 1")
-    _check(r.checkpoint_every >= 1, "run.checkpoint_every", r.checkpoint_every, "an integer >= 1")
-    _check(r.eval_batch_size >= 1, "run.eval_batch_size", r.eval_batch_size, "an integer >= 1")
+    fail_at = cfg.run.fail_at or {}
+    for key in ("rank", "round"):
+        value = fail_at.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            _check(0 <= value <= MAX_INT32, f"run.fail_at.{key}", value,
+                   f"an integer in 0..{MAX_INT32}")
     if cfg.data.dataset == "cifar10" and cfg.data.path:
         path = Path(os.path.expandvars(os.path.expanduser(cfg.data.path)))
         _check(path.exists(), "data.path", cfg.data.path, "an existing CIFAR-10 archive or directory")
+    try:  # the result file stores it as JSON: a YAML date or binary must not fail there
+        json.dumps(cfg.to_dict(), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("config", str(exc), "plain values (strings, finite numbers, booleans, "
+                          "lists and mappings with string keys)") from None
     return cfg
 
 
@@ -240,6 +290,156 @@ def _get(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+# ----------------------------------------------------------------------------- size limits
+#
+# A YAML alias bomb (`b: &b [*a, *a, ...]`, nine levels) is 300 bytes of text that
+# expands to 9**9 list items: anything that walks the value (repr, deepcopy, json)
+# never returns. So the document is measured as the tree it stands for, aliases
+# expanded, with work bounded by the limits themselves, before anything else reads it.
+
+MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes; a sweep a few kilobytes
+MAX_NODES = 100_000  # scalars + lists + mappings once aliases are expanded
+MAX_DEPTH = 32  # nesting levels (the deepest real key, compression.uplink.0.prune.rate, has 6)
+
+
+def _measure(root: Any, children, where: str, value: Any) -> None:
+    """Raise ConfigError if the tree at `root`, shared subtrees counted at every use,
+    has more than MAX_NODES nodes or more than MAX_DEPTH levels (a cycle has infinitely
+    many). Each distinct node is expanded once, so the work is O(MAX_NODES)."""
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    distinct = 0
+    stack: list[tuple[Any, int, bool]] = [(root, 1, False)]
+
+    def too_deep() -> ConfigError:
+        return ConfigError(where, value, f"at most {MAX_DEPTH} levels of nesting "
+                           "(no recursive YAML aliases)")
+
+    while stack:
+        node, depth, done = stack.pop()
+        key = id(node)
+        if done:
+            kids = children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            height[key] = 1 + max((height[id(k)] for k in kids), default=0)
+            if size[key] > MAX_NODES:
+                raise ConfigError(where, value, f"at most {MAX_NODES} values once YAML "
+                                  "aliases (*name) are expanded")
+            continue
+        if key in size:
+            if depth - 1 + height[key] > MAX_DEPTH:
+                raise too_deep()
+            continue
+        if depth > MAX_DEPTH:
+            raise too_deep()
+        distinct += 1
+        if distinct > MAX_NODES:
+            raise ConfigError(where, value, f"at most {MAX_NODES} values")
+        stack.append((node, depth, True))
+        stack.extend((k, depth + 1, False) for k in children(node))
+
+
+def _data_children(obj: Any) -> list:
+    if isinstance(obj, dict):
+        return [x for kv in obj.items() for x in kv]
+    if isinstance(obj, (list, tuple)):
+        return list(obj)
+    return []
+
+
+def _node_children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [x for kv in node.value for x in kv]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def check_size(raw: Any, where: str = "config") -> None:
+    """Refuse plain data (parsed YAML or JSON) too large or deep to be a configuration."""
+    _measure(raw, _data_children, where, f"<{type(raw).__name__}>")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting while composing (PyYAML recurses per level)."""
+
+    def compose_node(self, parent, index):
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """One line: where and what (PyYAML's own message quotes the text over several)."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        return f"line {line}, column {column}: character #x{exc.character:04x} is not allowed"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) \
+        or (str(exc).splitlines() or ["?"])[0]
+    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return clip(f"{at}{problem}", 200)
+
+
+def parse_yaml(text: str, where: str, value: Any) -> Any:
+    """YAML text -> plain data; ConfigError (one line, naming `where`) on anything wrong.
+
+    The node graph is measured before it is turned into Python objects: merge keys
+    (`<<: *a`) copy entries during construction, so a bomb made of them would blow up
+    in PyYAML itself.
+    """
+    loader = None
+    try:
+        loader = _Loader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _measure(node, _node_children, where, value)
+        return loader.construct_document(node)
+    except ConfigError:
+        raise
+    except yaml.YAMLError as exc:
+        raise ConfigError(where, value, f"valid YAML ({_yaml_problem(exc, text)})") from None
+    except (_TooDeep, RecursionError):
+        raise ConfigError(where, value, f"valid YAML with at most {MAX_DEPTH} levels of "
+                          "nesting") from None
+    except ValueError as exc:  # Python refuses integers of more than 4300 digits
+        why = "an integer of more than 4300 digits" if "digits" in str(exc) else clip(str(exc), 200)
+        raise ConfigError(where, value, f"valid YAML values (found {why})") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_yaml(path: str | Path, where: str = "config") -> tuple[str, Any]:
+    """(text, data) of a YAML file, refusing missing, huge, binary or malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(where, str(path), "an existing YAML file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(where, str(path), f"a readable YAML file ({exc.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(where, str(path), f"a YAML file of at most {MAX_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(where, str(path), f"a UTF-8 text file (byte {exc.start} is not "
+                          "UTF-8: is it a binary file?)") from None
+    return text, parse_yaml(text, where, str(path))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -267,33 +467,39 @@ def set_path(d: dict, dotted: str, value: Any) -> None:
         node = node[key]
 
 
+_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` with the value parsed as YAML (so `0.5`, `true`, `[1, 2]` work)."""
     if "=" not in text:
-        raise ConfigError("--set", text, "dotted.key=value")
+        raise ConfigError("--set", text, "dotted.key=value, e.g. train.lr=0.1")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    key = key.strip()
+    if not _KEY.fullmatch(key):
+        raise ConfigError("--set", text, "dotted.key=value with a key such as train.lr or "
+                          "compression.uplink.0.prune.rate")
+    return key, parse_yaml(raw, f"--set {key}", raw)
 
 
-def from_dict(raw: dict) -> Config:
+def from_dict(raw: Any) -> Config:
+    """Validated Config from plain data (a parsed YAML file, a sweep task, a stored JSON)."""
+    check_size(raw)
     return validate(_build(Config, raw, ""))
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> tuple[Config, str]:
     """Read, override and validate a config file; returns the config and the text as given."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config", str(path), "an existing YAML file")
-    text = path.read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", str(path), f"valid YAML ({exc})") from None
+    text, raw = read_yaml(path)
+    if raw is None or raw == {}:
+        raise ConfigError("config", str(path), "a YAML mapping of settings such as `name:` "
+                          "and `rounds:` (this file sets nothing; start from "
+                          "configs/quickstart.yaml)")
     if not isinstance(raw, dict):
         raise ConfigError("config", str(path), "a YAML mapping at the top level")
     for item in overrides:
         key, value = parse_override(item)
         set_path(raw, key, value)
     if overrides:
-        text += "\n# overrides: " + " ".join(overrides) + "\n"
+        text += "\n# overrides: " + " ".join(o.replace("\n", " ") for o in overrides) + "\n"
     return from_dict(raw), text

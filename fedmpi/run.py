@@ -50,7 +50,7 @@ def main(args) -> int:
     net = Transport(comm)
     error, plan = None, None
     try:
-        plan = _plan(args, size)
+        plan = _plan(args, size, rank)
     except Exception as exc:  # noqa: BLE001 - every rank must reach the Allreduce below
         error = exc
     if not net.all_ok(error is None):
@@ -68,13 +68,20 @@ def main(args) -> int:
 
 
 def _describe(error: BaseException | None) -> str:
+    from fedmpi.errors import clip
+
     if error is None:
         return "on another rank"
-    return str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+    text = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+    return clip(text, 1000)
 
 
-def _plan(args, world_size: int) -> dict:
-    """Everything decided before training: identical on every rank, raises ConfigError."""
+def _plan(args, world_size: int, rank: int = 0) -> dict:
+    """Everything decided before training: identical on every rank, raises ConfigError.
+
+    Only rank 0 probes that the result file can be written (workers may not even see
+    its file system); a failure there still reaches every rank through the Allreduce.
+    """
     from fedmpi import config as cfgmod
     from fedmpi import faults, models
     from fedmpi.experiment import build_pipelines
@@ -82,7 +89,7 @@ def _plan(args, world_size: int) -> dict:
     already_completed, resume, overwrite = False, bool(args.resume), args.overwrite
     if args.resume:
         out = Path(args.resume)
-        cfg, text, already_completed, has_checkpoint = _resume_config(out)
+        cfg, text, already_completed, has_checkpoint = _resume_config(out, args)
         if not has_checkpoint:  # killed before its first checkpoint: start it over
             resume, overwrite = False, True
     else:
@@ -90,8 +97,10 @@ def _plan(args, world_size: int) -> dict:
             raise ConfigError("config", None, "a YAML config path (or --resume FILE)")
         cfg, text = cfgmod.load(args.config, args.overrides)
         out = Path(args.out) if args.out else cfg.output_path
+        field = "--out" if args.out else "output"
+        _check_out_name(out, field)
         if out.exists() and not args.overwrite:
-            raise ConfigError("--out", str(out), "a path that does not exist yet; pass --overwrite "
+            raise ConfigError(field, str(out), "a path that does not exist yet; pass --overwrite "
                               "to replace it or --resume to continue it")
     cfgmod.check_world(cfg, world_size)
     faults.validate(cfg.run.fail_at)
@@ -102,31 +111,167 @@ def _plan(args, world_size: int) -> dict:
         resolve_path(cfg.data.path)
     if cfg.train.model not in models.available():
         raise ConfigError("train.model", cfg.train.model, " | ".join(models.available()))
+    if resume and not already_completed:
+        _check_checkpoint_fits(out, cfg)
+    if rank == 0 and not already_completed:
+        _check_writable(out, "--resume" if args.resume else "--out" if args.out else "output")
     return {"cfg": cfg, "text": text, "out": out, "already_completed": already_completed,
             "resume": resume, "overwrite": overwrite}
 
 
-def _resume_config(path: Path):
-    """(config, text, completed?, has a checkpoint?) of a result file to continue."""
+def _check_out_name(out: Path, field: str) -> None:
+    if "\0" in str(out) or not out.name or out.name in (".", ".."):
+        raise ConfigError(field, str(out), "a file path")
+    if out.is_dir():
+        raise ConfigError(field, str(out), "a file path, not a folder")
+
+
+def _check_writable(out: Path, field: str) -> None:
+    """The result file's folder exists or can be created, and takes new files.
+
+    Found here, before any rank starts work, rather than as a traceback from h5py once
+    every rank has loaded its data. The probe creates and removes one empty file in the
+    deepest folder that exists, so nothing is left behind.
+    """
+    import tempfile
+
+    folder = out.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        if folder.is_symlink():  # dangling link: exists() is False, mkdir would fail
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(field, str(out), f"a path whose folder can be created ('{folder}' "
+                          "is not a folder)")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ConfigError(field, str(out), "a writable file (permission denied)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fedmpi-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(field, str(out), f"a path in a writable folder ('{folder}': "
+                          f"{exc.strerror or exc})") from None
+
+
+_RESUME_ATTRS = ("status", "config_json", "config_yaml", "hosts", "server_pid", "schema_version",
+                 "fedmpi_version")
+
+
+def _resume_config(path: Path, args=None):
+    """(config, text, completed?, has a checkpoint?) of a result file to continue.
+
+    Only reads the file: whatever is wrong with it (unreadable, newer schema, stored config
+    invalid, CONFIG/--set/--out that would change the run) is a ConfigError and the file
+    keeps its bytes and its mtime.
+    """
     import h5py
 
     from fedmpi import config as cfgmod
+    from fedmpi.results import SCHEMA_VERSION
+    from fedmpi.results.checkpoint import find_group
+    from fedmpi.results.hdf import plain
 
+    if args is not None:
+        _refuse_resume_options(path, args)
     if not path.is_file():
         raise ConfigError("--resume", str(path), "an existing result file")
     try:
         with h5py.File(path, "r", locking=False) as f:
-            attrs = {k: f.attrs[k] for k in ("status", "config_json", "config_yaml", "hosts",
-                                              "server_pid") if k in f.attrs}
-            has_checkpoint = "checkpoint" in f
-        resolved = json.loads(str(attrs["config_json"]))
-    except (OSError, KeyError, ValueError) as exc:
+            attrs = {k: plain(f.attrs[k]) for k in _RESUME_ATTRS if k in f.attrs}
+            has_checkpoint = find_group(f) is not None
+        text = str(attrs["config_json"])
+        if len(text) > cfgmod.MAX_FILE_BYTES:
+            raise ValueError(f"config_json of {len(text)} characters")
+        resolved = json.loads(text)
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise ConfigError("--resume", str(path), "a readable fedmpi result file "
                           f"({type(exc).__name__}: {exc}); rerun its config with --overwrite") from None
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError("--resume", str(path), f"a result file of schema_version {SCHEMA_VERSION} "
+                          f"(this one has {version!r}, written by fedmpi "
+                          f"{attrs.get('fedmpi_version', '?')}: resume it with that version)")
     status = str(attrs.get("status", ""))
     _refuse_live_writer(path, status, attrs)
-    return cfgmod.from_dict(resolved), str(attrs.get("config_yaml", "")), \
-        status == "completed", has_checkpoint
+    try:
+        cfg = cfgmod.from_dict(resolved)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.field} (stored in {path})", exc.value, exc.allowed) from None
+    if args is not None and (args.config or args.overrides):
+        _refuse_changes(path, cfg, resolved, args)
+    return cfg, str(attrs.get("config_yaml", "")), status == "completed", has_checkpoint
+
+
+def _refuse_resume_options(path: Path, args) -> None:
+    """--resume continues a run as it started; options that would change it are refused."""
+    if getattr(args, "overwrite", False):
+        raise ConfigError("--overwrite", True, "not with --resume (resume continues the file; "
+                          "--overwrite starts a new run over it: give its CONFIG instead)")
+    out = getattr(args, "out", None)
+    if out and Path(out).absolute() != path.absolute():
+        raise ConfigError("--out", out, f"no --out with --resume (the run continues in {path}; "
+                          "to write elsewhere, copy the file first)")
+
+
+def _refuse_changes(path: Path, cfg, resolved: dict, args) -> None:
+    """CONFIG and --set may come with --resume (job scripts repeat them) only as a no-op."""
+    from fedmpi import config as cfgmod
+
+    if args.config:
+        given, _ = cfgmod.load(args.config, args.overrides)
+    else:
+        raw = json.loads(json.dumps(resolved))
+        for item in args.overrides:
+            cfgmod.set_path(raw, *cfgmod.parse_override(item))
+        given = cfgmod.from_dict(raw)
+    diffs = _differences(cfg.to_dict(), given.to_dict())
+    if diffs:
+        key, stored, new = diffs[0]
+        more = f"; {len(diffs) - 1} more key(s) differ" if len(diffs) > 1 else ""
+        source = "CONFIG" if args.config else "--set"
+        raise ConfigError(key, new, f"{stored!r}, the value stored in {path}{more}: --resume "
+                          f"continues a run with the config it started with, so {source} may "
+                          "only repeat it (to change the run, start a new one with another --out)")
+
+
+def _differences(a, b, where: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, a's value, b's value) wherever two resolved configs differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    return [] if a == b else [(where, a, b)]
+
+
+def _check_checkpoint_fits(path: Path, cfg) -> None:
+    """The stored config must build the model its checkpoint holds, or the resumed run
+    would fail only after start-up, and mark the file failed (it was edited, say)."""
+    import h5py
+    import torch
+
+    from fedmpi import data, models
+    from fedmpi.results.checkpoint import find_group, unescape
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            have = {unescape(k): tuple(v.shape) for k, v in find_group(f)["global"].items()}
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise ConfigError("--resume", str(path), "a result file with a readable checkpoint "
+                          f"({type(exc).__name__}: {exc})") from None
+    shape, classes = data.describe(cfg.data.dataset)
+    with torch.device("meta"):  # names and shapes only: no memory, no initialization cost
+        model = models.build(cfg.train.model, input_shape=shape, num_classes=classes)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if have != want:
+        bad = sorted(set(have) ^ set(want)) or sorted(k for k in want if have[k] != want[k])
+        k = bad[0]
+        raise ConfigError(f"train.model (stored in {path})", cfg.train.model,
+                          f"the model its checkpoint holds (with data.dataset "
+                          f"{cfg.data.dataset!r}, tensor {k!r} is {want.get(k, 'absent')} in "
+                          f"the model, {have.get(k, 'absent')} in the checkpoint); was the "
+                          "stored config edited?")
 
 
 def _refuse_live_writer(path: Path, status: str, attrs: dict) -> None:

@@ -233,12 +233,9 @@ def load(path: str | Path) -> Sweep:
 
 
 def _read_yaml(path: Path, field: str) -> dict:
-    if not path.is_file():
-        raise ConfigError(field, str(path), "an existing YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(field, str(path), f"valid YAML ({exc})") from None
+    from fedmpi.config import read_yaml  # bounded: alias bombs, size, binary, one-line errors
+
+    _, raw = read_yaml(path, field)
     if not isinstance(raw, dict):
         raise ConfigError(field, str(path), "a YAML mapping at the top level")
     return raw

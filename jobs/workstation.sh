@@ -16,7 +16,8 @@
 #
 # The exit status is the run's: 0 completed, 75 interrupted by SIGUSR1 or SIGTERM
 # (SIGUSR1/SIGTERM to mpiexec are forwarded to every rank; rank 0 checkpoints) and
-# resumable with: jobs/workstation.sh CONFIG --resume FILE.h5 ; anything else failed.
+# resumable with: jobs/workstation.sh --resume FILE.h5 ; anything else failed. (CONFIG
+# and --set may come along with --resume only if they repeat the stored config.)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

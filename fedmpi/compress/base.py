@@ -18,6 +18,7 @@ Adding a stage = one file whose name is the registry key, decorated with
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 import typing
 from dataclasses import dataclass
@@ -107,12 +108,18 @@ def build(name: str, params: dict | None = None, *, field: str = "stage") -> Sta
             raise ConfigError(f"{where}.{p}", value, f"a value of type {kind}")
         if p in cls.choices and value not in cls.choices[p]:
             raise ConfigError(f"{where}.{p}", value, " | ".join(cls.choices[p]))
-    params = {p: float(v) if hints[p] is float else v for p, v in params.items()}
+    try:
+        params = {p: float(v) if hints[p] is float else v for p, v in params.items()}
+    except OverflowError:  # an integer beyond float range
+        raise ConfigError(where, params, "finite numbers as parameters") from None
     stage = cls(**params)
     try:
         stage.check()
     except BadParam as bad:
         raise ConfigError(f"{where}.{bad.param}", bad.value, bad.allowed) from None
+    for p, value in params.items():  # backstop for a stage whose check forgets NaN or inf
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}.{p}", value, "a finite number")
     return stage
 
 

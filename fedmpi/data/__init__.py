@@ -9,6 +9,8 @@ here fills the registry.
 
 from __future__ import annotations
 
+import sys
+
 from fedmpi.data import cifar10, digits  # noqa: F401  (registers the datasets)
 from fedmpi.data.dataset import Dataset, stratified_indices
 from fedmpi.data.partition import METHODS, class_histogram, partition
@@ -19,6 +21,7 @@ __all__ = [
     "METHODS",
     "available",
     "class_histogram",
+    "describe",
     "load",
     "partition",
     "prepare",
@@ -30,6 +33,16 @@ def available() -> list[str]:
     from fedmpi.data.registry import _LOADERS
 
     return sorted(_LOADERS)
+
+
+def describe(name: str) -> tuple[tuple[int, ...], int]:
+    """(input shape, number of classes) of a dataset, without loading it.
+
+    Why: `fedmpi run --resume` checks that the stored config still builds the model its
+    checkpoint holds before it touches the file, and loading CIFAR-10 for that is slow.
+    """
+    module = sys.modules[loader(name).__module__]
+    return tuple(module.INPUT_SHAPE), int(module.NUM_CLASSES)
 
 
 def prepare(name: str, *, path: str | None = None) -> None:

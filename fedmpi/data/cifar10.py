@@ -36,6 +36,8 @@ MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
 # Bump when the cached arrays change meaning, so stale caches are never read.
 CACHE_FORMAT = 1
+INPUT_SHAPE = (3, 32, 32)  # what `fedmpi.data.describe` reports without loading
+NUM_CLASSES = 10
 
 
 def resolve_path(path: str | None) -> Path:
@@ -79,7 +81,12 @@ def load(
         raw = _torchvision_splits(source, wanted, seed)
     else:
         raw = _cached_splits(source, wanted, seed)
-    return tuple(Dataset(_normalize(x), y, 10, "cifar10") for x, y in (raw[s] for s in SPLITS))
+    for split in SPLITS:
+        if tuple(raw[split][0].shape[1:]) != INPUT_SHAPE:
+            raise ConfigError("data.path", str(source), f"CIFAR-10 images ({INPUT_SHAPE}); the "
+                              f"{split} split holds {tuple(raw[split][0].shape[1:])}")
+    return tuple(Dataset(_normalize(x), y, NUM_CLASSES, "cifar10")
+                 for x, y in (raw[s] for s in SPLITS))
 
 
 load.takes_subsets = True  # fedmpi.data.load passes the subsets instead of cutting after

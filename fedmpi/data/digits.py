@@ -14,6 +14,8 @@ from fedmpi.data.registry import register
 # different seeds are measured on the same test images and stay comparable.
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
+INPUT_SHAPE = (1, 8, 8)  # what `fedmpi.data.describe` reports without loading
+NUM_CLASSES = 10
 
 
 def _raw() -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +38,7 @@ def _raw() -> tuple[np.ndarray, np.ndarray]:
 @register
 def load(path: str | None = None) -> tuple[Dataset, Dataset]:
     pixels, target = _raw()
-    x = (pixels.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    x = (pixels.astype(np.float32) / 16.0).reshape(-1, *INPUT_SHAPE)
     y = target.astype(np.int64)
     n_test = int(round(len(y) * TEST_FRACTION))
     test_idx = stratified_indices(y, n_test, seed=SPLIT_SEED)
@@ -45,6 +47,6 @@ def load(path: str | None = None) -> tuple[Dataset, Dataset]:
     mean, std = x[train_idx].mean(), x[train_idx].std()
     x = (x - mean) / std
     return (
-        Dataset(x[train_idx], y[train_idx], 10, "digits"),
-        Dataset(x[test_idx], y[test_idx], 10, "digits"),
+        Dataset(x[train_idx], y[train_idx], NUM_CLASSES, "digits"),
+        Dataset(x[test_idx], y[test_idx], NUM_CLASSES, "digits"),
     )

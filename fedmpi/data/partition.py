@@ -65,8 +65,19 @@ def class_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: in
     ).astype(np.int64)
 
 
+def _check_enough_samples(n: int, num_clients: int) -> None:
+    """More clients than samples is the client count's fault, whatever min_samples says."""
+    if num_clients > n:
+        raise ConfigError(
+            "clients.num_clients",
+            num_clients,
+            f"at most {n} (the number of training samples; each client needs one)",
+        )
+
+
 def _check_equal_sizes(n: int, num_clients: int, min_samples: int) -> None:
     # iid and lda give every client n // num_clients or one more sample.
+    _check_enough_samples(n, num_clients)
     if n // num_clients < min_samples:
         raise ConfigError(
             "data.partition.min_samples",
@@ -121,6 +132,7 @@ def _dirichlet(rng: np.random.Generator, alpha: float, n: int) -> np.ndarray:
 def _shards(labels: np.ndarray, k: int, per_client: int, rng: np.random.Generator) -> list:
     """Sort by label, cut into k * per_client shards, deal each client per_client shards."""
     n_shards = k * per_client
+    _check_enough_samples(len(labels), k)
     if len(labels) < n_shards:
         raise ConfigError(
             "data.partition.shards_per_client",

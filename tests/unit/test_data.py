@@ -213,3 +213,25 @@ def test_real_cifar10_subset_and_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(cifar10, "read_splits", lambda *a: pytest.fail("archive read twice"))
     again, _ = data.load("cifar10", path=str(path), train_subset=200, test_subset=100, seed=0)
     assert np.array_equal(again.x, train.x)
+
+
+def test_describe_matches_what_loading_gives(tree):
+    """`describe` (used by --resume before any data is loaded) cannot drift from the loaders."""
+    train, _ = data.load("digits")
+    assert data.describe("digits") == (train.input_shape, train.num_classes) == ((1, 8, 8), 10)
+    train, _ = data.load("cifar10", path=str(tree))
+    assert data.describe("cifar10") == (train.input_shape, train.num_classes) == ((3, 32, 32), 10)
+    with pytest.raises(ConfigError):
+        data.describe("mnist")
+
+
+def test_cifar10_images_of_another_size_are_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDMPI_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "tree"
+    for split in ("train", "test"):
+        for cls in CLASSES:
+            (root / split / cls).mkdir(parents=True)
+            Image.new("RGB", (16, 16), (1, 2, 3)).save(root / split / cls / "0000.png")
+    with pytest.raises(ConfigError) as e:
+        data.load("cifar10", path=str(root))
+    assert e.value.field == "data.path" and "(3, 32, 32)" in e.value.allowed

@@ -138,3 +138,15 @@ def test_stratified_indices_property(labels, frac, seed):
     if short.any():
         assert taken[short].max() - taken[short].min() <= 1
         assert taken[~short].max(initial=0) <= taken[short].min() + 1
+
+
+@pytest.mark.parametrize("method", ["iid", "lda", "shards"])
+def test_more_clients_than_samples_blames_num_clients(method):
+    """Issue 10: `clients.num_clients: 1000000` used to blame data.partition.min_samples."""
+    y = balanced_labels(10)  # 100 samples
+    with pytest.raises(ConfigError) as e:
+        partition(y, 1_000_000, method=method, seed=0)
+    assert e.value.field == "clients.num_clients"
+    assert e.value.allowed.startswith("at most 100 (the number of training samples")
+    parts = partition(y, 100, method=method, seed=0, shards_per_client=1)  # the bound itself
+    assert [len(p) for p in parts] == [1] * 100

@@ -206,3 +206,27 @@ def test_task_forwards_sigterm_as_sigusr1_and_returns_the_run_status(tmp_path):
         assert (tmp_path / "res" / "seed=0.yaml").is_file()
     finally:
         proc.kill()
+
+
+def test_a_sweep_file_that_is_an_alias_bomb_is_refused_fast(tmp_path):
+    """Issue 10: sweep files go through the same bounded YAML loader as configs (in a
+    child with a memory cap: the old loader needed gigabytes and never returned)."""
+    import subprocess
+    import sys
+
+    lines = ["base: {name: t}", "junk:", "  a: &a [1,1,1,1,1,1,1,1,1]"]
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"  {name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    p = tmp_path / "bomb.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    code = ("import resource, sys, time\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (600 << 20, 600 << 20))\n"
+            "from fedmpi import sweep\n"
+            "t = time.perf_counter()\n"
+            "try:\n    sweep.load(sys.argv[1])\n"
+            "except sweep.ConfigError as exc:\n    print(time.perf_counter() - t); print(exc)\n")
+    res = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True,
+                         timeout=60, cwd=__import__("pathlib").Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stderr[-2000:]
+    seconds, message = res.stdout.splitlines()
+    assert float(seconds) < 5 and "at most 100000 values" in message
