@@ -66,7 +66,7 @@ class CompressionConfig:
 @dataclass
 class RunConfig:
     deterministic: bool = True  # ordered aggregation + deterministic torch kernels
-    threads: int = 1  # torch intra-op threads per rank (ranks share the cores)
+    threads: int | None = None  # torch threads per rank; null: $SLURM_CPUS_PER_TASK, else 1
     device: str = "auto"  # auto | cpu | cuda
     eval_every: int = 1
     checkpoint_every: int = 1
@@ -209,7 +209,8 @@ def validate(cfg: Config) -> Config:
         value = getattr(cfg.data, key)
         _check(value is None or value >= 1, f"data.{key}", value, "null or an integer >= 1")
     r = cfg.run
-    _check(r.threads >= 1, "run.threads", r.threads, "an integer >= 1")
+    _check(r.threads is None or r.threads >= 1, "run.threads", r.threads,
+           "an integer >= 1, or null (follow SLURM_CPUS_PER_TASK, else 1)")
     _check(r.eval_every >= 1, "run.eval_every", r.eval_every, "an integer >= 1")
     _check(r.checkpoint_every >= 1, "run.checkpoint_every", r.checkpoint_every, "an integer >= 1")
     _check(r.eval_batch_size >= 1, "run.eval_batch_size", r.eval_batch_size, "an integer >= 1")

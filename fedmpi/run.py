@@ -77,7 +77,7 @@ def _plan(args, world_size: int) -> dict:
     """Everything decided before training: identical on every rank, raises ConfigError."""
     from fedmpi import config as cfgmod
     from fedmpi import faults, models
-    from fedmpi.experiment import build_pipelines
+    from fedmpi.experiment import build_pipelines, effective_threads
 
     already_completed, resume, overwrite = False, bool(args.resume), args.overwrite
     if args.resume:
@@ -89,6 +89,7 @@ def _plan(args, world_size: int) -> dict:
         if not args.config:
             raise ConfigError("config", None, "a YAML config path (or --resume FILE)")
         cfg, text = cfgmod.load(args.config, args.overrides)
+        cfg.run.threads = effective_threads(cfg.run.threads)  # stored in config_json
         out = Path(args.out) if args.out else cfg.output_path
         if out.exists() and not args.overwrite:
             raise ConfigError("--out", str(out), "a path that does not exist yet; pass --overwrite "
