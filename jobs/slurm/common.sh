@@ -7,7 +7,7 @@
 # The exit status alone is not trusted: the result file's `status` decides (a run that
 # completed every round but whose launcher exited non-zero in teardown is a success).
 #
-# What Slurm sends (checked with Slurm 22.05, MPICH 4/5 hydra and srun --mpi=pmi2):
+# What Slurm sends (checked with Slurm 22.05, MPICH 5.0 hydra and srun --mpi=pmi2):
 #   - `scancel JOBID`, the time limit, preemption: SIGCONT + SIGTERM to every process of
 #     the job at once -- this script, srun/mpiexec and every rank -- and SIGKILL KillWait
 #     seconds later. srun answers with "forcing job termination" but the ranks live on
@@ -48,11 +48,17 @@ fedmpi_die() { fedmpi_log "ERROR: $*"; exit 2; }
 # submitted from when it exists there, else to the repository (the job runs in it).
 fedmpi_abspath() {
     local p=$1 base
-    case "$p" in /*) echo "$p"; return ;; esac
-    for base in "${SLURM_SUBMIT_DIR:-$PWD}" "$FEDMPI_DIR"; do
-        [ -e "$base/$p" ] && { echo "$base/$p"; return; }
-    done
-    echo "$FEDMPI_DIR/$p"
+    case "$p" in
+        /*) ;;
+        *) for base in "${SLURM_SUBMIT_DIR:-$PWD}" "$FEDMPI_DIR" ""; do
+               [ -z "$base" ] && { p=$FEDMPI_DIR/$p; break; }
+               [ -e "$base/$p" ] && { p=$base/$p; break; }
+           done ;;
+    esac
+    if [ -d "$(dirname -- "$p")" ]; then  # tidy a/../b: the path appears in logs and hints
+        p="$(cd "$(dirname -- "$p")" && pwd)/$(basename -- "$p")"
+    fi
+    echo "$p"
 }
 
 # ------------------------------------------------------------------------------ launcher
@@ -123,12 +129,9 @@ fedmpi_stop_margin() {
     echo "$margin"
 }
 
-# Seconds this job has left, from Slurm (empty when unlimited or unknown).
+# Seconds this job has left, from Slurm (empty when unlimited or unknown). Read at the
+# start of each incarnation: a requeued job gets its full time limit again.
 fedmpi_time_left() {
-    if [ -n "${SLURM_JOB_END_TIME:-}" ]; then  # Slurm >= 23.02
-        echo $(( SLURM_JOB_END_TIME - $(date +%s) ))
-        return
-    fi
     fedmpi_seconds "$(squeue -h -j "$SLURM_JOB_ID" -o %L 2>/dev/null | head -n 1)"
 }
 
