@@ -138,6 +138,7 @@ fedmpi_time_left() {
 # Send this script SIGUSR1 STOP_MARGIN (capped) seconds before the time limit.
 fedmpi_arm_warning() {
     local left margin me=$$
+    [[ "$STOP_MARGIN" =~ ^[0-9]+$ ]] || fedmpi_die "STOP_MARGIN must be a number of seconds, got '$STOP_MARGIN'"
     left=$(fedmpi_time_left)
     if [ -z "$left" ]; then
         fedmpi_log "no time limit known: no stop before it (scancel --signal=USR1 --batch $SLURM_JOB_ID stops and requeues)"

@@ -272,6 +272,13 @@ def test_slurm_durations_parse(text, want):
     assert res.stdout.strip() == want, res.stderr
 
 
+def test_a_bad_stop_margin_is_refused_before_launching(batch):
+    rc, log = batch.run("run.sbatch", QUICK, STOP_MARGIN="5min", FAKE_MODE="fail-exit-0",
+                        FAKE_TIME_LEFT="1:00:00")
+    assert rc == 2 and "STOP_MARGIN must be a number of seconds, got '5min'" in log, log
+    assert not batch.log.exists()
+
+
 def test_a_missing_venv_is_one_clear_line_and_exit_2(batch):
     rc, log = batch.run("run.sbatch", QUICK, VENV="/nonexistent", FAKE_MODE="fail-exit-0")
     assert rc == 2, log
