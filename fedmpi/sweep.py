@@ -252,11 +252,6 @@ def _read_yaml(path: Path, field: str) -> dict:
     return raw
 
 
-def file_status(path: Path) -> str:
-    """The `status` attribute of a result file ('' when absent or unreadable)."""
-    return read_file_info(path)[0]
-
-
 def read_file_info(path: Path) -> tuple[str, dict | None]:
     """(status, stored resolved config or None) of a result file; ('', None) if unreadable."""
     import h5py
