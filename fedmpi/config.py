@@ -108,7 +108,8 @@ class CompressionConfig:
 @dataclass
 class RunConfig:
     deterministic: bool = True  # ordered aggregation + deterministic torch kernels
-    threads: int = num(1, 1, MAX_THREADS)  # torch intra-op threads per rank (ranks share the cores)
+    # torch threads per rank; null: $SLURM_CPUS_PER_TASK (capped at the cores), else 1
+    threads: int | None = num(None, 1, MAX_THREADS)
     device: str = "auto"  # auto | cpu | cuda
     eval_every: int = num(1, 1, MAX_COUNT)
     checkpoint_every: int = num(1, 1, MAX_COUNT)

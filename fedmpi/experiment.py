@@ -42,6 +42,27 @@ def build_pipelines(cfg: Config) -> tuple[Pipeline, Pipeline]:
     return up, down
 
 
+def effective_threads(configured: int | None, environ=os.environ) -> int:
+    """torch threads per rank: `run.threads` when set, else Slurm's --cpus-per-task, else 1.
+
+    Slurm gives every rank SLURM_CPUS_PER_TASK cores; one thread would leave all but
+    one idle, so an unset `run.threads` (null, the default) follows the allocation,
+    capped at this machine's core count. `fedmpi run` stores the value it used in the
+    resolved config, so a resumed run keeps it.
+    """
+    if configured is not None:
+        return configured
+    raw = environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        from fedmpi.errors import ConfigError
+
+        raise ConfigError("run.threads", None, f"an integer >= 1 (it follows "
+                          f"SLURM_CPUS_PER_TASK when unset, and that is {raw!r})")
+    return min(int(raw), os.cpu_count() or 1)
+
+
 def select_device(choice: str, rank: int, local_rank: int) -> torch.device:
     """One GPU per worker rank from the node-local rank; the server shares the first."""
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
@@ -86,7 +107,7 @@ def build(cfg: Config, *, rank: int, world_size: int, local_rank: int) -> Experi
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.set_num_threads(cfg.run.threads)
+    torch.set_num_threads(effective_threads(cfg.run.threads))
     device = select_device(cfg.run.device, rank, local_rank)
     d = cfg.data
     train, test = datasets.load(d.dataset, path=d.path, train_subset=d.train_subset,

@@ -84,7 +84,7 @@ def _plan(args, world_size: int, rank: int = 0) -> dict:
     """
     from fedmpi import config as cfgmod
     from fedmpi import faults, models
-    from fedmpi.experiment import build_pipelines
+    from fedmpi.experiment import build_pipelines, effective_threads
 
     already_completed, resume, overwrite = False, bool(args.resume), args.overwrite
     if args.resume:
@@ -96,6 +96,7 @@ def _plan(args, world_size: int, rank: int = 0) -> dict:
         if not args.config:
             raise ConfigError("config", None, "a YAML config path (or --resume FILE)")
         cfg, text = cfgmod.load(args.config, args.overrides)
+        cfg.run.threads = effective_threads(cfg.run.threads)  # stored in config_json
         out = Path(args.out) if args.out else cfg.output_path
         field = "--out" if args.out else "output"
         _check_out_name(out, field)

@@ -19,9 +19,13 @@ result file of a grid point keeps its name when values are added to the grid.
 
 `--task I` writes ``<out-dir>/<task>.yaml`` (the resolved config) and runs
 ``fedmpi run`` on it under ``--launch`` with ``--out <out-dir>/<task>.h5``; an
-existing file is resumed when interrupted and skipped when completed. SIGUSR1 and
-SIGTERM are forwarded to the launcher, whose exit status is returned (75 =
-interrupted and resumable), so a Slurm array task can requeue itself.
+existing file is resumed when interrupted and skipped when completed -- but only
+when the resolved config stored in it (`config_json`) is the task's: a file made
+with another config (the sweep file was edited, e.g. `rounds` 15 -> 20) is stale,
+and stale results are never kept or continued silently. The task is refused (exit
+2) with the keys that differ, unless `--overwrite-stale` asks to replace the file.
+SIGUSR1 and SIGTERM are forwarded to the launcher, whose exit status is returned
+(75 = interrupted and resumable), so a Slurm array task can requeue itself.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ from fedmpi.errors import ConfigError
 
 SWEEP_KEYS = ("name", "base", "set", "grid", "labels", "seeds")
 MAX_VALUE_CHARS = 24  # longer values are replaced by a hash in task names
+EXIT_STALE = 2  # a result file made with another config: refused like a config error
+# Config keys that say how a run executes, not what it computes: not compared when
+# deciding whether a result file is stale (run.threads follows --cpus-per-task).
+NOT_COMPARED = frozenset({"run.threads"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -241,15 +249,90 @@ def _read_yaml(path: Path, field: str) -> dict:
     return raw
 
 
-def file_status(path: Path) -> str:
-    """The `status` attribute of a result file ('' when absent or unreadable)."""
+def read_file_info(path: Path) -> tuple[str, dict | None]:
+    """(status, stored resolved config or None) of a result file; ('', None) if unreadable."""
     import h5py
 
     try:
         with h5py.File(path, "r", locking=False) as f:
-            return str(f.attrs.get("status", ""))
+            status = str(f.attrs.get("status", ""))
+            raw = f.attrs.get("config_json")
     except OSError:
-        return ""
+        return "", None
+    if raw is None:
+        return status, None
+    try:
+        stored = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ValueError:
+        return status, None
+    return status, stored if isinstance(stored, dict) else None
+
+
+# ----------------------------------------------------------------------------- staleness
+
+
+def task_config(sweep: Sweep, task: Task) -> dict:
+    """The config a task runs (as written to <task>.yaml): base + overrides + a name."""
+    cfg = task.apply(sweep.base)
+    if "name" not in dict(task.overrides):  # label the run in reports by its grid point
+        cfg["name"] = f"{sweep.name}-{task.name}"
+    return cfg
+
+
+def resolved(cfg: dict) -> dict:
+    """A config as `fedmpi run` stores it in `config_json` (defaults filled in)."""
+    from fedmpi import config as cfgmod
+
+    return json.loads(cfgmod.from_dict(json.loads(json.dumps(cfg))).to_json())
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf value; lists are indexed like `compression.uplink.0.prune.rate`."""
+    if isinstance(value, dict) and value:
+        items = value.items()
+    elif isinstance(value, list) and value:
+        items = enumerate(value)
+    else:
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in items:
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+_ABSENT = object()
+
+
+def config_differences(stored: dict, wanted: dict) -> list[str]:
+    """What differs between a file's stored config and a task's, one line per dotted key.
+
+    Pure. Keys in NOT_COMPARED are skipped. A key the file lacks counts as equal when
+    the task has the current default there: a file written before that key existed
+    ran with the behaviour the default describes.
+    """
+    import dataclasses
+
+    from fedmpi import config as cfgmod
+
+    defaults = _flatten(dataclasses.asdict(cfgmod.Config()))
+    old, new = _flatten(stored), _flatten(wanted)
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if key in NOT_COMPARED or any(key.startswith(k + ".") for k in NOT_COMPARED):
+            continue
+        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if a is _ABSENT and key in defaults and b == defaults[key]:
+            continue
+        if a != b or isinstance(a, bool) != isinstance(b, bool):  # True == 1 in Python
+            lines.append(f"{key}: file {_show(a)}, sweep {_show(b)}")
+    return lines
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ----------------------------------------------------------------------------- command
@@ -266,6 +349,11 @@ def add_arguments(p) -> None:
     p.add_argument("--launch", default=os.environ.get("FEDMPI_LAUNCH", "mpiexec -n 3"),
                    help="MPI launcher prefix (default: $FEDMPI_LAUNCH or 'mpiexec -n 3')")
     p.add_argument("--dry-run", action="store_true", help="with --task: print the command only")
+    p.add_argument("--path", action="store_true",
+                   help="with --task: print the task's result file path and exit")
+    p.add_argument("--overwrite-stale", action="store_true",
+                   help="with --task: replace a result file made with another config "
+                        "(default: refuse it, naming the keys that differ)")
 
 
 def main(args) -> int:
@@ -288,35 +376,56 @@ def main(args) -> int:
         return 2
     task = sweep.tasks[args.task]
     out_dir = Path(args.out_dir or Path(args.results_dir) / sweep.name)
-    return run_task(sweep, task, out_dir, shlex.split(args.launch), dry_run=args.dry_run)
+    if args.path:
+        print(out_dir / f"{task.name}.h5")
+        return 0
+    return run_task(sweep, task, out_dir, shlex.split(args.launch), dry_run=args.dry_run,
+                    overwrite_stale=args.overwrite_stale)
 
 
-def run_task(sweep: Sweep, task: Task, out_dir: Path, launch: list[str], dry_run=False) -> int:
+def run_task(sweep: Sweep, task: Task, out_dir: Path, launch: list[str], dry_run=False,
+             overwrite_stale=False) -> int:
+    where = f"fedmpi sweep: task {task.index} ({task.name})"
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_path, h5 = out_dir / f"{task.name}.yaml", out_dir / f"{task.name}.h5"
     cmd = [*_resolve_launcher(launch), sys.executable, "-m", "fedmpi", "run"]
-    status = file_status(h5) if h5.exists() else None
+    cfg = task_config(sweep, task)
+    status, stored = read_file_info(h5) if h5.exists() else (None, None)
+    overwrite = False
+    if status in ("completed", "interrupted", "running"):
+        if stored is None:
+            differences = ["config_json: missing or unreadable in the file"]
+        else:
+            differences = config_differences(stored, resolved(cfg))
+        if differences and not overwrite_stale:
+            print(f"{where}: {h5} ({status}) was made with another config than this "
+                  "sweep's; not reusing it:\n  " + "\n  ".join(differences) +
+                  "\n  Pass --overwrite-stale to replace it (the old file stays until the new "
+                  "run has completed a round), move it away, or give the sweep another name.",
+                  file=sys.stderr)
+            return EXIT_STALE
+        if differences:
+            print(f"{where}: {h5} ({status}) is stale (" + "; ".join(differences) +
+                  "): replacing it (--overwrite-stale)", file=sys.stderr)
+            status, overwrite = None, True
     if status == "completed":
-        print(f"fedmpi sweep: task {task.index} ({task.name}): {h5} is completed; skipping")
+        print(f"{where}: {h5} is completed; skipping")
         return 0
     if status is None:
-        cfg = task.apply(sweep.base)
-        if "name" not in dict(task.overrides):  # label the run in reports by its grid point
-            cfg["name"] = f"{sweep.name}-{task.name}"
         header = (f"# fedmpi sweep {sweep.name}, task {task.index}: {task.name}\n"
                   f"# overrides: {json.dumps(dict(task.overrides))}\n")
         if not dry_run:
             cfg_path.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
-        cmd += [str(cfg_path), "--out", str(h5)]
+        cmd += [str(cfg_path), "--out", str(h5)] + (["--overwrite"] if overwrite else [])
     elif status in ("interrupted", "running"):
         # `running` is what a hard kill (time limit without a signal, node failure) leaves:
         # `fedmpi run --resume` continues from the last checkpoint or refuses clearly.
         cmd += ["--resume", str(h5)]
     else:
-        print(f"fedmpi sweep: task {task.index} ({task.name}): {h5} has status "
+        print(f"{where}: {h5} has status "
               f"'{status or 'unreadable'}'; move it away to run this task again", file=sys.stderr)
         return 1
-    print(f"fedmpi sweep: task {task.index} ({task.name}): {shlex.join(cmd)}", flush=True)
+    print(f"{where}: {shlex.join(cmd)}", flush=True)
     if dry_run:
         return 0
     return _run_forwarding_signals(cmd)

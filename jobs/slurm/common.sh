@@ -1,17 +1,67 @@
 # shellcheck shell=bash
-# Shared by run.sbatch and sweep.sbatch (sourced, not run). Needs FEDMPI_DIR, VENV,
-# LAUNCHER, SRUN_MPI, MPIEXEC_ARGS, GPU_BIND from the sourcing script's settings block.
+# Shared by run.sbatch and sweep.sbatch (sourced after settings.sh, not run).
 #
 # The contract with `fedmpi run` (and `fedmpi sweep --task`, which passes it through):
-#   exit 0 = completed; 75 = interrupted by SIGUSR1/SIGTERM with a checkpoint saved,
-#   resumable with --resume FILE; anything else = failed.
+#   exit 0 = completed; 2 = configuration error (nothing ran); 75 = stopped by
+#   SIGUSR1/SIGTERM with a checkpoint saved, resumable with --resume FILE; else failed.
+# The exit status alone is not trusted: the result file's `status` decides (a run that
+# completed every round but whose launcher exited non-zero in teardown is a success).
+#
+# What Slurm sends (checked with Slurm 22.05, MPICH 5.0 hydra and srun --mpi=pmi2):
+#   - `scancel JOBID`, the time limit, preemption: SIGCONT + SIGTERM to every process of
+#     the job at once -- this script, srun/mpiexec and every rank -- and SIGKILL KillWait
+#     seconds later. srun answers with "forcing job termination" but the ranks live on
+#     until SIGKILL, so rank 0 (which treats TERM like USR1) usually finishes its round,
+#     checkpoints and marks the file `interrupted`. A SIGTERM always means "stop for good":
+#     the job is being ended by Slurm (a requeue by this script would undo a cancel).
+#   - `scancel --signal=USR1 --batch JOBID` and `--signal=B:USR1@T`: SIGUSR1 to this
+#     script only. This script also sends itself SIGUSR1 shortly before the time limit
+#     (STOP_MARGIN, capped at a quarter of the limit). A SIGUSR1 asks for a requeueing
+#     stop: checkpoint, then `scontrol requeue` -- if this incarnation completed a round.
 
 fedmpi_log() { echo "[$(date +%H:%M:%S) fedmpi-job ${SLURM_JOB_ID:-?}] $*" >&2; }
 
-# Python: the venv's if there is one, else whatever the module loads put on PATH.
-fedmpi_python() {
-    if [ -x "$VENV/bin/python" ]; then echo "$VENV/bin/python"; else command -v python3; fi
+# ------------------------------------------------------------------------- python, paths
+
+# Set $python to a Python that imports fedmpi and mpi4py, or exit 2 with one line that
+# says what to set. VENV given but without bin/python is an error (never a silent
+# fallback); VENV empty: the repository's .venv, else python3 on PATH (module loads).
+fedmpi_find_python() {
+    if [ -n "${VENV:-}" ]; then
+        [ -x "$VENV/bin/python" ] || fedmpi_die "VENV=$VENV has no bin/python: set VENV to the virtualenv where fedmpi is installed (pip install -e .), or leave it empty to use python3 on PATH"
+        python=$VENV/bin/python
+    elif [ -x "$FEDMPI_DIR/.venv/bin/python" ]; then
+        python=$FEDMPI_DIR/.venv/bin/python
+    else
+        python=$(command -v python3) || fedmpi_die "no $FEDMPI_DIR/.venv and no python3 on PATH: set VENV=/path/to/venv or load a Python module in jobs/slurm/settings.sh"
+    fi
+    local out
+    if ! out=$("$python" -c 'import fedmpi, mpi4py; print(fedmpi.__file__)' 2>&1); then
+        fedmpi_die "$python cannot import fedmpi and mpi4py ($(printf '%s\n' "$out" | tail -n 1)): set VENV=/path/to/venv where 'pip install -e .' put them, or load the modules that provide them in jobs/slurm/settings.sh"
+    fi
+    fedmpi_log "python $python (fedmpi from $out)"
 }
+
+fedmpi_die() { fedmpi_log "ERROR: $*"; exit 2; }
+
+# A path given on the command line, made absolute: relative to the folder the job was
+# submitted from when it exists there, else to the repository (the job runs in it).
+fedmpi_abspath() {
+    local p=$1 base
+    case "$p" in
+        /*) ;;
+        *) for base in "${SLURM_SUBMIT_DIR:-$PWD}" "$FEDMPI_DIR" ""; do
+               [ -z "$base" ] && { p=$FEDMPI_DIR/$p; break; }
+               [ -e "$base/$p" ] && { p=$base/$p; break; }
+           done ;;
+    esac
+    if [ -d "$(dirname -- "$p")" ]; then  # tidy a/../b: the path appears in logs and hints
+        p="$(cd "$(dirname -- "$p")" && pwd)/$(basename -- "$p")"
+    fi
+    echo "$p"
+}
+
+# ------------------------------------------------------------------------------ launcher
 
 # The MPI launcher as a shell-quoted string for `N` ranks, e.g. "srun --mpi=pmi2 -n 3".
 #   srun    : Slurm starts every rank itself; the MPI library must speak the PMI that
@@ -26,24 +76,104 @@ fedmpi_launch_string() {
     case "$LAUNCHER" in
         srun) echo "srun --mpi=$SRUN_MPI -n $n --kill-on-bad-exit=1${bind}" ;;
         mpiexec)
-            local exe=mpiexec
-            [ -x "$VENV/bin/mpiexec" ] && exe=$VENV/bin/mpiexec
+            local exe=${MPIEXEC:-}
+            if [ -z "$exe" ]; then
+                exe=mpiexec
+                [ -x "$(dirname "$python")/mpiexec" ] && exe=$(dirname "$python")/mpiexec
+            fi
             echo "$(printf '%q' "$exe") -n $n ${MPIEXEC_ARGS}${bind}" ;;
-        *) fedmpi_log "LAUNCHER must be srun or mpiexec, got '$LAUNCHER'"; return 2 ;;
+        *) fedmpi_log "ERROR: LAUNCHER must be srun or mpiexec, got '$LAUNCHER'"; return 2 ;;
     esac
 }
 
+# ---------------------------------------------------------------------- the result file
+
+# "STATUS<TAB>COMPLETED_ROUNDS<TAB>START_TIME" of a result file; STATUS is `missing` or
+# `unreadable` when there is no usable file. Read without locks, like `fedmpi watch`.
+fedmpi_file_state() {
+    [ -e "$1" ] || { printf 'missing\t0\t-\n'; return; }
+    "$python" - "$1" 2>/dev/null <<'PY' || printf 'unreadable\t0\t-\n'
+import sys
+
+import h5py
+
+with h5py.File(sys.argv[1], "r", locking=False) as f:
+    a = f.attrs
+    print(f"{a.get('status', '') or 'unreadable'}\t{int(a.get('completed_rounds', 0))}\t"
+          f"{a.get('start_time', '') or '-'}")
+PY
+}
+
+# --------------------------------------------------------------------- the time warning
+
+# Seconds in a Slurm duration ("UNLIMITED", "[D-]HH:MM:SS", "MM:SS"); empty if none.
+fedmpi_seconds() {
+    local t=$1 d=0 h=0 m=0 s=0
+    case "$t" in
+        *-*) d=${t%%-*}; t=${t#*-} ;;
+    esac
+    case "$t" in
+        *:*:*) IFS=: read -r h m s <<<"$t" ;;
+        *:*) IFS=: read -r m s <<<"$t" ;;
+        *) return 0 ;;
+    esac
+    [[ "$d$h$m$s" =~ ^[0-9]+$ ]] || return 0
+    echo $(( 10#$d * 86400 + 10#$h * 3600 + 10#$m * 60 + 10#$s ))
+}
+
+# The stop margin for LEFT seconds of time left: STOP_MARGIN, but at most a quarter of
+# LEFT -- with --time=5 a fixed 300 s would stop every incarnation at its start.
+fedmpi_stop_margin() {
+    local left=$1 margin=$2
+    [ "$margin" -gt $(( left / 4 )) ] && margin=$(( left / 4 ))
+    echo "$margin"
+}
+
+# Seconds this job has left, from Slurm (empty when unlimited or unknown). Read at the
+# start of each incarnation: a requeued job gets its full time limit again.
+fedmpi_time_left() {
+    fedmpi_seconds "$(squeue -h -j "$SLURM_JOB_ID" -o %L 2>/dev/null | head -n 1)"
+}
+
+# Send this script SIGUSR1 STOP_MARGIN (capped) seconds before the time limit.
+fedmpi_arm_warning() {
+    local left margin me=$$
+    [[ "$STOP_MARGIN" =~ ^[0-9]+$ ]] || fedmpi_die "STOP_MARGIN must be a number of seconds, got '$STOP_MARGIN'"
+    left=$(fedmpi_time_left)
+    if [ -z "$left" ]; then
+        fedmpi_log "no time limit known: no stop before it (scancel --signal=USR1 --batch $SLURM_JOB_ID stops and requeues)"
+        return
+    fi
+    margin=$(fedmpi_stop_margin "$left" "$STOP_MARGIN")
+    fedmpi_log "time left ${left}s: stopping to requeue ${margin}s before the limit (STOP_MARGIN=$STOP_MARGIN, at most a quarter)"
+    (
+        trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+        sleep $(( left - margin )) &
+        sleeper=$!
+        wait "$sleeper" && kill -s USR1 "$me"
+    ) &
+    _fedmpi_timer=$!
+}
+
+fedmpi_disarm_warning() {
+    [ -n "${_fedmpi_timer:-}" ] && kill "$_fedmpi_timer" 2>/dev/null
+    _fedmpi_timer=""
+}
+
+# ------------------------------------------------------------------- run and supervise
+
 # Run "$@" in the background and turn SIGUSR1/SIGTERM to this script into SIGUSR1 to it
 # (bash runs traps only between commands, so a foreground child would never hear about
-# them). Always USR1, because the launchers differ on TERM (verified with Slurm 22.05 and
-# MPICH 5.0 hydra): hydra's mpiexec forwards both USR1 and TERM to every rank, but srun
-# forwards only USR1 -- a SIGTERM makes srun kill the step at once ("forcing job
-# termination"). Rank 0 treats USR1 and TERM alike (checkpoint, exit 75); workers ignore
-# both. Returns the child's exit status.
+# them). Always USR1, because the launchers differ on TERM: hydra's mpiexec forwards both
+# USR1 and TERM to every rank, but srun forwards only USR1 -- on SIGTERM it gives up on
+# the step ("forcing job termination"). Rank 0 treats USR1 and TERM alike (checkpoint,
+# exit 75); workers ignore both. Records which signals came (_fedmpi_got_usr1/_term) and
+# returns the child's exit status.
 fedmpi_supervise() {
+    _fedmpi_got_usr1=0
+    _fedmpi_got_term=0
     "$@" &
     _fedmpi_child=$!
-    _fedmpi_signalled=0
     trap '_fedmpi_forward USR1' USR1
     trap '_fedmpi_forward TERM' TERM
     local rc
@@ -57,28 +187,102 @@ fedmpi_supervise() {
         [ "$_fedmpi_signalled" = 1 ] && { wait "$_fedmpi_child"; rc=$?; }
         break
     done
-    trap - USR1 TERM
+    fedmpi_disarm_warning
     return "$rc"
 }
 
 _fedmpi_forward() {
     _fedmpi_signalled=1
-    fedmpi_log "got SIG$1: sending SIGUSR1 to the run (pid $_fedmpi_child) to checkpoint and stop"
+    if [ "$1" = TERM ]; then
+        _fedmpi_got_term=1
+        fedmpi_log "got SIGTERM (scancel, time limit or preemption): the run stops for good (no requeue)"
+    else
+        _fedmpi_got_usr1=1
+        fedmpi_log "got SIGUSR1: the run checkpoints and stops; the job requeues itself"
+    fi
     kill -s USR1 "$_fedmpi_child" 2>/dev/null || true
 }
 
-# After the run: 75 (checkpointed) -> requeue this job so that it resumes; else pass the
-# status on. Requeueing keeps SLURM_JOB_ID (hence the output file name) and increments
-# SLURM_RESTART_COUNT. Set REQUEUE=0 to only exit 75.
-fedmpi_finish() {
-    local rc=$1
-    if [ "$rc" = 75 ] && [ "${REQUEUE:-1}" = 1 ]; then
-        fedmpi_log "run interrupted with a checkpoint (exit 75): requeueing job $SLURM_JOB_ID"
-        if scontrol requeue "$SLURM_JOB_ID"; then
-            exit 0   # normally not reached: the requeue ends this incarnation
+# ----------------------------------------------------------------------- the decision
+
+# What to do once the run is over. Pure (tested in tests/slurm/test_scripts.py):
+#   fedmpi_outcome RC BEFORE_STATE AFTER_STATE GOT_USR1 GOT_TERM REQUEUE
+# with *_STATE as printed by fedmpi_file_state. Prints "ACTION EXIT MESSAGE", ACTION one
+# of exit | requeue. The rules:
+#   - exit 2 (configuration error, or a sweep refusing a stale file): nothing ran, exit 2;
+#   - the file was completed before: nothing ran (a skipped grid point), pass RC on;
+#   - the file is completed now: success (exit 0), whatever the launcher returned;
+#   - the file is interrupted: requeue, unless a SIGTERM came (Slurm is ending the job:
+#     a cancel stays a cancel), REQUEUE=0, or this incarnation completed no round (a
+#     requeue would start the same incarnation again: never a loop); else exit 75;
+#   - anything else (failed, running after a hard kill, missing): failure, exit RC (1 if
+#     RC was 0 or 75).
+fedmpi_outcome() {
+    local rc=$1 before=$2 after=$3 usr1=$4 term=$5 requeue=$6
+    local b_status b_rounds b_start a_status a_rounds a_start fail=$rc
+    IFS=$'\t' read -r b_status b_rounds b_start <<<"$before"
+    IFS=$'\t' read -r a_status a_rounds a_start <<<"$after"
+    { [ "$fail" = 0 ] || [ "$fail" = 75 ]; } && fail=1
+    if [ "$rc" = 2 ]; then
+        echo "exit 2 configuration error or refusal (exit 2; see the message above): nothing ran"
+    elif [ "$b_status" = completed ] && [ "$a_status" = completed ]; then
+        echo "exit $rc the result file was already completed: nothing to run"
+    elif [ "$a_status" = completed ]; then
+        if [ "$rc" = 0 ]; then
+            echo "exit 0 run completed ($a_rounds rounds)"
+        else
+            echo "exit 0 run completed ($a_rounds rounds); its launcher exited $rc afterwards (teardown), which does not make it a failure"
         fi
-        fedmpi_log "scontrol requeue failed: resubmit by hand; the next run resumes"
+    elif [ "$a_status" = interrupted ]; then
+        local progress=0
+        if [ "$a_rounds" -gt 0 ] && { [ "$a_start" != "$b_start" ] || [ "$a_rounds" -gt "$b_rounds" ]; }; then
+            progress=1
+        fi
+        if [ "$term" = 1 ]; then
+            echo "exit 75 stopped for good by SIGTERM (a cancel or the time limit): not requeueing; interrupted after $a_rounds rounds, resumable by hand"
+        elif [ "$requeue" != 1 ]; then
+            echo "exit 75 stopped after $a_rounds rounds; REQUEUE=$requeue: not requeueing; resumable by hand"
+        elif [ "$progress" = 0 ]; then
+            echo "exit 75 stopped before completing a round in this incarnation ($a_rounds rounds): not requeueing, since it would loop (a longer --time, or a smaller STOP_MARGIN, must fit a round); resumable by hand"
+        else
+            echo "requeue 75 stopped with a checkpoint after $a_rounds rounds (exit $rc)"
+        fi
+    elif [ "$a_status" = running ] && [ "$a_rounds" -gt 0 ]; then
+        echo "exit $fail run ended (exit $rc) without marking the file; it is left 'running' after $a_rounds rounds and resumable by hand from its last checkpoint"
+    else
+        echo "exit $fail run failed (exit $rc); result file: $a_status after $a_rounds rounds"
     fi
-    fedmpi_log "run finished with exit status $rc"
-    exit "$rc"
+}
+
+# After the run: read the file, decide with fedmpi_outcome, requeue or exit.
+# Usage: fedmpi_finish RC FILE BEFORE_STATE RESUME_HINT
+fedmpi_finish() {
+    local rc=$1 file=$2 before=$3 hint=$4 after decision action code message
+    after=$(fedmpi_file_state "$file")
+    if [ "$_fedmpi_got_term" = 1 ]; then
+        # srun may return while rank 0 still checkpoints: give it until Slurm's SIGKILL.
+        local waited=0
+        while [ "${after%%$'\t'*}" = running ] && [ "$waited" -lt "${FEDMPI_SETTLE_S:-60}" ]; do
+            sleep 1
+            waited=$((waited + 1))
+            after=$(fedmpi_file_state "$file")
+        done
+    fi
+    decision=$(fedmpi_outcome "$rc" "$before" "$after" "$_fedmpi_got_usr1" "$_fedmpi_got_term" "${REQUEUE:-1}")
+    read -r action code message <<<"$decision"
+    fedmpi_log "$message"
+    case "$message" in
+        *"by hand"*) fedmpi_log "resume by hand: $hint" ;;
+    esac
+    if [ "$action" = requeue ]; then
+        # Requeueing keeps SLURM_JOB_ID (hence the file and log names) and increments
+        # SLURM_RESTART_COUNT; Slurm holds the job cred_expire + 1 s before it restarts.
+        fedmpi_log "requeueing job $SLURM_JOB_ID: the next incarnation resumes $file"
+        if scontrol requeue "$SLURM_JOB_ID"; then
+            exit 0
+        fi
+        fedmpi_log "scontrol requeue failed: resume by hand: $hint"
+    fi
+    fedmpi_log "exit status $code"
+    exit "$code"
 }

@@ -53,15 +53,20 @@ class Jobs:
         self.ids: list[str] = []
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {**os.environ, "FEDMPI_DIR": str(ROOT), "VENV": str(VENV),
-                "RESULTS_DIR": str(self.tmp / "results"), "FEDMPI_PROGRESS": "0",
-                "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+        """The job's environment (sbatch exports it); a value None removes a variable."""
+        env = {**os.environ, "FEDMPI_DIR": str(ROOT), "VENV": str(VENV),
+               "RESULTS_DIR": str(self.tmp / "results"), "FEDMPI_PROGRESS": "0",
+               "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+        return {k: v for k, v in env.items() if v is not None}
 
     def submit(self, script: str, *args: str, sbatch_opts: tuple[str, ...] = (),
-               **env: str) -> str:
-        cmd = ["sbatch", "--parsable", "--time=15", f"--output={self.tmp}/slurm-%x-%j.out",
+               cwd: Path | None = None, **env: str) -> str:
+        # One torch thread per rank unless a test asks (--cpus-per-task): 3 ranks share
+        # 2 cores here, and the reference and requeued runs must use the same count.
+        cmd = ["sbatch", "--parsable", "--time=15", "--cpus-per-task=1",
+               f"--output={self.tmp}/slurm-%x-%j.out",
                *sbatch_opts, str(ROOT / "jobs" / "slurm" / script), *map(str, args)]
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        res = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=60,
                              env=self.env(**env))
         assert res.returncode == 0, f"sbatch failed: {res.stderr}"
         job_id = res.stdout.strip().split(";")[0]
@@ -77,6 +82,16 @@ class Jobs:
             subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
 
 
+def wait_rounds(jobs: Jobs, job_id: str, out: Path, rounds: int, timeout: float) -> None:
+    """Poll until `out` holds `rounds` completed rounds while the job still runs."""
+    deadline = time.monotonic() + timeout
+    while completed_rounds(out) < rounds:
+        rec = job_records(job_id)
+        assert rec and rec[0]["JobState"] in ("PENDING", "RUNNING"), jobs.logs()
+        assert time.monotonic() < deadline, f"no {rounds} rounds in time\n" + jobs.logs()
+        time.sleep(0.5)
+
+
 def job_records(job_id: str) -> list[dict[str, str]]:
     """`scontrol show job` records (one per array task) as dicts; [] when unknown."""
     res = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
@@ -90,7 +105,11 @@ def job_records(job_id: str) -> list[dict[str, str]]:
 
 
 def wait_done(jobs: Jobs, job_id: str, timeout: float, n_tasks: int = 1) -> list[dict]:
-    """Poll until every (array) task of `job_id` reached a final state; fail on timeout."""
+    """Poll until every (array) task of `job_id` reached a final state; fail on timeout.
+
+    A final state means the batch script has exited too: while it runs, a cancelled job
+    shows COMPLETING (and its script could still requeue it).
+    """
     deadline = time.monotonic() + timeout
     records: list[dict] = []
     while time.monotonic() < deadline:

@@ -153,6 +153,27 @@ def write_sweep(tmp_path) -> str:
     return str(path)
 
 
+def write_result(path, status: str, config: dict | None) -> None:
+    """A result file as far as the sweep reads it: status and the stored resolved config."""
+    import json
+
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["status"] = status
+        if config is not None:
+            f.attrs["config_json"] = json.dumps(config, sort_keys=True)
+
+
+def stored_config(sweep_path: str, **changes) -> dict:
+    """The config `fedmpi run` would store for task 0 of `sweep_path`, with `changes`."""
+    loaded = sw.load(sweep_path)
+    cfg = sw.task_config(loaded, loaded.tasks[0])
+    cfg.update(changes)
+    return sw.resolved(cfg)
+
+
 @pytest.mark.parametrize(("status", "rc", "expect"), [
     ("completed", 0, "is completed; skipping"),
     ("interrupted", 0, "--resume"),
@@ -160,19 +181,105 @@ def write_sweep(tmp_path) -> str:
     ("failed", 1, "move it away"),
 ])
 def test_existing_result_file_is_resumed_skipped_or_refused(tmp_path, capsys, status, rc, expect):
-    import h5py
-
     from fedmpi.cli import main
 
     out_dir = tmp_path / "res"
-    out_dir.mkdir()
-    with h5py.File(out_dir / "seed=0.h5", "w") as f:
-        f.attrs["status"] = status
-    got = main(["sweep", write_sweep(tmp_path), "--task", "0", "--out-dir", str(out_dir),
-                "--dry-run"])
+    sweep = write_sweep(tmp_path)
+    write_result(out_dir / "seed=0.h5", status, stored_config(sweep))
+    got = main(["sweep", sweep, "--task", "0", "--out-dir", str(out_dir), "--dry-run"])
     captured = capsys.readouterr()
     assert got == rc
     assert expect in captured.out + captured.err
+
+
+@pytest.mark.parametrize("status", ["completed", "interrupted", "running"])
+def test_result_file_made_with_another_config_is_refused_naming_what_differs(
+        tmp_path, capsys, status):
+    """Issue 10: the sweep's rounds went 2 -> 3; the old file must not be skipped or resumed."""
+    from fedmpi.cli import main
+
+    out_dir = tmp_path / "res"
+    sweep = write_sweep(tmp_path)  # rounds: 2
+    h5 = out_dir / "seed=0.h5"
+    write_result(h5, status, stored_config(sweep, rounds=3, seed=7))
+    got = main(["sweep", sweep, "--task", "0", "--out-dir", str(out_dir), "--dry-run"])
+    captured = capsys.readouterr()
+    assert got == sw.EXIT_STALE == 2
+    assert "rounds: file 3, sweep 2" in captured.err
+    assert "seed: file 7, sweep 0" in captured.err
+    assert "--overwrite-stale" in captured.err
+    assert "skipping" not in captured.out and "--resume" not in captured.out
+    # the way out: replace it (fedmpi run --overwrite keeps the old file until a round is done)
+    got = main(["sweep", sweep, "--task", "0", "--out-dir", str(out_dir), "--dry-run",
+                "--overwrite-stale"])
+    captured = capsys.readouterr()
+    assert got == 0
+    assert f"{out_dir}/seed=0.yaml --out {h5} --overwrite" in captured.out
+    assert "stale (rounds: file 3, sweep 2" in captured.err
+
+
+def test_overwrite_stale_keeps_a_file_whose_config_matches(tmp_path, capsys):
+    """--overwrite-stale can stay on a requeued array: matching files are still reused."""
+    from fedmpi.cli import main
+
+    out_dir = tmp_path / "res"
+    sweep = write_sweep(tmp_path)
+    write_result(out_dir / "seed=0.h5", "interrupted", stored_config(sweep))
+    assert main(["sweep", sweep, "--task", "0", "--out-dir", str(out_dir), "--dry-run",
+                 "--overwrite-stale"]) == 0
+    out = capsys.readouterr().out
+    assert "--resume" in out and "--overwrite" not in out
+
+
+def test_result_file_without_stored_config_is_not_trusted(tmp_path, capsys):
+    from fedmpi.cli import main
+
+    out_dir = tmp_path / "res"
+    write_result(out_dir / "seed=0.h5", "completed", None)
+    assert main(["sweep", write_sweep(tmp_path), "--task", "0", "--out-dir", str(out_dir),
+                 "--dry-run"]) == 2
+    assert "config_json: missing or unreadable" in capsys.readouterr().err
+
+
+def test_config_differences_is_per_dotted_key():
+    base = sw.resolved({"name": "q", "rounds": 2,
+                        "compression": {"uplink": [{"prune": {"rate": 0.5}}]}})
+    changed = json_copy(base)
+    changed["compression"]["uplink"][0]["prune"]["rate"] = 0.9
+    changed["run"]["deterministic"] = 1  # not a bool: a difference although True == 1
+    assert sw.config_differences(base, changed) == [
+        "compression.uplink.0.prune.rate: file 0.5, sweep 0.9",
+        "run.deterministic: file true, sweep 1",
+    ]
+    assert sw.config_differences(base, json_copy(base)) == []
+
+
+def test_config_differences_ignores_run_threads_and_keys_older_files_lack():
+    base = sw.resolved({"name": "q"})
+    other = json_copy(base)
+    other["run"]["threads"] = 8  # how fast, not what: --cpus-per-task may change it
+    assert sw.config_differences(base, other) == []
+    old_file = json_copy(base)
+    del old_file["run"]["eval_batch_size"]  # a key added after the file was written
+    assert sw.config_differences(old_file, base) == []  # ... the task has its default
+    other["run"]["eval_batch_size"] = 7
+    assert sw.config_differences(old_file, other) == [
+        "run.eval_batch_size: file (absent), sweep 7"]
+
+
+def test_path_prints_the_result_file_of_a_task(tmp_path, capsys):
+    from fedmpi.cli import main
+
+    sweep = write_sweep(tmp_path)
+    assert main(["sweep", sweep, "--task", "0", "--results-dir", str(tmp_path / "r"),
+                 "--path"]) == 0
+    assert capsys.readouterr().out.strip() == f"{tmp_path}/r/demo/seed=0.h5"
+
+
+def json_copy(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d))
 
 
 def test_task_forwards_sigterm_as_sigusr1_and_returns_the_run_status(tmp_path):
