@@ -298,7 +298,7 @@ def _metadata(cfg, text: str, size: int) -> dict:
         "torch_version": torch.__version__,
         "numpy_version": numpy.__version__,
         "mpi4py_version": mpi4py.__version__,
-        "mpi_library_version": MPI.Get_library_version().strip().splitlines()[0],
+        "mpi_library_version": _first_line(MPI.Get_library_version()),
         "world_size": size,
         "num_workers": size - 1,
         "git_commit": _git_commit(),
@@ -310,6 +310,12 @@ def _metadata(cfg, text: str, size: int) -> dict:
         "downlink_codec": down.name,
         "downlink_codec_id": down.codec_id,
     }
+
+
+def _first_line(text: str) -> str:
+    """The first line of a C string from MPI (Open MPI's ends in a NUL, which `strip` keeps)."""
+    lines = text.replace("\0", "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _git_commit() -> str:
