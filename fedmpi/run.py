@@ -42,7 +42,7 @@ def main(args) -> int:
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    stop = StopFlag.install(rank)  # first: a signal during start-up must not kill a rank
+    stop = StopFlag.install(rank)  # already installed by `fedmpi run`; now rank 0 may report
     local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
 
     from fedmpi.transport import Transport
