@@ -34,7 +34,8 @@ from mpijobs import (
     wait_for_rounds,
 )
 
-SET = ["--set", "rounds=12", "--set", "clients.num_clients=6"]
+ROUNDS = 40  # ~0.05 s each here: a stop requested after round 2 lands well before the end
+SET = ["--set", f"rounds={ROUNDS}", "--set", "clients.num_clients=6"]
 
 
 def open_mpi() -> bool:
@@ -65,23 +66,23 @@ def test_graceful_stop_and_resume(tmp_path, sig, target):
         assert a["status"] == "interrupted"
         assert a["failure_reason"] == f"stopped by {sig.name}"
         assert f"rank 0 got {sig.name}: stopping after this round" in res.stderr
-    assert 2 <= a["completed_rounds"] < 12
+    assert 2 <= a["completed_rounds"] < ROUNDS
     if sig != signal.SIGINT:  # resuming after SIGUSR1 is tested in test_resume.py
         return
     res = run(fedmpi_cmd(3, "--resume", out))
     assert res.returncode == 0, res.stderr
-    assert attrs(out)["status"] == "completed" and attrs(out)["completed_rounds"] == 12
+    assert attrs(out)["status"] == "completed" and attrs(out)["completed_rounds"] == ROUNDS
 
 
 def test_second_sigint_aborts(tmp_path):
     out = tmp_path / "abort.h5"
-    # rounds of a few seconds, so that the second Ctrl-C comes while the first one's
-    # round is still running
-    proc = start(fedmpi_cmd(3, QUICK, "--out", out, *SET, "--set", "train.local_epochs=60"))
+    # Rounds of about 5 s (2.5 s at 150 epochs on this 2-core VM): the first Ctrl-C comes
+    # at most ~0.3 s into round 1 and the second 0.2 s later, while that round still runs.
+    proc = start(fedmpi_cmd(3, QUICK, "--out", out, *SET, "--set", "train.local_epochs=300"))
     wait_for_rounds(out, 1, proc, timeout=240)
     server = int(attrs(out)["server_pid"])
     os.kill(server, signal.SIGINT)
-    time.sleep(0.5)
+    time.sleep(0.2)  # the handler runs within milliseconds; two at once would merge into one
     t0 = time.monotonic()
     os.kill(server, signal.SIGINT)
     res = finish(proc, 60)
