@@ -65,7 +65,7 @@ test-openmpi: install-openmpi
 
 install-openmpi: $(OPENMPI_STAMP)
 
-# mpi4py at $(VENV)'s version, compiled with $(OPENMPI_MPICC) (about 5 min; pip caches the
+# mpi4py at $(VENV)'s version, compiled with $(OPENMPI_MPICC) (2.5 min of CPU; pip caches the
 # wheel). A cached wheel built against another MPI is caught and rebuilt without the cache.
 $(OPENMPI_STAMP): $(STAMP)
 	@command -v $(OPENMPI_MPICC) >/dev/null || { echo "no $(OPENMPI_MPICC): install Open MPI" \
