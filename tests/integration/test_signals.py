@@ -34,7 +34,9 @@ from mpijobs import (
     wait_for_rounds,
 )
 
-ROUNDS = 40  # ~0.05 s each here: a stop requested after round 2 lands well before the end
+# ~0.05 s each here: a stop requested after round 2 lands well before the end, also
+# through Open MPI's mpirun, whose ranks hear of it 1 s late (see above)
+ROUNDS = 60
 SET = ["--set", f"rounds={ROUNDS}", "--set", "clients.num_clients=6"]
 
 
