@@ -7,7 +7,26 @@ RANKS   ?= 3
 STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install run test test-unit test-mpi test-integration test-slurm bench paper-cpu clean
+# Which MPI the MPI and integration tests run under (README "Tests"): the launcher command
+# and the ranks' Python; by default this venv's (the mpich wheel's mpiexec).
+TEST_MPIEXEC = $(or $(FEDMPI_MPIEXEC),$(MPIEXEC))
+TEST_PY      = $(or $(FEDMPI_PYTHON),$(PY))
+
+# Open MPI (Debian's openmpi-bin + libopenmpi-dev): a second venv that holds only mpi4py
+# built against it and reaches everything else in $(VENV) (torch, h5py, fedmpi) through
+# a .pth file that calls site.addsitedir, so that $(VENV)'s own .pth files (the editable
+# fedmpi) are processed too. `make test` includes it when Open MPI is installed or CI=true.
+OPENMPI_VENV    ?= .venv-ompi
+OPENMPI_PY      := $(OPENMPI_VENV)/bin/python
+OPENMPI_STAMP   := $(OPENMPI_VENV)/.installed
+OPENMPI_MPICC   ?= mpicc.openmpi
+OPENMPI_MPIEXEC ?= mpirun.openmpi --oversubscribe
+HAVE_OPENMPI    := $(shell command -v $(OPENMPI_MPICC) 2>/dev/null)
+# Open MPI refuses root unless told (CI and containers run as root)
+OPENMPI_ENV     := $(if $(filter 0,$(shell id -u)),OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
+
+.PHONY: install install-openmpi run test test-unit test-mpi test-integration test-slurm \
+	test-openmpi bench paper-cpu clean
 
 install: $(STAMP)
 
@@ -27,16 +46,51 @@ run: install
 	  --out results/quickstart-report
 
 test: install
-	$(MAKE) --no-print-directory test-unit test-mpi test-integration test-slurm
+	$(MAKE) --no-print-directory test-unit test-mpi test-integration test-slurm \
+	  $(if $(or $(HAVE_OPENMPI),$(filter true,$(CI))),test-openmpi)
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
 test-mpi: install
-	$(MPIEXEC) -n 3 $(PY) -m pytest -q --with-mpi -p no:cacheprovider tests/mpi
+	$(TEST_MPIEXEC) -n 3 $(TEST_PY) -m pytest -q --with-mpi -p no:cacheprovider tests/mpi
 
 test-integration: install
-	$(PY) -m pytest -q tests/integration
+	$(TEST_PY) -m pytest -q tests/integration
+
+# The MPI and integration tests again, under Open MPI.
+test-openmpi: install-openmpi
+	env $(OPENMPI_ENV) $(MAKE) --no-print-directory test-mpi test-integration \
+	  FEDMPI_MPIEXEC="$(OPENMPI_MPIEXEC)" FEDMPI_PYTHON=$(OPENMPI_PY)
+
+install-openmpi: $(OPENMPI_STAMP)
+
+# mpi4py at $(VENV)'s version, compiled with $(OPENMPI_MPICC) (2.5 min of CPU; pip caches the
+# wheel). A cached wheel built against another MPI is caught and rebuilt without the cache.
+$(OPENMPI_STAMP): $(STAMP)
+	@command -v $(OPENMPI_MPICC) >/dev/null || { echo "no $(OPENMPI_MPICC): install Open MPI" \
+	  "(Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev)"; exit 1; }
+	test -x $(OPENMPI_PY) || $(PY) -m venv $(OPENMPI_VENV)
+	$(PY) -c 'import sysconfig; print("import site; site.addsitedir(%r)" % sysconfig.get_path("purelib"))' \
+	  > "$$($(OPENMPI_PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/fedmpi-venv.pth"
+	v=$$($(PY) -c 'import mpi4py; print(mpi4py.__version__)') && \
+	MPICC=$(OPENMPI_MPICC) $(OPENMPI_PY) -m pip install -q --no-binary mpi4py "mpi4py==$$v" && \
+	{ $(OPENMPI_CHECK_RUN) >/dev/null 2>&1 || MPICC=$(OPENMPI_MPICC) $(OPENMPI_PY) -m pip install -q \
+	  --no-cache-dir --force-reinstall --no-deps --no-binary mpi4py "mpi4py==$$v"; }
+	$(OPENMPI_CHECK_RUN)
+	touch $@
+
+# Run from / so that fedmpi comes through the .pth files, not from the current directory.
+OPENMPI_CHECK_RUN = (cd / && $(abspath $(OPENMPI_PY)) -c "$$OPENMPI_CHECK")
+
+define OPENMPI_CHECK
+import fedmpi, h5py, mpi4py, torch
+from mpi4py import MPI
+v = MPI.Get_library_version().replace("\0", "").strip().splitlines()[0]
+assert v.startswith("Open MPI"), f"mpi4py in $(OPENMPI_VENV) is built against {v!r}, not Open MPI"
+print(f"$(OPENMPI_VENV): mpi4py {mpi4py.__version__} on {v}; torch {torch.__version__}")
+endef
+export OPENMPI_CHECK
 
 test-slurm: install
 	$(PY) -m pytest -q -rs tests/slurm
@@ -55,4 +109,4 @@ paper-cpu: install
 	$(PY) -m fedmpi report results/paper-cpu/*.h5 --out results/paper-cpu/report
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(OPENMPI_VENV) .pytest_cache

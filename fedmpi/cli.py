@@ -34,6 +34,20 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["run"]:
+        return _dispatch(argv)
+    # `run`: the stop signals are handled from before MPI_Init (importing mpi4py) until
+    # the process exits, so no signal at the edges can kill a rank (see fedmpi.signals).
+    from fedmpi import signals
+
+    signals.install()
+    try:
+        return _dispatch(argv)
+    finally:
+        signals.release()
+
+
+def _dispatch(argv: list[str]) -> int:
     args = build_parser(argv).parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.main(args) or 0)

@@ -42,7 +42,7 @@ def main(args) -> int:
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    stop = StopFlag.install(rank)  # first: a signal during start-up must not kill a rank
+    stop = StopFlag.install(rank)  # already installed by `fedmpi run`; now rank 0 may report
     local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
 
     from fedmpi.transport import Transport
@@ -444,7 +444,7 @@ def _metadata(cfg, text: str, size: int) -> dict:
         "torch_version": torch.__version__,
         "numpy_version": numpy.__version__,
         "mpi4py_version": mpi4py.__version__,
-        "mpi_library_version": MPI.Get_library_version().strip().splitlines()[0],
+        "mpi_library_version": _first_line(MPI.Get_library_version()),
         "world_size": size,
         "num_workers": size - 1,
         "git_commit": _git_commit(),
@@ -456,6 +456,12 @@ def _metadata(cfg, text: str, size: int) -> dict:
         "downlink_codec": down.name,
         "downlink_codec_id": down.codec_id,
     }
+
+
+def _first_line(text: str) -> str:
+    """The first line of a C string from MPI (Open MPI's ends in a NUL, which `strip` keeps)."""
+    lines = text.replace("\0", "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _git_commit() -> str:

@@ -88,6 +88,20 @@ def _attr_value(name: str, value: Any) -> Any:
     return int(value)
 
 
+def _clean_attr(value: Any) -> Any:
+    """A string as HDF5 can store it; every root attribute passes here.
+
+    HDF5 variable-length strings end at the first NUL, so h5py refuses one
+    inside (Open MPI's `MPI_Get_library_version` ends in one), and UTF-8 cannot
+    encode the lone surrogates Python uses for undecodable bytes (in `sys.argv`
+    or a path). Both would abort the run at start-up over metadata: drop NULs,
+    write undecodable bytes as backslash escapes.
+    """
+    if not isinstance(value, str):
+        return value
+    return value.replace("\0", "").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _column(table: str, field: schema.Field, values: Any) -> np.ndarray:
     """`values` as the column's dtype, refusing lossy casts (NaN or 2.5 into an int column)."""
     arr = np.asarray(values)
@@ -182,7 +196,7 @@ class ResultsWriter:
     # ------------------------------------------------------------------ writing
 
     def set_attrs(self, **attrs: Any) -> None:
-        values = {k: _attr_value(k, v) for k, v in attrs.items()}
+        values = {k: _clean_attr(_attr_value(k, v)) for k, v in attrs.items()}
         if values.get("status", "running") not in schema.STATUSES:
             raise ValueError(f"status {values['status']!r}; allowed: {', '.join(schema.STATUSES)}")
         for k, v in values.items():

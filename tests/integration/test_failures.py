@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 
 import pytest
-from mpijobs import QUICK, ROOT, attrs, fedmpi_cmd, run
+from mpijobs import PYTHON, QUICK, ROOT, attrs, fedmpi_cmd, run
 
 FAST = ["--set", "rounds=4"]
 
@@ -31,7 +30,7 @@ def test_more_workers_than_clients(tmp_path):
 
 
 def test_without_mpiexec_needs_two_ranks(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "fedmpi", "run", str(QUICK), "--out",
+    res = subprocess.run([PYTHON, "-m", "fedmpi", "run", str(QUICK), "--out",
                           str(tmp_path / "x.h5")], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 2
