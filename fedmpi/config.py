@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from fedmpi.errors import ConfigError
+from fedmpi.liveness import DEFAULT_TIMEOUT_S
 
 
 @dataclass
@@ -71,6 +72,9 @@ class RunConfig:
     eval_every: int = 1
     checkpoint_every: int = 1
     eval_batch_size: int = 1000
+    # Liveness: a rank silent this long while others wait on it ends the job (the limit
+    # grows with the slowest round; see fedmpi/liveness.py). Covers start-up and round 0.
+    timeout_s: float = DEFAULT_TIMEOUT_S
     fail_at: dict | None = None  # fault injection for tests: {rank: R, round: N, where: train|aggregate|data}
 
 
@@ -101,6 +105,8 @@ class Config:
             return self.clients.per_round
         return max(1, math.floor(self.clients.fraction * self.clients.num_clients + 1e-9))
 
+
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: longer is no deadline at all
 
 CHOICES = {
     "data.dataset": ("digits", "cifar10"),
@@ -213,6 +219,8 @@ def validate(cfg: Config) -> Config:
     _check(r.eval_every >= 1, "run.eval_every", r.eval_every, "an integer >= 1")
     _check(r.checkpoint_every >= 1, "run.checkpoint_every", r.checkpoint_every, "an integer >= 1")
     _check(r.eval_batch_size >= 1, "run.eval_batch_size", r.eval_batch_size, "an integer >= 1")
+    _check(1 <= r.timeout_s <= MAX_TIMEOUT_S, "run.timeout_s", r.timeout_s,
+           f"a number of seconds in [1, {MAX_TIMEOUT_S:g}] (a hung rank must end the job)")
     if cfg.data.dataset == "cifar10" and cfg.data.path:
         path = Path(os.path.expandvars(os.path.expanduser(cfg.data.path)))
         _check(path.exists(), "data.path", cfg.data.path, "an existing CIFAR-10 archive or directory")

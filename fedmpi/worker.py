@@ -52,9 +52,16 @@ class ClientWorker:
 
     def run(self) -> str:
         """Serve rounds until STOP; returns the run status the server sent with it."""
+        last_round, last_at = None, None
         while True:
-            buf, _, waited = self.net.recv(SERVER, TAG_CONTROL)
+            expected = None if last_round is None else last_round + 1
+            buf, _, waited = self.net.recv(SERVER, TAG_CONTROL, what="ASSIGN or STOP",
+                                           round=expected)
+            now = time.perf_counter()
+            if last_at is not None:  # a round, as a worker sees it: control to control
+                self.net.liveness.observe_round(now - last_at)
             header, payload = self._parse(buf, None, where="control message")
+            last_round, last_at = header.round, now
             self.ledger.log(round=header.round, kind=header.kind, client=-1, worker=self.rank,
                             nbytes=len(buf), xfer_s=waited)
             if header.kind == Kind.STOP:
@@ -76,7 +83,7 @@ class ClientWorker:
         """
         info = {"host": socket.gethostname(), "device": _device_name(self.exp.device)}
         buf = wire.frame(Kind.REPORT, round=0, client=-1, payload=json.dumps(info).encode())
-        sent = self.net.send(buf, SERVER, TAG_HELLO)
+        sent = self.net.send(buf, SERVER, TAG_HELLO, what="hello")
         self.ledger.log(round=-1, kind=Kind.REPORT, client=-1, worker=self.rank,
                         nbytes=len(buf), xfer_s=sent)
 
@@ -102,7 +109,8 @@ class ClientWorker:
                                      for name, shape in self.exp.spec})
             buf = wire.frame(Kind.MEMORY, round=rnd, client=client, payload=enc.payload,
                              codec_id=self.dense.codec_id, n_tensors=len(self.exp.spec))
-            sent = self.net.send(buf, SERVER, TAG_MEMORY)
+            sent = self.net.send(buf, SERVER, TAG_MEMORY, round=rnd,
+                                 what=f"error-feedback residual of client {client}")
             self.ledger.log(round=rnd, kind=Kind.MEMORY, client=client, worker=self.rank,
                             nbytes=len(buf), dense_bytes=enc.dense_bytes, numel=enc.numel,
                             nnz=enc.nnz, codec_id=self.dense.codec_id, xfer_s=sent,
@@ -113,7 +121,8 @@ class ClientWorker:
         if not self.has_memory:
             return
         for client in sorted(self.memories):
-            buf, _, waited = self.net.recv(SERVER, TAG_MEMORY)
+            buf, _, waited = self.net.recv(SERVER, TAG_MEMORY,
+                                           what=f"error-feedback residual of client {client}")
             header, payload = self._parse(buf, Kind.MEMORY, where=f"restore of client {client}")
             if header.client != client:
                 raise WireFormatError(f"rank {self.rank}: residual of client {header.client}, "
@@ -124,7 +133,8 @@ class ClientWorker:
 
     def _serve(self, rnd: int, client: int) -> None:
         exp, cfg = self.exp, self.exp.cfg
-        buf, _, waited = self.net.recv(SERVER, TAG_MODEL)
+        buf, _, waited = self.net.recv(SERVER, TAG_MODEL, what=f"MODEL of client {client}",
+                                       round=rnd)
         header, payload = self._parse(buf, Kind.MODEL, where=f"round {rnd} client {client}")
         if header.round != rnd or header.client != client:
             raise WireFormatError(
@@ -160,7 +170,8 @@ class ClientWorker:
                          codec_id=exp.uplink.codec_id, n_tensors=len(local))
         encode_s = time.perf_counter() - t0
         out = maybe_corrupt(cfg, self.rank, rnd, out)
-        sent = self.net.send(out, SERVER, TAG_UPDATE)
+        sent = self.net.send(out, SERVER, TAG_UPDATE, what=f"UPDATE of client {client}",
+                             round=rnd)
         self.ledger.log(round=rnd, kind=Kind.UPDATE, client=client, worker=self.rank,
                         nbytes=len(out), dense_bytes=enc.dense_bytes, numel=enc.numel,
                         nnz=enc.nnz, codec_id=exp.uplink.codec_id, codec_s=encode_s,
@@ -175,7 +186,7 @@ class ClientWorker:
         buf = wire.frame(Kind.REPORT, round=rnd, client=-1,
                          payload=accounting.report_payload(self.ledger.drain()))
         assert len(buf) == size, (len(buf), size)
-        self.net.send(buf, SERVER, TAG_REPORT)
+        self.net.send(buf, SERVER, TAG_REPORT, what="REPORT", round=rnd)
 
     def _parse(self, buf: np.ndarray, kind: Kind | None, where: str):
         try:
