@@ -21,8 +21,11 @@ on rank 0, and twice that on the worker ranks. Why these numbers:
   workers give rank 0 twice as long; rank 0 then names the silent worker (and
   records it in the result file) before any worker blames rank 0. Only when rank
   0 itself is silent does a worker's limit expire first.
-The limit counts from the start of a wait or from the last progress within it;
-collectives (barrier, all_ok) cannot tell who is missing, so they name the phase.
+The limit counts from the start of a wait or from the last progress within it,
+less any time this rank itself was not running (a gap of over PAUSE_S between
+two polls: a suspended job, `scontrol suspend`, resumes without every wait
+expiring at once). Collectives (barrier, all_ok) cannot tell who is missing, so
+they name the phase.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from fedmpi.errors import FedMPIError
 DEFAULT_TIMEOUT_S = 600.0
 ROUND_FACTOR = 10.0  # x the slowest round seen
 WORKER_FACTOR = 2.0  # workers wait this much longer than rank 0 (see the module docstring)
+PAUSE_S = 5.0  # a gap this long between two polls: this rank was stopped, not its peer silent
 
 
 class LivenessError(FedMPIError):
@@ -65,18 +69,22 @@ class Liveness:
 
 
 class Stopwatch:
-    """Time since a wait started or last made progress."""
+    """Time since a wait started or last made progress; `expired` is called every poll."""
 
     def __init__(self, limit: float, clock=time.monotonic):
         self.limit = limit
         self.clock = clock
-        self.since = clock()
+        self.since = self.last = clock()
 
     def progress(self) -> None:
         self.since = self.clock()
 
     def expired(self) -> bool:
-        return self.clock() - self.since > self.limit
+        now = self.clock()
+        if now - self.last > PAUSE_S:  # we were stopped ourselves: not the peer's silence
+            self.since += now - self.last
+        self.last = now
+        return now - self.since > self.limit
 
 
 def seconds(x: float) -> str:

@@ -172,6 +172,29 @@ def test_a_stopped_rank_0_ends_the_job_and_the_file_resumes(tmp_path):
     resume_completes(out)
 
 
+def test_a_suspended_job_resumes_instead_of_failing(tmp_path):
+    """Every rank stopped for longer than any limit, then continued (Slurm's `scontrol
+    suspend` / `resume`): the time a rank was stopped itself does not count as silence."""
+    out = tmp_path / "suspended.h5"
+    proc = start(fedmpi_cmd(3, QUICK, "--out", out, *SET))
+    pids = {}
+    try:
+        pids = rank_pids(proc.pid, 3)
+        wait_for_rounds(out, 2, proc)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(2 * TIMEOUT + 5)  # past every rank's limit (workers: 2 x TIMEOUT)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGCONT)
+        res = finish(proc, 150)
+    finally:
+        kill_all(leftovers(pids.values(), wait_s=0) if proc.poll() is not None
+                 else [proc.pid, *pids.values()])
+    assert res.returncode == 0, res.stderr
+    assert attrs(out)["status"] == "completed"
+    np.testing.assert_array_equal(rounds(out)["round"], np.arange(ROUNDS))
+
+
 def test_watch_exits_when_the_run_was_killed_with_9(tmp_path):
     out = tmp_path / "killed.h5"
     proc = start(fedmpi_cmd(3, QUICK, "--out", out, "--set", f"rounds={ROUNDS * 4}"))

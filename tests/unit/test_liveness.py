@@ -8,7 +8,7 @@ import pytest
 
 from fedmpi import config
 from fedmpi.errors import ConfigError
-from fedmpi.liveness import DEFAULT_TIMEOUT_S, Liveness, Stopwatch, when
+from fedmpi.liveness import DEFAULT_TIMEOUT_S, PAUSE_S, Liveness, Stopwatch, when
 
 
 def test_the_floor_alone_until_rounds_are_slow():
@@ -33,17 +33,35 @@ def test_workers_wait_twice_as_long_as_rank_0():
     assert worker.explain() == "2 x max(run.timeout_s 30 s, 10 x slowest round 7.0 s) on a worker rank"
 
 
+def polled(watch: Stopwatch, now: list[float], until: float, step: float = 0.5) -> bool:
+    """Advance the fake clock to `until` in poll steps; whether the wait expired by then."""
+    while now[0] < until:
+        now[0] = min(until, now[0] + step)
+        if watch.expired():
+            return True
+    return False
+
+
 def test_stopwatch_expires_after_the_limit_and_restarts_on_progress():
     now = [100.0]
-    watch = Stopwatch(5.0, clock=lambda: now[0])
-    now[0] = 105.0
-    assert not watch.expired()  # exactly the limit is still in time
-    now[0] = 105.01
-    assert watch.expired()
+    watch = Stopwatch(8.0, clock=lambda: now[0])
+    assert not polled(watch, now, 108.0)  # exactly the limit is still in time
+    assert polled(watch, now, 108.01)
     watch.progress()
-    now[0] = 109.0
+    assert not polled(watch, now, 116.0)
+    assert polled(watch, now, 116.5)
+
+
+def test_time_this_rank_was_stopped_itself_does_not_count():
+    """A suspended job (every rank stopped, then continued) must not fail on resume."""
+    now = [0.0]
+    watch = Stopwatch(8.0, clock=lambda: now[0])
+    assert not polled(watch, now, 6.0)
+    now[0] += 3600.0  # no poll for an hour: we were stopped
     assert not watch.expired()
-    now[0] = 110.5
+    assert not polled(watch, now, 3600 + 8.0)  # 6 s before the pause + 2 s after
+    assert polled(watch, now, 3600 + 8.5)
+    now[0] += PAUSE_S  # a gap of exactly PAUSE_S still counts as waiting
     assert watch.expired()
 
 
