@@ -138,7 +138,7 @@ def check_writer(snap: Snapshot, *, stale_s: float | None = None, now: float | N
     if local:
         return False, (f"the file has not changed for {seconds(idle)}, yet rank 0 (pid "
                        f"{snap.server_pid}) exists: is the job stopped or suspended?")
-    where = f"pid {snap.server_pid} on {snap.server_host}" if snap.server_host else "host unknown"
+    where = (f"pid {snap.server_pid or '?'} on {snap.server_host or 'an unknown host'}")
     return True, (f"the file has not changed for {seconds(idle)} (> {seconds(limit)}) and its "
                   f"writer (rank 0, {where}) cannot be checked from here: taken to be gone")
 
