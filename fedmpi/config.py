@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from fedmpi.errors import ConfigError, clip
+from fedmpi.liveness import DEFAULT_TIMEOUT_S
 
 
 # ----------------------------------------------------------------------------- bounds
@@ -62,6 +63,7 @@ MAX_SEED = 2**32 - 1  # what every generator we seed (numpy, torch) takes withou
 MAX_THREADS = 1024  # torch segfaults with 100000; more than any node has cores
 MAX_COUNT = 1_000_000  # rounds, clients, epochs, batch sizes: far beyond any real run
 MAX_STR = 4096  # characters of a string value (names, paths)
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: longer is no deadline at all
 
 
 @dataclass
@@ -114,6 +116,9 @@ class RunConfig:
     eval_every: int = num(1, 1, MAX_COUNT)
     checkpoint_every: int = num(1, 1, MAX_COUNT)
     eval_batch_size: int = num(1000, 1, MAX_COUNT)
+    # Liveness: a rank silent this long while others wait on it ends the job (the limit
+    # grows with the slowest round; see fedmpi/liveness.py). Covers start-up and round 0.
+    timeout_s: float = num(DEFAULT_TIMEOUT_S, 1, MAX_TIMEOUT_S)
     fail_at: dict | None = None  # fault injection for tests: {rank: R, round: N, where: train|aggregate|data}
 
 
@@ -144,6 +149,8 @@ class Config:
             return self.clients.per_round
         return max(1, math.floor(self.clients.fraction * self.clients.num_clients + 1e-9))
 
+
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: longer is no deadline at all
 
 CHOICES = {
     "data.dataset": ("digits", "cifar10"),

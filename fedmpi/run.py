@@ -6,6 +6,8 @@ Two phases, so that nothing can hang:
    the one message;
 2. the run: any exception on any rank is printed with the rank and cause, rank 0
    marks the result file `failed`, and `MPI.COMM_WORLD.Abort` ends the job.
+Every wait on another rank has a deadline (`fedmpi.liveness`): a stopped or hung
+rank ends the job like a failing one.
 Exit codes: 0 completed, 2 bad configuration, 75 interrupted (resumable), other
 non-zero failed.
 """
@@ -20,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from fedmpi.errors import ConfigError
+from fedmpi.liveness import LivenessError
 from fedmpi.signals import EXIT_INTERRUPTED
 
 EXIT_CONFIG = 2
@@ -51,9 +54,15 @@ def main(args) -> int:
     error, plan = None, None
     try:
         plan = _plan(args, size, rank)
+        net.liveness.timeout_s = plan["cfg"].run.timeout_s
     except Exception as exc:  # noqa: BLE001 - every rank must reach the Allreduce below
         error = exc
-    if not net.all_ok(error is None):
+    try:
+        ok = net.all_ok(error is None, what="the configuration check")
+    except Exception as exc:  # noqa: BLE001 - a silent or failed rank: end the whole job
+        _fail(comm, rank, exc, None, net)
+        return 1  # not reached: Abort ends the process
+    if not ok:
         if rank == 0:
             print(f"fedmpi: configuration error: {_describe(error)}", file=sys.stderr)
         return EXIT_CONFIG
@@ -307,12 +316,12 @@ def _run(comm, net, rank, size, local_rank, plan, stop) -> int:
             from fedmpi import data
 
             data.prepare(cfg.data.dataset, path=cfg.data.path)
-        net.barrier()
+        net.barrier("the start-up barrier (rank 0 prepares the data set)")
         try:  # data-dependent checks (subset sizes, partition feasibility) live in build
             exp, error = build(cfg, rank=rank, world_size=size, local_rank=local_rank), None
         except ConfigError as exc:
             exp, error = None, exc
-        if not net.all_ok(error is None):
+        if not net.all_ok(error is None, what="the experiment build check"):
             if rank == 0:
                 print(f"fedmpi: configuration error: {_describe(error)}", file=sys.stderr)
                 _discard(writer, plan)
@@ -355,7 +364,8 @@ def _open_results(plan, size):
         if not clean_stop:
             writer.truncate_after(ckpt.round)
         writer.set_attrs(status="running", failure_reason="", completed_rounds=ckpt.round + 1,
-                         server_pid=os.getpid(), segment=segment,
+                         server_pid=os.getpid(), server_host=socket.gethostname(),
+                         segment=segment,
                          resumed_from_round=ckpt.round, world_size=size, num_workers=size - 1)
         writer.flush()
         state = ServerState(round=ckpt.round, global_state=ckpt.global_state,
@@ -411,7 +421,7 @@ def _work(exp, net, resumed: bool) -> int:
 def _fail(comm, rank, exc, writer, net) -> None:
     reason = f"{type(exc).__name__}: {exc}"
     sys.stderr.write(f"fedmpi: rank {rank} failed: {reason}\n")
-    if not isinstance(exc, (ConfigError,)):
+    if not isinstance(exc, (ConfigError, LivenessError)):  # these say all there is to say
         traceback.print_exception(exc, file=sys.stderr)
     sys.stderr.flush()
     if rank == 0:
@@ -450,6 +460,7 @@ def _metadata(cfg, text: str, size: int) -> dict:
         "git_commit": _git_commit(),
         "command": " ".join(sys.argv),
         "server_pid": os.getpid(),  # where to send SIGUSR1/SIGTERM for a graceful stop
+        "server_host": socket.gethostname(),  # where that pid lives (fedmpi watch checks it)
         "segment": 0,
         "uplink_codec": up.name,
         "uplink_codec_id": up.codec_id,

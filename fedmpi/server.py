@@ -112,7 +112,7 @@ class Server:
         """One hello per worker, in rank order (a worker that failed to start sends FAIL)."""
         out = []
         for w in self.workers:
-            buf, _, waited = self.net.recv(w, TAG_HELLO)
+            buf, _, waited = self.net.recv(w, TAG_HELLO, what="hello")
             info = protocol.read_hello(buf, src=w)
             self.ledger.log(round=-1, kind=Kind.REPORT, client=-1, worker=w, nbytes=len(buf),
                             xfer_s=waited)
@@ -158,6 +158,7 @@ class Server:
                 self.writer.save_checkpoint(round=rnd, global_state=new_global,
                                             memories=memories, rng={})
             self.writer.flush()
+            self.net.liveness.observe_round(time.perf_counter() - t_round)
             if interrupted:
                 status = "interrupted"
                 break
@@ -198,9 +199,11 @@ class Server:
         for i in range(len(order)):
             if cfg.run.deterministic:  # fixed summation order, whatever the arrival order
                 source = worker_of(order[i], exp.num_workers)
+                what = f"UPDATE of client {order[i]}"
             else:
                 source = MPI.ANY_SOURCE
-            buf, src, waited = self.net.recv(source, TAG_UPDATE)
+                what = _owing(expected, exp.num_workers)
+            buf, src, waited = self.net.recv(source, TAG_UPDATE, what=what, round=rnd)
             times.wait_s += waited
             # deterministic: this very client's update (fixed summation order)
             client, tensors, decode_s = protocol.read_update(
@@ -219,7 +222,7 @@ class Server:
         times.aggregate_s += time.perf_counter() - t0
 
         worker_rows = self._collect_reports(rnd, times, snapshot)
-        times.wait_s += self.net.complete()
+        times.wait_s += self.net.complete(round=rnd)
         return new_global, self._account(rnd, worker_rows)
 
     def _collect_reports(self, rnd: int, times: RoundTimes,
@@ -228,7 +231,7 @@ class Server:
         for w in self.workers:
             if snapshot:
                 self._receive_memories(rnd, w, times)
-            buf, _, waited = self.net.recv(w, TAG_REPORT)
+            buf, _, waited = self.net.recv(w, TAG_REPORT, what="REPORT", round=rnd)
             times.wait_s += waited
             rows.append(protocol.read_report(buf, src=w, round=rnd, rules=self.report_rules[w]))
             self.ledger.log(round=rnd, kind=Kind.REPORT, client=-1, worker=w,
@@ -254,7 +257,8 @@ class Server:
 
     def _receive_memories(self, rnd: int, w: int, times: RoundTimes) -> None:
         for client in self.exp.clients_of(w):
-            buf, _, waited = self.net.recv(w, TAG_MEMORY)
+            buf, _, waited = self.net.recv(w, TAG_MEMORY, round=rnd,
+                                           what=f"error-feedback residual of client {client}")
             times.wait_s += waited
             self.client_memories[client] = protocol.read_snapshot(
                 buf, src=w, round=rnd, client=client, pipeline=self.dense, spec=self.exp.spec)
@@ -341,11 +345,11 @@ class Server:
 
     def _stop_workers(self, rnd: int, status: str) -> None:
         """STOP every worker, then join their final reports (which log the STOP)."""
-        self.net.complete()  # e.g. residual restores of a resume that had no round left
+        self.net.complete(round=rnd)  # e.g. residual restores of a resume with no round left
         for w in self.workers:
             buf = wire.frame(Kind.STOP, round=rnd, client=-1,
                              payload=protocol.stop_payload(status))
-            xfer = self.net.send(buf, w, TAG_CONTROL)
+            xfer = self.net.send(buf, w, TAG_CONTROL, what="STOP", round=rnd)
             self.ledger.log(round=rnd, kind=Kind.STOP, client=-1, worker=w, nbytes=len(buf),
                             xfer_s=xfer)
         times = RoundTimes()
@@ -354,3 +358,9 @@ class Server:
         self.cum_bytes += int(stats.columns["sender_bytes"].sum())
         self.writer.set_attrs(cum_wire_bytes=self.cum_bytes)
 
+
+def _owing(expected: set[int], num_workers: int) -> str:
+    """What an any-source wait for updates awaits: which clients, on which ranks."""
+    ranks = sorted({worker_of(c, num_workers) for c in expected})
+    return (f"UPDATE of client(s) {', '.join(map(str, sorted(expected)))} from rank(s) "
+            f"{', '.join(map(str, ranks))}")

@@ -4,7 +4,9 @@
 Why polling: MPICH's blocking calls spin a core at 100%; with a server and
 workers sharing few cores that steals time from training. We poll with
 `Improbe`/`Test` and sleep briefly instead, which also lets every wait notice a
-FAIL message from another rank and fail fast instead of hanging.
+FAIL message from another rank and fail fast instead of hanging, and gives every
+wait a deadline (`fedmpi.liveness`): a peer silent past the limit raises
+`LivenessError` naming this rank, the peer, the round and what was awaited.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from mpi4py import MPI
 
 from fedmpi.errors import FedMPIError
+from fedmpi.liveness import Liveness, LivenessError, Stopwatch, seconds, when
 from fedmpi.wire import Kind
 
 POLL_S = 0.0005
@@ -25,6 +28,7 @@ TAG_REPORT = 4
 TAG_HELLO = 5
 TAG_MEMORY = 6
 TAG_FAIL = 9
+COLLECTIVE_POLL_S = 0.01
 
 TAG_OF = {
     Kind.ASSIGN: TAG_CONTROL,
@@ -45,70 +49,103 @@ class RemoteFailure(FedMPIError):
 
 
 class Transport:
-    """Send and receive whole messages; never pickle."""
+    """Send and receive whole messages; never pickle. Every wait has a deadline.
 
-    def __init__(self, comm: MPI.Comm):
+    The waiting calls take `what` (the message awaited, e.g. "UPDATE of client 3")
+    and `round` (None during start-up) only to say what was awaited when a peer
+    stays silent past `liveness.limit()`.
+    """
+
+    def __init__(self, comm: MPI.Comm, liveness: Liveness | None = None):
         self.comm = comm
         self.rank = comm.Get_rank()
-        self.pending: list[tuple[MPI.Request, np.ndarray]] = []
+        self.liveness = liveness or Liveness(hub=self.rank == 0)
+        self.pending: list[tuple[MPI.Request, np.ndarray, int]] = []
 
-    def send(self, buf: np.ndarray, dest: int, tag: int) -> float:
+    def send(self, buf: np.ndarray, dest: int, tag: int, *, what: str = "",
+             round: int | None = None) -> float:
         """Send and wait for completion (polling); returns seconds blocked."""
         t0 = time.perf_counter()
         req = self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag)
-        while not req.Test():
-            self._check_failures()
-            time.sleep(POLL_S)
+        self._wait(req.Test, POLL_S, lambda: f"rank {dest} did not take the "
+                   f"{what or _tag_name(tag)} {when(round)}")
         return time.perf_counter() - t0
 
     def post(self, buf: np.ndarray, dest: int, tag: int) -> float:
         """Start a send that completes later (see `complete`); keeps `buf` alive."""
         t0 = time.perf_counter()
-        self.pending.append((self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag), buf))
+        self.pending.append((self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag), buf, dest))
         return time.perf_counter() - t0
 
-    def complete(self) -> float:
+    def complete(self, *, round: int | None = None) -> float:
+        """Wait for every posted send; the deadline restarts whenever one completes."""
         t0 = time.perf_counter()
+        watch = Stopwatch(self.liveness.limit())
         while self.pending:
-            self.pending = [(r, b) for r, b in self.pending if not r.Test()]
-            if self.pending:
-                self._check_failures()
-                time.sleep(POLL_S)
+            before = len(self.pending)
+            self.pending = [p for p in self.pending if not p[0].Test()]
+            if not self.pending:
+                break
+            if len(self.pending) < before:
+                watch.progress()
+            self._check_failures()
+            if watch.expired():
+                ranks = sorted({dest for _, _, dest in self.pending})
+                self._expired(watch.limit, f"rank(s) {_ranks(ranks)} did not take "
+                              f"{len(self.pending)} posted message(s) {when(round)}")
+            time.sleep(POLL_S)
         return time.perf_counter() - t0
 
-    def recv(self, source: int, tag: int) -> tuple[np.ndarray, int, float]:
+    def recv(self, source: int, tag: int, *, what: str = "",
+             round: int | None = None) -> tuple[np.ndarray, int, float]:
         """Receive one message: probe, size it from the status, allocate, receive.
 
-        Returns (buffer, source rank, seconds blocked).
+        Returns (buffer, source rank, seconds blocked). With `MPI.ANY_SOURCE`,
+        `what` should say which ranks are still owing.
         """
         t0 = time.perf_counter()
         status = MPI.Status()
-        while True:
+        found = []
+
+        def probe() -> bool:
             msg = self.comm.Improbe(source=source, tag=tag, status=status)
             if msg is not None:
-                break
-            self._check_failures()
-            time.sleep(POLL_S)
+                found.append(msg)
+            return msg is not None
+
+        peer = "" if source == MPI.ANY_SOURCE else f" from rank {source}"
+        self._wait(probe, POLL_S, lambda: f"no {what or _tag_name(tag)}{peer} {when(round)}")
         buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
-        msg.Recv([buf, MPI.BYTE])
+        found[0].Recv([buf, MPI.BYTE])
         return buf, status.Get_source(), time.perf_counter() - t0
 
-    def barrier(self) -> None:
-        """A barrier that sleeps while it waits and notices a failing rank."""
+    def barrier(self, what: str = "a barrier") -> None:
+        """A barrier that sleeps while it waits and notices a failing or silent rank."""
         req = self.comm.Ibarrier()
-        while not req.Test():
-            self._check_failures()
-            time.sleep(0.01)
+        self._wait(req.Test, COLLECTIVE_POLL_S,
+                   lambda: f"not every rank reached {what} (some rank is stopped, hung or slow)")
 
-    def all_ok(self, ok: bool) -> bool:
-        """True when every rank is ok; polls, so a failing rank is noticed meanwhile."""
+    def all_ok(self, ok: bool, what: str = "an agreement of all ranks") -> bool:
+        """True when every rank is ok; polls, so a failing or silent rank is noticed."""
         flag = np.array([1 if ok else 0], dtype=np.int32)
         out = np.empty(1, dtype=np.int32)
         req = self.comm.Iallreduce([flag, MPI.INT], [out, MPI.INT], op=MPI.MIN)
-        while not req.Test():
-            self._check_failures()
-            time.sleep(0.01)
+        self._wait(req.Test, COLLECTIVE_POLL_S,
+                   lambda: f"not every rank reached {what} (some rank is stopped, hung or slow)")
         return bool(out[0])
+
+    def _wait(self, done, poll_s: float, describe) -> None:
+        """Poll `done()` until true; FAIL messages and the liveness limit end it early."""
+        watch = Stopwatch(self.liveness.limit())
+        while not done():
+            self._check_failures()
+            if watch.expired():
+                self._expired(watch.limit, describe())
+            time.sleep(poll_s)
+
+    def _expired(self, limit: float, what: str) -> None:
+        raise LivenessError(f"rank {self.rank}: {what} within {seconds(limit)} "
+                            f"(liveness limit: {self.liveness.explain()})")
 
     def _check_failures(self) -> None:
         status = MPI.Status()
@@ -129,6 +166,17 @@ class Transport:
         while time.monotonic() < deadline:
             req.Test()
             time.sleep(0.01)
+
+
+def _tag_name(tag: int) -> str:
+    names = {TAG_CONTROL: "control message", TAG_MODEL: "MODEL", TAG_UPDATE: "UPDATE",
+             TAG_REPORT: "REPORT", TAG_HELLO: "hello", TAG_MEMORY: "error-feedback residual",
+             TAG_FAIL: "FAIL"}
+    return names.get(tag, f"message with tag {tag}")
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ", ".join(map(str, ranks))
 
 
 def _fail_reason(buf: np.ndarray) -> str:

@@ -51,9 +51,14 @@ class ClientWorker:
 
     def run(self) -> str:
         """Serve rounds until STOP; returns the run status the server sent with it."""
-        last = None  # the last round assigned: rounds go up by one
+        last, last_at = None, None  # the last round assigned (rounds go up by one), when
         while True:
-            buf, _, waited = self.net.recv(SERVER, TAG_CONTROL)
+            buf, _, waited = self.net.recv(SERVER, TAG_CONTROL, what="ASSIGN or STOP",
+                                           round=None if last is None else last + 1)
+            now = time.perf_counter()
+            if last_at is not None:  # a round, as a worker sees it: control to control
+                self.net.liveness.observe_round(now - last_at)
+            last_at = now
             msg = protocol.read_control(buf, rank=self.rank, hosted=self.parts,
                                         rounds=self.exp.cfg.rounds, last=last,
                                         feedback=self.has_memory)
@@ -76,7 +81,7 @@ class ClientWorker:
         """
         payload = protocol.hello_payload(socket.gethostname(), _device_name(self.exp.device))
         buf = wire.frame(Kind.REPORT, round=0, client=-1, payload=payload)
-        sent = self.net.send(buf, SERVER, TAG_HELLO)
+        sent = self.net.send(buf, SERVER, TAG_HELLO, what="hello")
         self.ledger.log(round=-1, kind=Kind.REPORT, client=-1, worker=self.rank,
                         nbytes=len(buf), xfer_s=sent)
 
@@ -91,7 +96,8 @@ class ClientWorker:
                                      for name, shape in self.exp.spec})
             buf = wire.frame(Kind.MEMORY, round=rnd, client=client, payload=enc.payload,
                              codec_id=self.dense.codec_id, n_tensors=len(self.exp.spec))
-            sent = self.net.send(buf, SERVER, TAG_MEMORY)
+            sent = self.net.send(buf, SERVER, TAG_MEMORY, round=rnd,
+                                 what=f"error-feedback residual of client {client}")
             self.ledger.log(round=rnd, kind=Kind.MEMORY, client=client, worker=self.rank,
                             nbytes=len(buf), dense_bytes=enc.dense_bytes, numel=enc.numel,
                             nnz=enc.nnz, codec_id=self.dense.codec_id, xfer_s=sent,
@@ -102,7 +108,8 @@ class ClientWorker:
         if not self.has_memory:
             return
         for client in sorted(self.memories):
-            buf, _, waited = self.net.recv(SERVER, TAG_MEMORY)
+            buf, _, waited = self.net.recv(SERVER, TAG_MEMORY,
+                                           what=f"error-feedback residual of client {client}")
             self.memories[client].load(protocol.read_restore(
                 buf, rank=self.rank, client=client, pipeline=self.dense, spec=self.exp.spec))
             self.ledger.log(round=-1, kind=Kind.MEMORY, client=client, worker=self.rank,
@@ -110,7 +117,8 @@ class ClientWorker:
 
     def _serve(self, rnd: int, client: int) -> None:
         exp, cfg = self.exp, self.exp.cfg
-        buf, _, waited = self.net.recv(SERVER, TAG_MODEL)
+        buf, _, waited = self.net.recv(SERVER, TAG_MODEL, what=f"MODEL of client {client}",
+                                       round=rnd)
         start, decode_s = protocol.read_model(buf, rank=self.rank, round=rnd, client=client,
                                               pipeline=exp.downlink, spec=exp.spec)
         self.ledger.log(round=rnd, kind=Kind.MODEL, client=client, worker=self.rank,
@@ -133,7 +141,8 @@ class ClientWorker:
                          codec_id=exp.uplink.codec_id, n_tensors=len(local))
         encode_s = time.perf_counter() - t0
         out = maybe_corrupt(cfg, self.rank, rnd, out)
-        sent = self.net.send(out, SERVER, TAG_UPDATE)
+        sent = self.net.send(out, SERVER, TAG_UPDATE, what=f"UPDATE of client {client}",
+                             round=rnd)
         self.ledger.log(round=rnd, kind=Kind.UPDATE, client=client, worker=self.rank,
                         nbytes=len(out), dense_bytes=enc.dense_bytes, numel=enc.numel,
                         nnz=enc.nnz, codec_id=exp.uplink.codec_id, codec_s=encode_s,
@@ -148,7 +157,7 @@ class ClientWorker:
         buf = wire.frame(Kind.REPORT, round=rnd, client=-1,
                          payload=accounting.report_payload(self.ledger.drain()))
         assert len(buf) == size, (len(buf), size)
-        self.net.send(buf, SERVER, TAG_REPORT)
+        self.net.send(buf, SERVER, TAG_REPORT, what="REPORT", round=rnd)
 
 
 def _device_name(device: torch.device) -> str:

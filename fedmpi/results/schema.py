@@ -62,6 +62,7 @@ ROOT_ATTRS: tuple[Field, ...] = (
 # given, containers as JSON); readers keep them, tools must not require them.
 EXTRA_ROOT_ATTRS: tuple[Field, ...] = (
     Field("server_pid", "i8", "1", "pid of rank 0 (send SIGTERM there for a graceful stop)"),
+    Field("server_host", "str", "", "host name of rank 0, where server_pid lives"),
     Field("resumed_from_round", "i8", "1", "checkpoint round the last --resume started from"),
     Field("uplink_codec", "str", "", "uplink pipeline name"),
     Field("uplink_codec_id", "i8", "code", "uplink pipeline id (see /messages@codecs)"),

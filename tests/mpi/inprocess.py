@@ -28,16 +28,16 @@ def run_recorded(monkeypatch, comm, cfg_path, out, overrides):
     orig_send, orig_post, orig_recv = (transport.Transport.send, transport.Transport.post,
                                        transport.Transport.recv)
 
-    def send(self, buf, dest, tag):
+    def send(self, buf, dest, tag, **context):
         seen.append(("sent", tag, dest, len(buf)))
-        return orig_send(self, buf, dest, tag)
+        return orig_send(self, buf, dest, tag, **context)
 
     def post(self, buf, dest, tag):
         seen.append(("sent", tag, dest, len(buf)))
         return orig_post(self, buf, dest, tag)
 
-    def recv(self, source, tag):
-        buf, src, waited = orig_recv(self, source, tag)
+    def recv(self, source, tag, **context):
+        buf, src, waited = orig_recv(self, source, tag, **context)
         seen.append(("received", tag, src, len(buf)))
         return buf, src, waited
 
