@@ -52,7 +52,7 @@ def test_anchor_bomb_fails_fast_on_every_rank(tmp_path):
 
 
 @pytest.mark.parametrize("sets, fragment", [
-    (["run.threads=100000"], "'run.threads': got 100000; allowed: an integer in 1..1024"),
+    (["run.threads=100000"], "'run.threads': got 100000; allowed: null or an integer in 1..1024"),
     (["seed=100000000000000000000000"], "'seed'"),
     (["train.lr=.inf"], "'train.lr': got inf; allowed: a number in (0, 100]"),
     (["train.lr=[1,"], "'--set train.lr'"),
