@@ -151,11 +151,11 @@ def _lock_output(args, plan: dict, world_size: int) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         lock = WriterLock.acquire(out)
     except ResultsLockedError as exc:
-        who = holder_text(exc.holder) or "another process"
-        stop = f": kill -USR1 {exc.holder['pid']}" if "pid" in who else ""
-        raise ConfigError(field, str(out), f"a file no other run is writing ({who} is still "
-                          f"running it and holds {lock_path(out).name}; wait for it or stop "
-                          f"it first{stop})") from None
+        pid = exc.holder.get("pid")
+        stop = f": kill -USR1 {pid}" if isinstance(pid, int) else ""
+        raise ConfigError(field, str(out), f"a file no other run is writing "
+                          f"({holder_text(exc.holder)} and holds {lock_path(out).name}; "
+                          f"wait for it or stop it first{stop})") from None
     except OSError as exc:
         raise ConfigError(field, str(out), "a result path in a writable directory "
                           f"({type(exc).__name__}: {exc})") from None

@@ -44,11 +44,11 @@ def lock_path(path: str | os.PathLike) -> Path:
 
 
 def holder_text(info: dict) -> str:
-    """'pid 123 on host node1 (since ...)' from a lock file's content ('' if unknown)."""
+    """'pid 123 on host node1 is still running it (since ...)' from a lock file's content."""
     pid, host = info.get("pid"), info.get("host")
     if not isinstance(pid, int):
-        return ""
-    text = f"pid {pid}" + (f" on host {host}" if host else "")
+        return "another process is running it"
+    text = f"pid {pid}" + (f" on host {host}" if host else "") + " is still running it"
     return text + (f" (since {info['since']})" if info.get("since") else "")
 
 
@@ -94,11 +94,11 @@ class WriterLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                who = holder_text(read_holder(self.path)) or "another process"
+                holder = read_holder(self.path)
                 raise ResultsLockedError(
-                    f"{self.path} is being written by another run: {who} is still running "
-                    f"it (it holds {self.lock_file.name}); wait for it or stop it first",
-                    holder=read_holder(self.path),
+                    f"{self.path} is being written by another run: {holder_text(holder)} "
+                    f"and holds {self.lock_file.name}; wait for it or stop it first",
+                    holder=holder,
                 ) from None
             except OSError as exc:
                 os.close(fd)

@@ -9,102 +9,22 @@ import subprocess
 import sys
 
 import h5py
-import numpy as np
-import pandas as pd
 import pytest
+from h5files import flip_offsets, read_flipped
 
 import fedmpi
 from fedmpi.results import ResultsError, ResultsWriter, load, read_checkpoint, synthetic
 from fedmpi.results.integrity import CHECKSUMS_ATTR
 
 ROOT = os.path.dirname(os.path.dirname(fedmpi.__file__))
-TABLES = ("runs", "rounds", "messages", "clients")
-
-
-def content(path):
-    """Everything the readers return, with the file name taken out (copies differ by it)."""
-    res = load(path)
-    frames = {t: getattr(res, t).drop(columns=["run", "path"], errors="ignore") for t in TABLES}
-    return frames, list(res.configs.values())
-
-
-def assert_same_content(a, b) -> None:
-    for t in TABLES:
-        pd.testing.assert_frame_equal(a[0][t], b[0][t], check_exact=True, obj=t)
-    assert a[1] == b[1]
-
-
-def assert_same_checkpoint(a, b) -> None:
-    assert (a.round, a.rng, a.attrs) == (b.round, b.rng, b.attrs)
-    for mine, theirs in ((a.global_state, b.global_state),
-                         *zip(a.memories.values(), b.memories.values())):
-        assert mine.keys() == theirs.keys()
-        for k in mine:
-            assert mine[k].dtype == theirs[k].dtype and np.array_equal(mine[k], theirs[k]), k
-    assert a.memories.keys() == b.memories.keys()
-
-
-def raw_data_mask(path) -> np.ndarray:
-    """Bytes of the file that hold dataset values (chunks, contiguous storage)."""
-    mask = np.zeros(os.path.getsize(path), bool)
-
-    def visit(_, obj):
-        if not isinstance(obj, h5py.Dataset):
-            return
-        if obj.chunks:
-            for i in range(obj.id.get_num_chunks()):
-                info = obj.id.get_chunk_info(i)
-                mask[info.byte_offset:info.byte_offset + info.size] = True
-        elif obj.id.get_offset() is not None:
-            mask[obj.id.get_offset():obj.id.get_offset() + obj.id.get_storage_size()] = True
-
-    with h5py.File(path, "r", locking=False) as f:
-        f.visititems(visit)
-    return mask
-
-
-def flip_offsets(data: np.ndarray, raw: np.ndarray, seed: int = 10) -> list[int]:
-    """A seeded sample: mostly metadata (headers, heaps, B-trees, attribute strings),
-    some dataset bytes, some anywhere (free space included)."""
-    rng = np.random.default_rng(seed)
-    meta = np.flatnonzero(~raw & (data != 0))
-    values = np.flatnonzero(raw & (data != 0))
-    picks = [rng.choice(meta, 180, replace=False), rng.choice(values, 80, replace=False),
-             rng.choice(len(data), 40, replace=False)]
-    return sorted({int(i) for p in picks for i in p})
 
 
 def test_every_read_of_a_bit_flipped_file_is_exact_or_a_results_error(tmp_path):
     path = tmp_path / "good.h5"
     synthetic.write_run(path, rounds=3, theta=0.5)
-    good, good_ckpt = content(path), read_checkpoint(path)
-    data = np.fromfile(path, np.uint8)
-    offsets = flip_offsets(data, raw_data_mask(path))
+    offsets = flip_offsets(path, n_meta=180, n_values=80, n_any=40)
     assert len(offsets) >= 290
-    outcomes = {"same": 0, "error": 0}
-    wrong = []
-    bad = tmp_path / "flipped.h5"
-    for off in offsets:
-        flipped = data.copy()
-        flipped[off] ^= 1 << (off % 8)  # one bit
-        flipped.tofile(bad)
-        for what, read, same in (("load", content, lambda got: assert_same_content(good, got)),
-                                 ("checkpoint", read_checkpoint,
-                                  lambda got: assert_same_checkpoint(good_ckpt, got))):
-            try:
-                got = read(bad)
-            except ResultsError as exc:
-                assert str(bad) in str(exc), exc  # names the file (and the object)
-                outcomes["error"] += 1
-                continue
-            except Exception as exc:  # noqa: BLE001 - exactly what must not happen
-                wrong.append(f"offset {off} {what}: {type(exc).__name__}: {exc}")
-                continue
-            try:
-                same(got)
-                outcomes["same"] += 1
-            except AssertionError as exc:
-                wrong.append(f"offset {off} {what}: different data, no error: {exc}"[:300])
+    outcomes, wrong = read_flipped(path, offsets, tmp_path / "flipped.h5")
     assert not wrong, "\n".join(wrong)
     # The sample is not trivial: many flips are caught, many land where nothing is read.
     assert outcomes["error"] > 100 and outcomes["same"] > 100, outcomes
