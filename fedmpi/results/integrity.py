@@ -31,7 +31,7 @@ from fedmpi.results import schema
 
 CHECKSUMS_ATTR = "checksums"
 ALGORITHM = "sha256"
-BLOCK_ROWS = 4096
+BLOCK_ROWS = 1024
 
 
 def _canonical(obj: Any) -> bytes:
@@ -51,37 +51,58 @@ def attrs_digest(root: Mapping[str, Any], groups: Mapping[str, Mapping[str, Any]
 
 
 class TableDigest:
-    """sha256 of the first `n` rows of one table, cached by full blocks of rows."""
+    """sha256 of a table's rows, fed as they are appended.
+
+    Full blocks of `BLOCK_ROWS` rows are hashed once; only the rows of the
+    last, partial block are hashed again at each `hexdigest()`, so a writer
+    that appends and flushes every round pays for one block, not the table.
+    """
 
     def __init__(self, table: str):
         self.table = table
         self.dtypes = [np.dtype(f.dtype).newbyteorder("<") for f in schema.TABLES[table]]
-        self._blocks: list[bytes] = []
+        self.reset()
 
     def reset(self) -> None:
-        """Forget cached blocks: rows before the end were rewritten."""
-        self._blocks = []
+        self.n = 0
+        self._blocks: list[bytes] = []
+        self._tail = [np.empty(0, dtype) for dtype in self.dtypes]
 
-    def hexdigest(self, columns: Sequence[Any], n: int, extra: bytes = b"") -> str:
-        """`columns` in schema order (h5py datasets or arrays), each with >= n rows."""
-        full = n // BLOCK_ROWS
-        del self._blocks[full:]
-        while len(self._blocks) < full:
-            i = len(self._blocks)
-            self._blocks.append(self._block(columns, i * BLOCK_ROWS, (i + 1) * BLOCK_ROWS))
-        h = hashlib.sha256(f"{self.table}:{n}:".encode())
+    def extend(self, columns: Sequence[Any]) -> None:
+        """Append rows: `columns` in schema order, of equal length."""
+        cols = [np.ascontiguousarray(np.asarray(c).reshape(-1), dtype=dtype)
+                for c, dtype in zip(columns, self.dtypes, strict=True)]
+        if len({len(c) for c in cols}) != 1:
+            raise ValueError(f"/{self.table}: columns of unequal length")
+        self.n += len(cols[0])
+        tail = [np.concatenate([t, c]) for t, c in zip(self._tail, cols)]
+        while len(tail[0]) >= BLOCK_ROWS:
+            self._blocks.append(self._hash([t[:BLOCK_ROWS] for t in tail]))
+            tail = [t[BLOCK_ROWS:] for t in tail]
+        self._tail = tail
+
+    def hexdigest(self, extra: bytes = b"") -> str:
+        h = hashlib.sha256(f"{self.table}:{self.n}:".encode())
         for block in self._blocks:
             h.update(block)
-        if n % BLOCK_ROWS:
-            h.update(self._block(columns, full * BLOCK_ROWS, n))
+        if len(self._tail[0]):
+            h.update(self._hash(self._tail))
         h.update(extra)
         return h.hexdigest()
 
-    def _block(self, columns: Sequence[Any], start: int, stop: int) -> bytes:
+    @staticmethod
+    def _hash(columns: Sequence[np.ndarray]) -> bytes:
         h = hashlib.sha256()
-        for col, dtype in zip(columns, self.dtypes, strict=True):
-            h.update(np.ascontiguousarray(np.asarray(col[start:stop]), dtype=dtype).tobytes())
+        for col in columns:
+            h.update(col.tobytes())
         return h.digest()
+
+
+def table_digest(table: str, columns: Sequence[Any], extra: bytes = b"") -> str:
+    """The digest of a whole table at once (what a reader checks)."""
+    d = TableDigest(table)
+    d.extend(columns)
+    return d.hexdigest(extra)
 
 
 def histogram_bytes(hist: np.ndarray) -> bytes:

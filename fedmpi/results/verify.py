@@ -147,8 +147,8 @@ def read_content(f: h5py.File, path: str | os.PathLike) -> Content:
             extra = b"" if histogram is None else integrity.histogram_bytes(histogram)
             if table == "clients" and histogram is None:
                 raise ResultsError(f"{path}: /clients/class_histogram: missing; {DAMAGED}")
-            digest = integrity.TableDigest(table).hexdigest(
-                [cols[c] for c in schema.columns(table)], n, extra)
+            digest = integrity.table_digest(table, [cols[c] for c in schema.columns(table)],
+                                            extra)
             if digest != attrs.checksums["tables"][table]["sha256"]:
                 raise ResultsError(f"{path}: /{table}: its {n} rows do not match their "
                                    f"checksum; {DAMAGED}")

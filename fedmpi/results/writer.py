@@ -192,7 +192,13 @@ class ResultsWriter:
         self._file: h5py.File | None = None
         self._tmp: Path | None = None  # set while the file lives under its temporary name
         self._rounds_written = 0
+        # Checksum state, kept up to date as rows are appended (see _seal); a table in
+        # _reload is hashed again from the file (after a resume, a truncation).
         self._digests = {t: integrity.TableDigest(t) for t in schema.TABLES}
+        self._reload: set[str] = set(schema.TABLES) if resume else set()
+        self._hist_bytes: bytes | None = None if resume else integrity.histogram_bytes(
+            np.zeros((0, 0)))
+        self._datasets: dict[str, list[h5py.Dataset]] = {}
         if lock is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             lock = WriterLock.acquire(self.path)
@@ -329,6 +335,8 @@ class ResultsWriter:
         g["class_histogram"].resize(hist.shape)
         g["class_histogram"][...] = hist
         self._digests["clients"].reset()
+        self._digests["clients"].extend([cols[c] for c in schema.columns("clients")])
+        self._hist_bytes = integrity.histogram_bytes(hist)
 
     def append_round(self, row: Mapping[str, float | int]) -> None:
         _check_names("rounds", row)
@@ -365,6 +373,8 @@ class ResultsWriter:
             ds = g[name]
             ds.resize((n + k,))
             ds[n:] = col
+        if table not in self._reload:
+            self._digests[table].extend([cols[c] for c in schema.columns(table)])
         # Readers trust only the shortest column, so a row cut short by a crash
         # in this loop is ignored rather than read as zeros.
 
@@ -391,7 +401,7 @@ class ResultsWriter:
                 data = g[name][:n][keep]
                 g[name].resize((len(data),))
                 g[name][...] = data
-            self._digests[table].reset()
+            self._reload.add(table)
         self._file.attrs["completed_rounds"] = self._file["rounds/round"].shape[0]
 
     # ------------------------------------------------------------ durability
@@ -403,12 +413,22 @@ class ResultsWriter:
         groups = {t: {k: plain(v) for k, v in f[t].attrs.items()} for t in schema.TABLES}
         tables = {}
         for table in schema.TABLES:
-            g = f[table]
-            cols = [g[c] for c in schema.columns(table)]
+            if table not in self._datasets:
+                self._datasets[table] = [f[table][c] for c in schema.columns(table)]
+            cols = self._datasets[table]
             n = min(c.shape[0] for c in cols)  # all equal unless an append was cut short
-            extra = (integrity.histogram_bytes(g[schema.CLIENT_HISTOGRAM.name][()])
-                     if table == "clients" else b"")
-            tables[table] = (n, self._digests[table].hexdigest(cols, n, extra))
+            digest = self._digests[table]
+            if table in self._reload or digest.n != n:
+                digest.reset()
+                step = 64 * integrity.BLOCK_ROWS
+                for start in range(0, n, step):
+                    digest.extend([c[start:min(n, start + step)] for c in cols])
+                self._reload.discard(table)
+            if table == "clients" and self._hist_bytes is None:
+                self._hist_bytes = integrity.histogram_bytes(
+                    f["clients"][schema.CLIENT_HISTOGRAM.name][()])
+            tables[table] = (n, digest.hexdigest(self._hist_bytes if table == "clients"
+                                                 else b""))
         f.attrs[integrity.CHECKSUMS_ATTR] = integrity.dumps(
             integrity.attrs_digest(root, groups), tables)
 
