@@ -28,7 +28,7 @@ import pandas as pd
 from fedmpi.results import schema
 from fedmpi.results.errors import ResultsError
 from fedmpi.results.flatten import flatten
-from fedmpi.results.hdf import open_read, plain
+from fedmpi.results.hdf import open_read
 from fedmpi.results.integrity import CHECKSUMS_ATTR
 from fedmpi.results.verify import Content, read_content
 
@@ -40,8 +40,8 @@ UPDATE, MODEL = _KIND["update"], _KIND["model"]
 _NOT_IN_RUNS = {"config_yaml", "config_json", CHECKSUMS_ATTR}
 _RUN_ATTRS = [f.name for f in schema.ROOT_ATTRS if f.name not in _NOT_IN_RUNS]
 # A file caught in the middle of its writer's flush can look inconsistent for a
-# moment: a running file failing its checksums is read again before giving up.
-RETRIES, RETRY_S = 3, 0.3
+# moment: one that changes while it fails to read is read again before giving up.
+RETRIES, RETRY_S = 5, 0.5
 
 
 @dataclass
@@ -181,13 +181,18 @@ def _read_once(path: str) -> Content:
 def read_run(path: str | os.PathLike) -> RunData:
     path = os.fspath(path)
     for attempt in range(RETRIES):
+        before = _stamp(path)
         try:
             content = _read_once(path)
             break
         except ResultsError:
-            if attempt == RETRIES - 1 or not _maybe_mid_flush(path):
+            # A file its run is flushing can be caught half-written: it changes under
+            # us (or does within a moment). A file that stays as it is is damaged.
+            if attempt == RETRIES - 1:
                 raise
             time.sleep(RETRY_S)
+            if _stamp(path) == before:
+                raise
     attrs = content.attrs.root
     config = _config(attrs.get("config_json"))
     rounds, messages, clients = _frames(content)
@@ -196,21 +201,20 @@ def read_run(path: str | os.PathLike) -> RunData:
     return RunData(path, attrs, config, rounds, messages, clients)
 
 
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def _config(text: Any) -> dict[str, Any]:
     try:
         cfg = json.loads(text) if isinstance(text, str) and text else {}
     except ValueError:
         return {}
     return cfg if isinstance(cfg, dict) else {}
-
-
-def _maybe_mid_flush(path: str) -> bool:
-    """Whether the file says its run is still writing it (then a retry may succeed)."""
-    try:
-        with open_read(path) as f:
-            return plain(f.attrs.get("status", "")) == "running"
-    except Exception:  # noqa: BLE001 - unreadable: not worth a retry
-        return False
 
 
 def _last_valid(series: pd.Series) -> float:

@@ -268,19 +268,18 @@ class ResultsWriter:
     def _open_resume(self) -> h5py.File:
         if not self.path.exists():
             raise ResultsError(f"cannot resume: {self.path} does not exist")
+        from fedmpi.results.hdf import open_read
         from fedmpi.results.verify import read_content
 
+        # Checked read-only first: never extend a damaged file, nor write to it at all.
         try:
-            f = h5py.File(self.path, "r+", locking=False)
+            f = open_read(self.path)
         except OSError as exc:
             raise ResultsError(f"cannot resume {self.path}: not a readable HDF5 file "
                                f"({exc})") from None
-        try:
-            read_content(f, self.path)  # schema version and checksums: never extend a damaged file
-        except BaseException:
-            f.close()
-            raise
-        return f
+        with f:
+            read_content(f, self.path)
+        return h5py.File(self.path, "r+", locking=False)
 
     def _create_layout(self) -> None:
         f = self._file

@@ -181,3 +181,42 @@ def test_checksums_follow_appends_truncation_and_resume_across_blocks(tmp_path):
     with h5py.File(path, "r", locking=False) as f:
         sums = json.loads(f.attrs[CHECKSUMS_ATTR])
     assert sums["tables"]["messages"]["rows"] == 4300 and sums["block_rows"] == 1024
+
+
+_LIVE_WRITER = """
+import numpy as np
+from fedmpi.results import synthetic
+from fedmpi.results.synthetic import messages_for_round, round_row
+w = synthetic.write_run({path!r}, rounds=1, finish=None)
+rng, cum = np.random.default_rng(0), 0
+print("started", flush=True)
+for r in range(1, 120):
+    cols = messages_for_round(r, 0.5, rng, clients=4, workers=2)
+    row = round_row(r, cols, 0.5, 1, rng, cum)
+    cum = row["cum_wire_bytes"]
+    w.append_round(row)
+    w.append_messages(cols)
+    w.save_checkpoint(round=r, global_state={{"fc.weight": rng.random(10000, dtype=np.float32)}},
+                      memories={{}}, rng={{}})
+    w.set_attrs(completed_rounds=r + 1)
+    w.flush()
+w.finish("completed")
+"""
+
+
+def test_a_file_being_written_reads_without_error(tmp_path):
+    """Readers take no lock and may catch a flush half-way: they read again, not fail."""
+    path = tmp_path / "live.h5"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _LIVE_WRITER.format(path=str(path))],
+                            env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    seen = []
+    while proc.poll() is None:
+        res = load(path)
+        seen.append(len(res.rounds))
+        assert list(res.rounds["round"]) == list(range(len(res.rounds)))
+        assert res.runs.loc[0, "completed_rounds"] == len(res.rounds)
+    assert proc.wait(timeout=60) == 0
+    assert len(seen) > 10 and seen == sorted(seen)
+    assert load(path).runs.loc[0, "status"] == "completed" and read_checkpoint(path).round == 119
