@@ -45,14 +45,10 @@ class Content:
     histogram: np.ndarray | None  # /clients/class_histogram
 
 
-def _attrs_of(path: str, obj: h5py.HLObject, where: str) -> dict[str, Any]:
-    return hdf.read_attrs(path, obj, where)
-
-
 def read_attrs(f: h5py.File, path: str | os.PathLike) -> Attrs:
     """Root and table-group attributes; checked against `checksums` from schema 2 on."""
     path = os.fspath(path)
-    root = _attrs_of(path, f, "/")
+    root = hdf.read_attrs(path, f, "/")
     with guard(path, "/"):
         is_results = "rounds" in f
     version = root.get("schema_version")
@@ -68,7 +64,9 @@ def read_attrs(f: h5py.File, path: str | os.PathLike) -> Attrs:
         with guard(path, f"/{table}"):
             present = table in f
         if present:
-            groups[table] = _attrs_of(path, f[table], f"/{table}")
+            with guard(path, f"/{table}"):
+                group = f[table]
+            groups[table] = hdf.read_attrs(path, group, f"/{table}")
     if version < 2:
         return Attrs(root, groups, None)
     try:
@@ -127,8 +125,8 @@ def read_content(f: h5py.File, path: str | os.PathLike) -> Content:
                 raise ResultsError(f"{path}: /{table}: missing; {DAMAGED}")
             tables[table] = {}
             continue
-        g = f[table]
         with guard(path, f"/{table}"):
+            g = f[table]
             present = [fld for fld in fields if fld.name in g]
         if attrs.checked and len(present) != len(fields):
             missing = sorted({fld.name for fld in fields} - {fld.name for fld in present})
