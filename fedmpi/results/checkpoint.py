@@ -136,6 +136,7 @@ def read_group(g: h5py.Group, root_attrs: dict[str, Any], *, path: str = "",
         with guard(path, f"{g.name}/{sub}"):
             items = list(g[sub].items())
         for k, v in items:
+            _utf8(k, where, sub)
             with guard(path, f"{g.name}/{sub}/{k}"):
                 check_type(path, f"{g.name}/{sub}/{k}", v.id.get_type())
                 arr = np.asarray(v[()])
@@ -148,6 +149,8 @@ def read_group(g: h5py.Group, root_attrs: dict[str, Any], *, path: str = "",
         round_ = int(attrs["round"])
         digest = attrs.get(DIGEST_ATTR)
         owners = list(g["memory"])
+    for owner in owners:
+        _utf8(owner, where, "memory")
     digest = digest.decode("utf-8", "replace") if isinstance(digest, bytes) else digest
     ckpt = Checkpoint(
         round=round_,
@@ -162,6 +165,12 @@ def read_group(g: h5py.Group, root_attrs: dict[str, Any], *, path: str = "",
     elif checkpoint_digest(round_, stored) != digest:
         raise ResultsError(f"{where}: model does not match its checksum; {DAMAGED}")
     return ckpt
+
+
+def _utf8(name: Any, where: str, sub: str) -> None:
+    """h5py gives a name that is not UTF-8 (a damaged link) as bytes."""
+    if not isinstance(name, str):
+        raise ResultsError(f"{where}/{sub}: a member named {name!r}, not UTF-8; {DAMAGED}")
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -78,6 +78,11 @@ def test_a_damaged_checkpoint_is_refused(tmp_path):
         f.move("checkpoint", "checkpoinu")
     with pytest.raises(ResultsError, match="had one at round 1"):
         read_checkpoint(path)
+    synthetic.write_run(path, rounds=2, overwrite=True)
+    with h5py.File(path, "r+", locking=False) as f:  # a flipped bit in a member's name
+        f["checkpoint/rng"].move("numpy", b"num\xf0y")
+    with pytest.raises(ResultsError, match=r"/checkpoint/rng: a member named b'num\\xf0y'"):
+        read_checkpoint(path)
 
 
 def v1_file(path):
