@@ -221,8 +221,8 @@ def _refuse_live_writer(path: Path, field: str) -> None:
     if attrs.get("status") != "running" or not isinstance(attrs.get("server_pid"), int):
         return
     try:
-        host = json.loads(str(attrs.get("hosts", "[]")) or "[]")[:1]
-    except ValueError:
+        host = list(json.loads(str(attrs.get("hosts", "[]")) or "[]"))[:1]
+    except (ValueError, TypeError):
         host = []
     pid = attrs["server_pid"]
     if host == [socket.gethostname()] and pid != os.getpid():
