@@ -1,7 +1,8 @@
 """`fedmpi inspect FILE`: what a results file says, in a screenful.
 
 Works on running, failed and killed runs alike (read-only, locking=False), so it
-is also the first thing to run on a job that went wrong.
+is also the first thing to run on a job that went wrong; a damaged file is one line
+naming the file and the object (a ResultsError from the reader) and exit status 2.
 """
 
 from __future__ import annotations
@@ -94,9 +95,9 @@ def summary(path: str, *, with_rounds: bool = False) -> str:
                  f"torch {a.get('torch_version') or '?'}"
                  f"  MPI {str(a.get('mpi_library_version') or '?').splitlines()[0][:40]}")
     try:
-        hosts = sorted(set(json.loads(a.get("hosts") or "[]")))
-        devices = sorted(set(json.loads(a.get("devices") or "[]")))
-    except ValueError:
+        hosts = sorted({str(h) for h in json.loads(a.get("hosts") or "[]")})
+        devices = sorted({str(d) for d in json.loads(a.get("devices") or "[]")})
+    except (ValueError, TypeError):  # a schema 1 file (unchecked) with a damaged list
         hosts, devices = [], []
     lines.append(f"ranks:    {a.get('world_size', '?')} ({a.get('num_workers', '?')} workers) on "
                  f"{', '.join(hosts) or '?'}; devices {', '.join(devices) or '?'}")

@@ -55,6 +55,8 @@ def main(args) -> int:
     try:
         plan = _plan(args, size, rank)
         net.liveness.timeout_s = plan["cfg"].run.timeout_s
+        if rank == 0:  # the writer's lock, before anything is written (see _lock_output)
+            plan = _lock_output(args, plan, size)
     except Exception as exc:  # noqa: BLE001 - every rank must reach the Allreduce below
         error = exc
     try:
@@ -64,10 +66,12 @@ def main(args) -> int:
         return 1  # not reached: Abort ends the process
     if not ok:
         if rank == 0:
+            _unlock(plan)
             print(f"fedmpi: configuration error: {_describe(error)}", file=sys.stderr)
         return EXIT_CONFIG
     if plan["already_completed"]:
         if rank == 0:
+            _unlock(plan)
             print(f"fedmpi: {plan['out']} is already completed; nothing to resume")
         return 0
     if args.resume and not plan["resume"] and rank == 0:
@@ -203,7 +207,6 @@ def _resume_config(path: Path, args=None):
                           f"(this one has {version!r}, written by fedmpi "
                           f"{attrs.get('fedmpi_version', '?')}: resume it with that version)")
     status = str(attrs.get("status", ""))
-    _refuse_live_writer(path, status, attrs)
     try:
         cfg = cfgmod.from_dict(resolved)
     except ConfigError as exc:
@@ -284,21 +287,107 @@ def _check_checkpoint_fits(path: Path, cfg) -> None:
                           "stored config edited?")
 
 
-def _refuse_live_writer(path: Path, status: str, attrs: dict) -> None:
-    """Two writers would corrupt the file: refuse while its run is alive on this host."""
-    if status != "running" or "server_pid" not in attrs:
+def _lock_output(args, plan: dict, world_size: int) -> dict:
+    """Rank 0 takes the result file's writer lock for the whole run, or refuses (exit 2).
+
+    Taken during the configuration phase, so a second run of the same file (two
+    `--resume`, two `--overwrite`, two runs of one `--out`) stops on every rank
+    before it touches the file. `_plan` read the file without the lock, so it is
+    planned again now that no other writer can change it; a file that changed in
+    between (another run finished or created it) is refused: run again. A resumed
+    file must read back intact (checksums), its checkpoint too.
+    """
+    from fedmpi.results import ResultsLockedError
+    from fedmpi.results.lock import WriterLock, holder_text, lock_path
+
+    out = Path(plan["out"])
+    field = "--resume" if args.resume else "--out"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock.acquire(out)
+    except ResultsLockedError as exc:
+        pid = exc.holder.get("pid")
+        stop = f": kill -USR1 {pid}" if isinstance(pid, int) else ""
+        raise ConfigError(field, str(out), f"a file no other run is writing "
+                          f"({holder_text(exc.holder)} and holds {lock_path(out).name}; "
+                          f"wait for it or stop it first{stop})") from None
+    except OSError as exc:
+        raise ConfigError(field, str(out), "a result path in a writable directory "
+                          f"({type(exc).__name__}: {exc})") from None
+    try:
+        if not lock.supported:
+            print(f"fedmpi: warning: no file locking here ({lock.reason}); fedmpi cannot "
+                  f"stop two runs from writing {out} at once: start only one", file=sys.stderr)
+            _refuse_live_writer(out, field)
+        fresh = _plan(args, world_size)
+        keys = ("out", "already_completed", "resume", "overwrite")
+        if any(fresh[k] != plan[k] for k in keys):
+            raise ConfigError(field, str(out), "a file no other run changes while this one "
+                              "starts (another run just wrote it: run the command again)")
+        if args.resume and not fresh["already_completed"]:
+            plan["checkpoint"] = _check_resumable(out, field, resume=fresh["resume"])
+        plan["lock"] = lock
+        return plan
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _check_resumable(out: Path, field: str, *, resume: bool):
+    """The checkpoint to resume from (None: start over), refusing a damaged file."""
+    from fedmpi.results import ResultsError, load, read_checkpoint
+    from fedmpi.results.checkpoint import ROUND_ATTR
+
+    try:
+        attrs = load(out).runs.iloc[0]  # every checksum of the file
+        if resume:
+            return read_checkpoint(out)
+    except ResultsError as exc:
+        raise ConfigError(field, str(out), f"an intact result file ({exc}); rerun its config "
+                          "with --overwrite to start it over") from None
+    at = attrs.get(ROUND_ATTR)
+    if at is not None and at == at and int(at) >= 0:  # NaN: the file never had one
+        raise ConfigError(field, str(out), f"an intact result file (it had a checkpoint at "
+                          f"round {int(at)} that is gone: the file is damaged)")
+    return None
+
+
+def _unlock(plan) -> None:
+    lock = (plan or {}).pop("lock", None)
+    if lock is not None:
+        lock.release()
+
+
+def _refuse_live_writer(path: Path, field: str) -> None:
+    """Without file locking, the weaker check: refuse while its run is alive on this host.
+
+    A pid recorded by a run on another node cannot be checked from here (see the
+    README, Reliability), and a recorded pid that was reused makes a false refusal.
+    """
+    from fedmpi.results.hdf import open_read, read_attrs
+
+    if not path.exists():
         return
     try:
-        host = json.loads(str(attrs.get("hosts", "[]")) or "[]")[:1]
-    except ValueError:
+        with open_read(path) as f:
+            attrs = read_attrs(path, f, "/")
+    except Exception:  # noqa: BLE001 - unreadable: the resume check says so
+        return
+    if attrs.get("status") != "running" or not isinstance(attrs.get("server_pid"), int):
+        return
+    try:
+        host = list(json.loads(str(attrs.get("hosts", "[]")) or "[]"))[:1]
+    except (ValueError, TypeError):
         host = []
-    pid = int(attrs["server_pid"])
+    pid = attrs["server_pid"]
     if host == [socket.gethostname()] and pid != os.getpid():
         try:
             os.kill(pid, 0)
-        except OSError:
+        except ProcessLookupError:
             return  # that run is gone
-        raise ConfigError("--resume", str(path), f"a file no live run writes (pid {pid} on this "
+        except OSError:
+            pass
+        raise ConfigError(field, str(path), f"a file no live run writes (pid {pid} on this "
                           "host is still running it; stop it first: kill -USR1 it)")
 
 
@@ -339,20 +428,20 @@ def _discard(writer, plan) -> None:
     if plan["resume"]:
         writer.finish("failed", "configuration error on resume")
         return
-    writer.close()  # with --overwrite this keeps the old file and drops the temporary one
     if not plan["overwrite"]:
-        plan["out"].unlink(missing_ok=True)
+        plan["out"].unlink(missing_ok=True)  # while the writer still holds the lock
+    writer.close()  # with --overwrite this keeps the old file and drops the temporary one
 
 
 def _open_results(plan, size):
     from fedmpi.results import ResultsWriter, read_checkpoint
     from fedmpi.server import ServerState
 
-    cfg, out = plan["cfg"], plan["out"]
+    cfg, out, lock = plan["cfg"], plan["out"], plan.pop("lock", None)
     if plan["resume"]:
         import h5py
 
-        ckpt = read_checkpoint(out)
+        ckpt = plan.pop("checkpoint", None) or read_checkpoint(out)
         with h5py.File(out, "r", locking=False) as f:
             clean_stop = str(f.attrs.get("status", "")) == "interrupted"
             segment = int(f.attrs.get("segment", 0)) + 1
@@ -360,7 +449,8 @@ def _open_results(plan, size):
                 cum = int(f.attrs.get("cum_wire_bytes", 0))
             else:  # crashed: rounds after the checkpoint are redone, their rows dropped
                 cum = int(f["rounds/cum_wire_bytes"][ckpt.round]) if ckpt.round >= 0 else 0
-        writer = ResultsWriter(out, attrs={}, resume=True)
+        writer = ResultsWriter(out, attrs={}, resume=True, lock=lock)
+        _say_removed(writer)
         if not clean_stop:
             writer.truncate_after(ckpt.round)
         writer.set_attrs(status="running", failure_reason="", completed_rounds=ckpt.round + 1,
@@ -378,11 +468,18 @@ def _open_results(plan, size):
     from fedmpi.experiment import build_pipelines
 
     writer = ResultsWriter(out, attrs=_metadata(cfg, plan["text"], size),
-                           overwrite=plan["overwrite"])
+                           overwrite=plan["overwrite"], lock=lock)
+    _say_removed(writer)
     up, down = build_pipelines(cfg)
     writer.set_codecs({0: "control", up.codec_id: up.name, down.codec_id: down.name})
-    # No flush yet: with --overwrite the old file is replaced only once a round is done.
+    # The file is on disk, readable, from here on (status running, no round). With
+    # --overwrite it is still a temporary: the old file is replaced once a round is done.
     return writer, None
+
+
+def _say_removed(writer) -> None:
+    for path in writer.stale_removed:
+        print(f"fedmpi: removed {path} (left by a run that died)", file=sys.stderr)
 
 
 def _serve(exp, net, writer, state, stop) -> int:

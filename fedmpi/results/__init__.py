@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fedmpi.results.checkpoint import Checkpoint, read_checkpoint
-from fedmpi.results.errors import ResultsError, ResultsExistError
+from fedmpi.results.errors import ResultsError, ResultsExistError, ResultsLockedError
 from fedmpi.results.schema import SCHEMA_VERSION, schema_markdown
 from fedmpi.results.writer import ResultsWriter
 
@@ -22,6 +22,7 @@ __all__ = [
     "Results",
     "ResultsError",
     "ResultsExistError",
+    "ResultsLockedError",
     "ResultsWriter",
     "load",
     "read_checkpoint",

@@ -6,34 +6,42 @@ resolved config flattened into dotted columns) and the per-round, per-message
 and per-client tables of all files stacked, each with a `run` column (= path).
 File content is data: JSON attributes go through json.loads only.
 
-Files may be read while a job writes them (locking=False); tables are cut to
-their shortest column, so a row half-appended at a crash never shows.
+Files may be read while a job writes them (locking=False). What is read is
+checked against the file's checksums (`verify.py`): exactly the rows and
+attributes the writer last flushed, or a `ResultsError` naming the file and the
+object; nothing else escapes from here, whatever h5py raises on a damaged file.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from fedmpi.results import schema
 from fedmpi.results.errors import ResultsError
 from fedmpi.results.flatten import flatten
-from fedmpi.results.hdf import attrs_dict, json_attr, open_read
+from fedmpi.results.hdf import open_read
+from fedmpi.results.integrity import CHECKSUMS_ATTR
+from fedmpi.results.verify import Content, read_content
 
 _KIND = {v: k for k, v in schema.KIND_NAMES.items()}
 UPDATE, MODEL = _KIND["update"], _KIND["model"]
 
 # Root attributes copied into .runs (config_yaml/config_json are flattened instead);
 # documented ones first and always, extras after them when a file has them.
-_RUN_ATTRS = [f.name for f in schema.ROOT_ATTRS if f.name not in ("config_yaml", "config_json")]
-_NOT_IN_RUNS = {"config_yaml", "config_json"}
+_NOT_IN_RUNS = {"config_yaml", "config_json", CHECKSUMS_ATTR}
+_RUN_ATTRS = [f.name for f in schema.ROOT_ATTRS if f.name not in _NOT_IN_RUNS]
+# A file caught in the middle of its writer's flush can look inconsistent for a
+# moment: one that changes while it fails to read is read again before giving up.
+RETRIES, RETRY_S = 5, 0.5
 
 
 @dataclass
@@ -122,62 +130,91 @@ def expand(paths: Any) -> list[str]:
 # -------------------------------------------------------------------- one file
 
 
-def _table(g: Any, names: list[str]) -> dict[str, np.ndarray]:
-    present = [n for n in names if n in g]
-    if not present:
-        return {}
-    n = min(g[name].shape[0] for name in present)
-    return {name: g[name][:n] for name in present}
-
-
-def _messages(g: Any) -> pd.DataFrame:
-    df = pd.DataFrame(_table(g, schema.columns("messages")))
-    if df.empty:
-        return df
+def _named(df: pd.DataFrame, attrs: dict[str, Any]) -> pd.DataFrame:
+    """Code columns of /messages with their names (from the group's JSON attributes)."""
     for col, attr in (("kind", "kind_names"), ("direction", "direction_names"),
                       ("codec_id", "codecs")):
-        names = {int(k): str(v) for k, v in json_attr(g, attr, {}).items()}
+        names = _code_names(attrs.get(attr))
         label = {"codec_id": "codec"}.get(col, f"{col}_name")
         lut = {code: names.get(int(code), "") for code in df[col].unique()}
         df[label] = pd.Categorical(df[col].map(lut))
     return df
 
 
-def _clients(g: Any) -> pd.DataFrame:
-    df = pd.DataFrame(_table(g, schema.columns("clients")))
-    if "class_histogram" in g and len(df):
-        hist = g["class_histogram"][()]
-        if hist.ndim == 2 and hist.shape[0] >= len(df):
-            for c in range(hist.shape[1]):
-                df[f"class_{c}"] = hist[: len(df), c]
-    return df
+def _code_names(text: Any) -> dict[int, str]:
+    try:
+        names = json.loads(text) if isinstance(text, str) and text else {}
+        return {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}
+    except (ValueError, TypeError):
+        return {}
 
 
-def read_run(path: str | os.PathLike) -> RunData:
-    path = os.fspath(path)
+def _frames(c: Content) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    rounds = pd.DataFrame(c.tables["rounds"])
+    messages = pd.DataFrame(c.tables["messages"])
+    if len(messages):
+        messages = _named(messages, c.attrs.groups.get("messages", {}))
+    clients = pd.DataFrame(c.tables["clients"])
+    hist = c.histogram
+    if hist is not None and len(clients) and hist.shape[0] >= len(clients):
+        for k in range(hist.shape[1]):
+            clients[f"class_{k}"] = hist[: len(clients), k]
+    return rounds, messages, clients
+
+
+def _read_once(path: str) -> Content:
     try:
         f = open_read(path)
     except FileNotFoundError:
         raise ResultsError(f"{path}: no such results file") from None
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - h5py: OSError, sometimes others, on junk
         raise ResultsError(f"{path}: not a readable HDF5 file ({exc})") from None
-    with f:
-        attrs = attrs_dict(f)
-        if "schema_version" not in attrs or "rounds" not in f:
-            raise ResultsError(f"{path}: not a fedmpi results file")
-        if attrs["schema_version"] > schema.SCHEMA_VERSION:
-            raise ResultsError(
-                f"{path}: schema_version {attrs['schema_version']} is newer than this "
-                f"fedmpi reads ({schema.SCHEMA_VERSION}); upgrade fedmpi"
-            )
-        config = json_attr(f, "config_json", {})
-        rounds = pd.DataFrame(_table(f["rounds"], schema.columns("rounds")))
-        messages = _messages(f["messages"]) if "messages" in f else pd.DataFrame()
-        clients = _clients(f["clients"]) if "clients" in f else pd.DataFrame()
+    try:
+        return read_content(f, path)
+    finally:
+        try:
+            f.close()
+        except Exception:  # noqa: BLE001 - closing a damaged file must not mask the error
+            pass
+
+
+def read_run(path: str | os.PathLike) -> RunData:
+    path = os.fspath(path)
+    for attempt in range(RETRIES):
+        before = _stamp(path)
+        try:
+            content = _read_once(path)
+            break
+        except ResultsError:
+            # A file its run is flushing can be caught half-written: it changes under
+            # us (or does within a moment). A file that stays as it is is damaged.
+            if attempt == RETRIES - 1:
+                raise
+            time.sleep(RETRY_S)
+            if _stamp(path) == before:
+                raise
+    attrs = content.attrs.root
+    config = _config(attrs.get("config_json"))
+    rounds, messages, clients = _frames(content)
     for df in (rounds, messages, clients):
         df.insert(0, "run", path)
-    return RunData(path, attrs, config if isinstance(config, dict) else {}, rounds,
-                   messages, clients)
+    return RunData(path, attrs, config, rounds, messages, clients)
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _config(text: Any) -> dict[str, Any]:
+    try:
+        cfg = json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def _last_valid(series: pd.Series) -> float:

@@ -1,4 +1,4 @@
-"""The results file schema (version 1): the single source of truth.
+"""The results file schema (version 2): the single source of truth.
 
 The writer creates datasets from these tables, the reader checks against them and
 the README's schema table is generated from them (`schema_markdown()`), so a
@@ -7,6 +7,12 @@ column cannot be added in one place and forgotten in another.
 Layout: one HDF5 file per run; each table is a group of equally long, 1-D,
 resizable, chunked datasets (one per column), so every column carries its own
 `units`/`description` attributes, appending a row is cheap and `h5dump` shows it.
+
+Version 2 (this one) adds integrity checks: table columns use HDF5's Fletcher32
+filter, the root attribute `checksums` holds sha256 digests of the attributes
+and of every table's rows, and each checkpoint its own `sha256` (see
+`integrity.py`). Version 1 files (no checksums) stay readable, unchecked, and
+are upgraded when resumed.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,7 @@ STATUSES = ("running", "completed", "failed", "interrupted")
 # ------------------------------------------------------------------ root attributes
 
 ROOT_ATTRS: tuple[Field, ...] = (
-    Field("schema_version", "i8", "1", "results schema version (this table: 1)"),
+    Field("schema_version", "i8", "1", "results schema version (this table: 2; 1 = no checksums)"),
     Field("fedmpi_version", "str", "", "fedmpi package version that wrote the file"),
     Field("config_yaml", "str", "", "the configuration text as given"),
     Field("config_json", "str", "", "the resolved configuration, as JSON"),
@@ -55,6 +61,10 @@ ROOT_ATTRS: tuple[Field, ...] = (
     Field("status", "str", "", "running | completed | failed | interrupted"),
     Field("failure_reason", "str", "", "why the run failed or stopped (\"\" if none)"),
     Field("completed_rounds", "i8", "rounds", "rows in /rounds (rounds fully recorded)"),
+    Field("checksums", "str", "",
+          "JSON, rewritten at every flush: sha256 of all other root attributes and the table "
+          "groups' attributes (`attrs`), and per table the rows flushed and their sha256 "
+          "(`tables.<name>.rows`, `.sha256`); readers refuse a file that does not match"),
 )
 
 # Optional root attributes: written by `fedmpi run` where they apply, typed when
@@ -70,6 +80,7 @@ EXTRA_ROOT_ATTRS: tuple[Field, ...] = (
     Field("downlink_codec_id", "i8", "code", "downlink pipeline id"),
     Field("cum_wire_bytes", "i8", "bytes", "every wire byte so far, final STOP exchange included"),
     Field("segment", "i8", "1", "current process incarnation (0, +1 per --resume)"),
+    Field("checkpoint_round", "i8", "1", "round of the latest complete checkpoint"),
 )
 
 # ------------------------------------------------------------------------- /rounds
@@ -141,6 +152,8 @@ CLIENT_HISTOGRAM = Field(
 CHECKPOINT: tuple[Field, ...] = (
     Field("@round", "i8", "1", "last completed round the checkpoint belongs to"),
     Field("@complete", "bool", "", "true once every dataset of the checkpoint is written"),
+    Field("@sha256", "str", "",
+          "sha256 of the round and of every tensor's path, dtype, shape and bytes"),
     Field("global/<tensor>", "array", "", "server's full-precision global model"),
     Field("memory/<owner>/<tensor>", "array", "",
           "error-feedback residual; owner server|client_<id>"),
@@ -166,7 +179,10 @@ def columns(table: str) -> list[str]:
 
 def schema_markdown() -> str:
     """The whole schema as Markdown tables (for the README)."""
-    parts = [f"Results schema version {SCHEMA_VERSION}.\n"]
+    parts = [f"Results schema version {SCHEMA_VERSION}. Every table column is a chunked, "
+             "resizable dataset with the Fletcher32 checksum filter; `checksums` and the "
+             "checkpoint's `sha256` cover the rest (version 1 files have neither and are "
+             "read unchecked).\n"]
     sections = [
         ("Root attributes (`/`)", ROOT_ATTRS),
         ("Optional root attributes (`/`, where they apply)", EXTRA_ROOT_ATTRS),

@@ -1,10 +1,22 @@
 """ResultsWriter: the one HDF5 file of a run, written by rank 0 only.
 
+One writer per file: the writer holds `lock.WriterLock` (an exclusive flock on
+`.<name>.lock`) from before it reads or creates anything until it closes.
+
+Readable from the moment it exists: the skeleton (layout, attributes, status
+'running', checksums) is built under a hidden temporary name, flushed and
+fsynced, and only then linked into place, so a process killed at start-up
+leaves either no file or a complete one that `--resume` starts over. With
+`overwrite` the temporary replaces the old file only at the first `flush()`
+(the server's, after a round), so a run that fails before that keeps the old
+results. Temporaries are named `.<name>.<pid>.<host>.tmp`; those of dead
+processes on this host are removed by the next writer of the same file.
+
 Every round the server appends its rows, saves the checkpoint and flushes
-(h5py flush + fsync), so a process killed between rounds leaves a file that
-opens with every completed round and status 'running'. Columns and attributes
-come from `fedmpi.results.schema`; anything not in the schema is refused, so a
-typo cannot silently become a new column.
+(checksums + h5py flush + fsync), so a process killed between rounds leaves a
+file that opens with every completed round and status 'running'. Columns and
+attributes come from `fedmpi.results.schema`; anything not in the schema is
+refused, so a typo cannot silently become a new column.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import importlib.metadata
 import json
 import os
 import shlex
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,10 +37,11 @@ import numpy as np
 
 from fedmpi import __version__
 from fedmpi.results import checkpoint as _ckpt
-from fedmpi.results import schema
+from fedmpi.results import integrity, schema
 from fedmpi.results.checkpoint import Checkpoint, read_checkpoint
 from fedmpi.results.errors import ResultsError, ResultsExistError
 from fedmpi.results.hdf import fsync, fsync_dir, plain
+from fedmpi.results.lock import WriterLock
 
 __all__ = ["Checkpoint", "ResultsExistError", "ResultsWriter", "read_checkpoint", "utc_now"]
 
@@ -125,6 +139,51 @@ def _check_names(table: str, given: Any) -> None:
         raise ValueError(f"/{table}: unknown columns {unknown}, missing columns {missing}")
 
 
+def temp_path(path: Path) -> Path:
+    """Where a new file is built before it replaces (or becomes) `path`."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{socket.gethostname()}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete temporaries of `path` left by dead processes on this host; return them.
+
+    Names are `.<name>.<pid>.<host>.tmp` (earlier versions wrote `.<name>.<pid>.tmp`,
+    taken as this host's). One of a live pid, or of another host (whose pids
+    cannot be checked from here), is kept.
+    """
+    prefix, host = f".{path.name}.", socket.gethostname()
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid_text, _, owner = name[len(prefix):-len(".tmp")].partition(".")
+        if not pid_text.isdigit() or (owner and owner != host):
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            (path.parent / name).unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path.parent / name)
+    return removed
+
+
 class ResultsWriter:
     def __init__(
         self,
@@ -133,47 +192,108 @@ class ResultsWriter:
         attrs: Mapping[str, Any],
         overwrite: bool = False,
         resume: bool = False,
+        lock: WriterLock | None = None,
     ):
+        """Create (or with `resume` reopen) `path`, holding its writer lock until close().
+
+        `lock` is a lock the caller already took on `path` (fedmpi run takes it on
+        rank 0 before its configuration check ends); without one the writer takes
+        it and raises `ResultsLockedError` if another process holds it.
+        """
         if overwrite and resume:
             raise ValueError("ResultsWriter: overwrite and resume exclude each other")
         self.path = Path(path)
-        self._tmp: Path | None = None  # set while an overwrite has not replaced the old file
+        self._file: h5py.File | None = None
+        self._tmp: Path | None = None  # set while the file lives under its temporary name
         self._rounds_written = 0
-        if resume:
-            self._file = self._open_resume()
-            self.set_attrs(**{**dict(attrs), "status": "running", "end_time": "",
-                              "failure_reason": ""})
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        target = self.path
-        if self.path.exists():
-            if not overwrite:
-                raise ResultsExistError(
-                    f"{self.path} exists; pass --overwrite to replace it (or --resume to continue)"
-                )
-            # The old results survive until the new run has flushed something.
-            target = self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        # Checksum state, kept up to date as rows are appended (see _seal); a table in
+        # _reload is hashed again from the file (after a resume, a truncation).
+        self._digests = {t: integrity.TableDigest(t) for t in schema.TABLES}
+        self._reload: set[str] = set(schema.TABLES) if resume else set()
+        self._hist_bytes: bytes | None = None if resume else integrity.histogram_bytes(
+            np.zeros((0, 0)))
+        self._datasets: dict[str, list[h5py.Dataset]] = {}
+        if lock is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = WriterLock.acquire(self.path)
+        self._lock: WriterLock | None = lock
         try:
-            self._file = h5py.File(target, "w" if self._tmp else "w-", locking=False)
-        except FileExistsError as exc:  # created by someone else since the check
-            raise ResultsExistError(f"{self.path} exists; pass --overwrite to replace it") from exc
-        self._create_layout()
-        self.set_attrs(**{**_default_attrs(), **dict(attrs)})
+            self.stale_removed = remove_stale_temporaries(self.path)
+            if resume:
+                self._file = self._open_resume()
+                self.set_attrs(**{**dict(attrs), "status": "running", "end_time": "",
+                                  "failure_reason": "",
+                                  "schema_version": schema.SCHEMA_VERSION})
+            else:
+                self._create(dict(attrs), overwrite)
+        except BaseException:
+            self._abandon()
+            raise
 
     # ------------------------------------------------------------------ opening
+
+    def _create(self, attrs: dict[str, Any], overwrite: bool) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        replacing = self.path.exists()
+        if replacing and not overwrite:
+            raise ResultsExistError(
+                f"{self.path} exists; pass --overwrite to replace it (or --resume to continue)"
+            )
+        self._tmp = temp_path(self.path)
+        self._file = h5py.File(self._tmp, "w", locking=False)
+        self._create_layout()
+        self.set_attrs(**{**_default_attrs(), **attrs})
+        self._sync()  # a complete skeleton on disk before the file shows under its name
+        if not replacing:
+            self._publish()
+
+    def _publish(self) -> None:
+        """Give the temporary file its real name, never replacing a file made meanwhile."""
+        try:
+            os.link(self._tmp, self.path)
+        except FileExistsError:
+            raise ResultsExistError(f"{self.path} exists; pass --overwrite to replace it") \
+                from None
+        except OSError:  # a file system without hard links: the lock makes this safe enough
+            if self.path.exists():
+                raise ResultsExistError(f"{self.path} exists; pass --overwrite to replace it") \
+                    from None
+            os.replace(self._tmp, self.path)
+        else:
+            os.unlink(self._tmp)
+        self._tmp = None
+        fsync_dir(self.path.parent)
+
+    def _abandon(self) -> None:
+        """Undo a constructor that failed: close, drop the temporary, release the lock."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
+            self._file = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _open_resume(self) -> h5py.File:
         if not self.path.exists():
             raise ResultsError(f"cannot resume: {self.path} does not exist")
-        f = h5py.File(self.path, "r+", locking=False)
-        version = plain(f.attrs.get("schema_version", None))
-        if version != schema.SCHEMA_VERSION:
-            f.close()
-            raise ResultsError(
-                f"cannot resume {self.path}: schema_version {version!r}, "
-                f"this fedmpi writes {schema.SCHEMA_VERSION}"
-            )
-        return f
+        from fedmpi.results.hdf import open_read
+        from fedmpi.results.verify import read_content
+
+        # Checked read-only first: never extend a damaged file, nor write to it at all.
+        try:
+            f = open_read(self.path)
+        except OSError as exc:
+            raise ResultsError(f"cannot resume {self.path}: not a readable HDF5 file "
+                               f"({exc})") from None
+        with f:
+            read_content(f, self.path)
+        return h5py.File(self.path, "r+", locking=False)
 
     def _create_layout(self) -> None:
         f = self._file
@@ -181,12 +301,13 @@ class ResultsWriter:
             g = f.create_group(table)
             for fld in fields:
                 ds = g.create_dataset(fld.name, shape=(0,), maxshape=(None,),
-                                      chunks=(_CHUNK_ROWS[table],), dtype=fld.dtype)
+                                      chunks=(_CHUNK_ROWS[table],), dtype=fld.dtype,
+                                      fletcher32=True)
                 ds.attrs["units"] = fld.units
                 ds.attrs["description"] = fld.description
         h = schema.CLIENT_HISTOGRAM
         ds = f["clients"].create_dataset(h.name, shape=(0, 0), maxshape=(None, None),
-                                         chunks=(256, 16), dtype=h.dtype)
+                                         chunks=(256, 16), dtype=h.dtype, fletcher32=True)
         ds.attrs["units"] = h.units
         ds.attrs["description"] = h.description
         for name, text in schema.MESSAGE_GROUP_ATTRS.items():
@@ -226,6 +347,9 @@ class ResultsWriter:
             g[name][...] = col
         g["class_histogram"].resize(hist.shape)
         g["class_histogram"][...] = hist
+        self._digests["clients"].reset()
+        self._digests["clients"].extend([cols[c] for c in schema.columns("clients")])
+        self._hist_bytes = integrity.histogram_bytes(hist)
 
     def append_round(self, row: Mapping[str, float | int]) -> None:
         _check_names("rounds", row)
@@ -262,6 +386,8 @@ class ResultsWriter:
             ds = g[name]
             ds.resize((n + k,))
             ds[n:] = col
+        if table not in self._reload:
+            self._digests[table].extend([cols[c] for c in schema.columns(table)])
         # Readers trust only the shortest column, so a row cut short by a crash
         # in this loop is ignored rather than read as zeros.
 
@@ -288,13 +414,45 @@ class ResultsWriter:
                 data = g[name][:n][keep]
                 g[name].resize((len(data),))
                 g[name][...] = data
+            self._reload.add(table)
         self._file.attrs["completed_rounds"] = self._file["rounds/round"].shape[0]
 
     # ------------------------------------------------------------ durability
 
-    def flush(self) -> None:
+    def _seal(self) -> None:
+        """Store checksums of what the next flush writes (see integrity.py)."""
+        f = self._file
+        root = {k: plain(v) for k, v in f.attrs.items() if k != integrity.CHECKSUMS_ATTR}
+        groups = {t: {k: plain(v) for k, v in f[t].attrs.items()} for t in schema.TABLES}
+        tables = {}
+        for table in schema.TABLES:
+            if table not in self._datasets:
+                self._datasets[table] = [f[table][c] for c in schema.columns(table)]
+            cols = self._datasets[table]
+            n = min(c.shape[0] for c in cols)  # all equal unless an append was cut short
+            digest = self._digests[table]
+            if table in self._reload or digest.n != n:
+                digest.reset()
+                step = 64 * integrity.BLOCK_ROWS
+                for start in range(0, n, step):
+                    digest.extend([c[start:min(n, start + step)] for c in cols])
+                self._reload.discard(table)
+            if table == "clients" and self._hist_bytes is None:
+                self._hist_bytes = integrity.histogram_bytes(
+                    f["clients"][schema.CLIENT_HISTOGRAM.name][()])
+            tables[table] = (n, digest.hexdigest(self._hist_bytes if table == "clients"
+                                                 else b""))
+        f.attrs[integrity.CHECKSUMS_ATTR] = integrity.dumps(
+            integrity.attrs_digest(root, groups), tables)
+
+    def _sync(self) -> None:
+        self._seal()
         self._file.flush()
         fsync(self._file)
+
+    def flush(self) -> None:
+        """Make everything written so far durable (and replace an --overwrite'n file)."""
+        self._sync()
         if self._tmp is not None:
             os.replace(self._tmp, self.path)  # the open handle follows the inode
             fsync_dir(self.path.parent)
@@ -316,13 +474,22 @@ class ResultsWriter:
         self.close()
 
     def close(self) -> None:
+        """Close the file (checksummed) and release the lock; an --overwrite temporary
+        that never replaced the old file is dropped, so the old file stays as it was."""
         if self._file is None:
             return
-        self._file.close()
-        self._file = None
-        if self._tmp is not None:  # never flushed: the old file stays as it was
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
+        try:
+            if self._tmp is None:
+                self._seal()  # closing flushes: keep the checksums true
+        finally:
+            self._file.close()
+            self._file = None
+            if self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)
+                self._tmp = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     @property
     def closed(self) -> bool:

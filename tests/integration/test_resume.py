@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import h5py
 import numpy as np
 import pytest
 from mpijobs import QUICK, attrs, fedmpi_cmd, finish, rounds, run, start, wait_for_rounds
+
+from fedmpi.results import load
 
 ROUNDS = 12  # enough that a stop requested after round 2 lands before the end
 SET = ["--set", f"rounds={ROUNDS}", "--set", "clients.num_clients=6"]
@@ -95,18 +98,29 @@ def test_same_seed_same_results_with_one_or_two_workers(tmp_path):
         np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
 
 
-def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path):
+def test_kill_9_at_start_up_leaves_a_file_that_resume_starts_over(tmp_path):
+    """Killed before round 0 ends (Slurm requeue after a node failure, say): the file is
+    readable, `--resume` starts the run over (a plain rerun still refuses to replace it)."""
     out = tmp_path / "early.h5"
-    res = run(fedmpi_cmd(3, QUICK, "--out", out, "--set", "rounds=2"))
-    assert res.returncode == 0
-    with h5py.File(out, "r+", locking=False) as f:  # what a kill during round 0 leaves
-        del f["checkpoint"]
-        f.attrs["status"] = "running"
-        f.attrs["server_pid"] = 2**22 + 1  # no such process
+    proc = start(fedmpi_cmd(3, QUICK, "--out", out, "--set", "rounds=2", "--set",
+                            "train.local_epochs=5"))
+    deadline = time.monotonic() + 180
+    while not out.exists():  # kill the moment the file shows
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the result file never appeared"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    a = attrs(out)  # readable (it used to be 96 bytes HDF5 could not open)
+    assert a["status"] == "running" and a["completed_rounds"] == 0
+    assert load(out).runs.loc[0, "rounds_recorded"] == 0
+    again = run(fedmpi_cmd(3, QUICK, "--out", out, "--set", "rounds=2"), timeout=120)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
     res = run(fedmpi_cmd(3, "--resume", out))
     assert res.returncode == 0, res.stderr
     assert "no checkpoint yet: starting the run over" in res.stderr
     assert attrs(out)["status"] == "completed" and len(rounds(out)["round"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["early.h5"]
 
 
 def test_resume_refuses_a_file_its_run_is_still_writing(tmp_path):

@@ -27,6 +27,7 @@ from fedmpi.results import (
     synthetic,
 )
 from fedmpi.results import checkpoint as ckpt
+from fedmpi.results.integrity import checkpoint_digest
 
 
 def _row(r: int, **over) -> dict:
@@ -50,7 +51,7 @@ def test_every_documented_field_present(tmp_path):
             if field.dtype == "str":
                 info = h5py.check_string_dtype(f.attrs.get_id(field.name).dtype)
                 assert info is not None and info.encoding == "utf-8" and info.length is None
-        assert f.attrs["schema_version"] == 1
+        assert f.attrs["schema_version"] == schema.SCHEMA_VERSION == 2
         assert f.attrs["status"] == "completed" and f.attrs["completed_rounds"] == 3
         assert json.loads(f.attrs["config_json"])["train"]["local_epochs"] == 1
         assert json.loads(f.attrs["hosts"]) == ["node0"] * 3
@@ -59,6 +60,7 @@ def test_every_documented_field_present(tmp_path):
                 ds = f[table][field.name]
                 assert ds.dtype == np.dtype(field.dtype), (table, field.name)
                 assert ds.maxshape == (None,) and ds.chunks is not None
+                assert ds.fletcher32, (table, field.name)  # a changed byte is an error
                 assert ds.attrs["units"] == field.units
         assert len(f["rounds/round"]) == 3
         assert f["clients/class_histogram"].shape == (8, 10)
@@ -172,7 +174,7 @@ def test_checkpoint_swap_states(tmp_path):
     g = f.create_group(ckpt.NEW_NAME)
     for sub in ("global", "memory", "rng"):
         g.create_group(sub)
-    g.attrs.update(round=2, complete=True)
+    g.attrs.update(round=2, complete=True, sha256=checkpoint_digest(2, []))
     w.flush()
     assert read_checkpoint(path).round == 2
     # The next save starts from that state and leaves exactly one checkpoint.
