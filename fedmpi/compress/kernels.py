@@ -1,0 +1,291 @@
+"""numba kernels of the fused CPU codec (see fused.py for how they are combined).
+
+Each kernel is one pass over one tensor that does in a single loop what the
+numpy reference path does in several (abs, compare, count, pack, gather), so
+the data is read once and written once. They work on the float32 *bits*
+(uint32): |x| is `bits & 0x7FFFFFFF`, ordered like the magnitude (NaN above
+inf), and a value is copied bit for bit (-0.0 and NaN payloads survive).
+
+Keep rule: `keep = (bits & amask) >= thr`, with `thr = ta` before position
+`split` and `tb` from it on. `amask = 0x7FFFFFFF` prunes by magnitude;
+`amask = 0xFFFFFFFF, thr = 1` is "every entry that is not +0.0" (the support
+without pruning). The split serves the tensor where the cut falls inside a run
+of equal magnitudes t (ties go first by position): ta = t + 1 drops the ties
+before the first kept one, tb = t keeps those from it on.
+
+How they stay near memory speed on one core: 64 entries at a time, the keep
+bits are built into one 64-bit word by a loop that LLVM vectorizes (the helper
+is inlined at numba-IR level: behind a call LLVM would not vectorize it); the
+kept positions are then visited with count-trailing-zeros, so the work per
+entry is a vector compare and per kept entry one load and one store (measured
+faster here than branch-free compaction through a set-bit table).
+
+Compiled on first use with `cache=True`: the machine code is stored next to
+this file in `__pycache__/` (or, where that is not writable, in numba's
+per-user cache dir; `NUMBA_CACHE_DIR` overrides both), so later processes load it in
+well under a second instead of compiling for several. Importing this module raises
+ImportError when numba is missing; fused.py then falls back to numpy.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+_jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+# helpers are inlined at numba-IR level: as calls LLVM would not vectorize their loops
+_inline = numba.njit(inline="always", boundscheck=False)
+ABS = np.uint32(0x7FFFFFFF)
+_U1, _U8 = np.uint64(1), np.uint64(8)
+
+POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.int64)
+
+
+@intrinsic
+def _cttz(typingctx, x):
+    """Count trailing zeros of a non-zero uint64 (one tzcnt instruction)."""
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+    return types.int64(types.uint64), codegen
+
+
+@_inline
+def _word(u, base, amask, thr):
+    """Keep bits of u[base:base+64] (bit j = entry base+j); vectorized by LLVM."""
+    w = np.uint64(0)
+    for j in range(64):
+        w |= np.uint64((u[base + j] & amask) >= thr) << np.uint64(j)
+    return w
+
+
+@_inline
+def _word2(u, base, amask, ta, tb, split):
+    """_word with threshold ta before position `split` and tb from it on."""
+    if base >= split:
+        return _word(u, base, amask, tb)
+    if base + 64 <= split:
+        return _word(u, base, amask, ta)
+    w = np.uint64(0)
+    for j in range(64):
+        thr = ta if base + j < split else tb
+        w |= np.uint64((u[base + j] & amask) >= thr) << np.uint64(j)
+    return w
+
+
+@_inline
+def _keep(u, i, amask, ta, tb, split):
+    return (u[i] & amask) >= (ta if i < split else tb)
+
+
+# ----------------------------------------------------------------------------- the cut
+
+
+@_jit
+def band_scan(u, lo, hi, cand, k):
+    """Count entries with |x| < lo; append the |x| in [lo, hi) to cand[k:].
+
+    Returns (below, new k); k = -1 when cand is full: the band was too wide.
+    """
+    n = u.size
+    below = 0
+    cap = cand.size - 64
+    nw = n >> 6
+    for q in range(nw):
+        base = q << 6
+        w = np.uint64(0)
+        for j in range(64):
+            a = u[base + j] & ABS
+            below += a < lo
+            w |= np.uint64((a >= lo) & (a < hi)) << np.uint64(j)
+        if w:
+            if k > cap:
+                return below, -1
+            while w:
+                cand[k] = u[base + _cttz(w)] & ABS
+                k += 1
+                w &= w - _U1
+    for i in range(nw << 6, n):
+        a = u[i] & ABS
+        below += a < lo
+        if a >= lo and a < hi:
+            if k > cap:
+                return below, -1
+            cand[k] = a
+            k += 1
+    return below, k
+
+
+@_jit
+def histogram_hi(u, hist):
+    """hist[|x| >> 15] += 1 (65,536 bins): locates the cut exactly when sampling misses."""
+    for i in range(u.size):
+        hist[(u[i] & ABS) >> 15] += 1
+
+
+@_jit
+def count_compare(cand, t):
+    """(entries < t, entries == t) of cand."""
+    lt = 0
+    eq = 0
+    for i in range(cand.size):
+        lt += cand[i] < t
+        eq += cand[i] == t
+    return lt, eq
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+@_jit
+def write_bitmap(u, amask, ta, tb, split, bitmap, vals):
+    """Bitmap (little-endian bit order) + kept values in position order; returns kept."""
+    n = u.size
+    k = 0
+    nw = n >> 6
+    for q in range(nw):
+        base = q << 6
+        w = _word2(u, base, amask, ta, tb, split)
+        for byte in range(8):
+            bitmap[(q << 3) + byte] = (w >> (_U8 * np.uint64(byte))) & np.uint64(0xFF)
+        while w:
+            vals[k] = u[base + _cttz(w)]
+            k += 1
+            w &= w - _U1
+    i = nw << 6
+    while i < n:  # tail, one byte at a time
+        b = 0
+        for j in range(min(8, n - i)):
+            keep = _keep(u, i + j, amask, ta, tb, split)
+            b |= np.int64(keep) << j
+            if keep:
+                vals[k] = u[i + j]
+                k += 1
+        bitmap[i >> 3] = b
+        i += 8
+    return k
+
+
+@_jit
+def write_delta(u, amask, ta, tb, split, gaps, vals):
+    """Gap to the previous kept entry (first from -1) + kept values; returns kept."""
+    n = u.size
+    k = 0
+    prev = -1
+    nw = n >> 6
+    for q in range(nw):
+        base = q << 6
+        w = _word2(u, base, amask, ta, tb, split)
+        while w:
+            p = base + _cttz(w)
+            gaps[k] = p - prev - 1
+            vals[k] = u[p]
+            prev = p
+            k += 1
+            w &= w - _U1
+    for p in range(nw << 6, n):
+        if _keep(u, p, amask, ta, tb, split):
+            gaps[k] = p - prev - 1
+            vals[k] = u[p]
+            prev = p
+            k += 1
+    return k
+
+
+@_jit
+def max_gap(u, amask, ta, tb, split):
+    """Largest delta gap the kept entries need (0 when none is kept)."""
+    n = u.size
+    prev = -1
+    big = 0
+    nw = n >> 6
+    for q in range(nw):
+        base = q << 6
+        w = _word2(u, base, amask, ta, tb, split)
+        while w:
+            p = base + _cttz(w)
+            big = max(big, p - prev - 1)
+            prev = p
+            w &= w - _U1
+    for p in range(nw << 6, n):
+        if _keep(u, p, amask, ta, tb, split):
+            big = max(big, p - prev - 1)
+            prev = p
+    return big
+
+
+@_jit
+def write_masked(u, amask, ta, tb, split, out):
+    """Dense layout of a pruned tensor: the bits where kept, +0.0 elsewhere."""
+    for i in range(u.size):
+        out[i] = u[i] if _keep(u, i, amask, ta, tb, split) else 0
+
+
+@_jit
+def nth_tie(u, t, j):
+    """Position of the j-th (0-based) entry with |x| == t, or u.size if there are fewer."""
+    seen = 0
+    for i in range(u.size):
+        if (u[i] & ABS) == t:
+            if seen == j:
+                return i
+            seen += 1
+    return u.size
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+@_jit
+def bitmap_count(bitmap, numel):
+    """Set bits among the first numel, or -1 when a padding bit is set."""
+    nb = bitmap.size
+    c = 0
+    for i in range(nb):
+        c += POPCOUNT[bitmap[i]]
+    if numel & 7 and nb:
+        if bitmap[nb - 1] >> (numel & 7):
+            return -1
+    return c
+
+
+@_jit
+def scatter_bitmap(bitmap, vals, out):
+    """Inverse of write_bitmap; vals holds exactly popcount(bitmap) values (validated)."""
+    n = out.size
+    k = 0
+    nw = n >> 6
+    for q in range(nw):
+        base = q << 6
+        w = np.uint64(0)
+        for j in range(8):
+            w |= np.uint64(bitmap[(q << 3) + j]) << (_U8 * np.uint64(j))
+        for j in range(64):
+            out[base + j] = 0
+        while w:
+            out[base + _cttz(w)] = vals[k]
+            k += 1
+            w &= w - _U1
+    for i in range(nw << 6, n):
+        if (bitmap[i >> 3] >> (i & 7)) & 1:
+            out[i] = vals[k]
+            k += 1
+        else:
+            out[i] = 0
+
+
+@_jit
+def scatter_delta(gaps, vals, out):
+    """Inverse of write_delta; False if a position is out of range."""
+    n = out.size
+    for i in range(n):
+        out[i] = 0
+    pos = -1
+    for j in range(gaps.size):
+        pos += np.int64(gaps[j]) + 1
+        if pos >= n:
+            return False
+        out[pos] = vals[j]
+    return True
