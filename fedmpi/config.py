@@ -54,6 +54,8 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
+    amp: str = "off"  # off | bf16 | fp16: autocast mixed precision (fp16 needs a GPU)
+    compile: str = "off"  # off | default | reduce-overhead | max-autotune: torch.compile mode
 
 
 @dataclass
@@ -68,6 +70,7 @@ class RunConfig:
     deterministic: bool = True  # ordered aggregation + deterministic torch kernels
     threads: int = 1  # torch intra-op threads per rank (ranks share the cores)
     device: str = "auto"  # auto | cpu | cuda
+    ranks_per_gpu: int | None = None  # null: one GPU per worker rank; k: k worker ranks share one
     eval_every: int = 1
     checkpoint_every: int = 1
     eval_batch_size: int = 1000
@@ -107,6 +110,8 @@ CHOICES = {
     "data.partition.method": ("iid", "lda", "shards"),
     "compression.target": ("weights", "update"),
     "run.device": ("auto", "cpu", "cuda"),
+    "train.amp": ("off", "bf16", "fp16"),
+    "train.compile": ("off", "default", "reduce-overhead", "max-autotune"),
 }
 
 
@@ -210,6 +215,8 @@ def validate(cfg: Config) -> Config:
         _check(value is None or value >= 1, f"data.{key}", value, "null or an integer >= 1")
     r = cfg.run
     _check(r.threads >= 1, "run.threads", r.threads, "an integer >= 1")
+    _check(r.ranks_per_gpu is None or r.ranks_per_gpu >= 1, "run.ranks_per_gpu", r.ranks_per_gpu,
+           "null (one GPU per worker rank) or an integer >= 1 (worker ranks sharing a GPU)")
     _check(r.eval_every >= 1, "run.eval_every", r.eval_every, "an integer >= 1")
     _check(r.checkpoint_every >= 1, "run.checkpoint_every", r.checkpoint_every, "an integer >= 1")
     _check(r.eval_batch_size >= 1, "run.eval_batch_size", r.eval_batch_size, "an integer >= 1")

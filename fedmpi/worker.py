@@ -74,7 +74,7 @@ class ClientWorker:
 
         Logged as round -1 ("startup") so that even this message is accounted.
         """
-        info = {"host": socket.gethostname(), "device": _device_name(self.exp.device)}
+        info = {"host": socket.gethostname(), "device": self.exp.device_label}
         buf = wire.frame(Kind.REPORT, round=0, client=-1, payload=json.dumps(info).encode())
         sent = self.net.send(buf, SERVER, TAG_HELLO)
         self.ledger.log(round=-1, kind=Kind.REPORT, client=-1, worker=self.rank,
@@ -182,10 +182,3 @@ class ClientWorker:
             return wire.parse(buf, expect_kind=kind)
         except WireFormatError as exc:
             raise WireFormatError(f"rank {self.rank}, {where}: {exc}") from None
-
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
