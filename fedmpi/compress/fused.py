@@ -321,8 +321,8 @@ def encode(pipe, tensors, memory=None) -> Encoded:
 # ----------------------------------------------------------------------------- decode
 
 
-def decode(pipe, payload, spec) -> dict[str, np.ndarray]:
-    """Pipeline.decode, fused; the same checks and the same errors as the reference."""
+def read_sections(pipe, payload, spec):
+    """Container sections + the meta checks of Pipeline.decode: (table, index, values, numels)."""
     buf = np.frombuffer(payload, dtype=np.uint8) if not isinstance(payload, np.ndarray) \
         else payload.reshape(-1).view(np.uint8)
     n = len(spec)
@@ -339,6 +339,12 @@ def decode(pipe, payload, spec) -> dict[str, np.ndarray]:
         raise WireFormatError(f"payload is for another model ({count} tensors, "
                               f"spec crc {crc:#010x}; expected {n}, {spec_crc(spec):#010x})")
     table = np.frombuffer(meta[_PRELUDE.size:].tobytes(), dtype=TABLE)
+    return table, index, values, numels
+
+
+def decode(pipe, payload, spec) -> dict[str, np.ndarray]:
+    """Pipeline.decode, fused; the same checks and the same errors as the reference."""
+    table, index, values, numels = read_sections(pipe, payload, spec)
     flat = np.empty(sum(numels), dtype=np.float32)
     out, ipos, vpos, opos = {}, 0, 0, 0
     for (name, shape), numel, row in zip(spec, numels, table):
