@@ -71,6 +71,7 @@ class RunConfig:
     threads: int = 1  # torch intra-op threads per rank (ranks share the cores)
     device: str = "auto"  # auto | cpu | cuda
     ranks_per_gpu: int | None = None  # null: one GPU per worker rank; k: k worker ranks share one
+    codec: str = "auto"  # auto (torch on GPU ranks, numpy/numba on CPU ones) | numpy | torch
     eval_every: int = 1
     checkpoint_every: int = 1
     eval_batch_size: int = 1000
@@ -110,6 +111,7 @@ CHOICES = {
     "data.partition.method": ("iid", "lda", "shards"),
     "compression.target": ("weights", "update"),
     "run.device": ("auto", "cpu", "cuda"),
+    "run.codec": ("auto", "numpy", "torch"),
     "train.amp": ("off", "bf16", "fp16"),
     "train.compile": ("off", "default", "reduce-overhead", "max-autotune"),
 }

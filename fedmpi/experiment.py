@@ -19,7 +19,7 @@ from fedmpi.compress import ModelSpec, Pipeline, build_pipeline, spec_of
 from fedmpi.config import Config
 from fedmpi.devices import Node, Placement, label, select
 from fedmpi.errors import ConfigError
-from fedmpi.train import get_state
+from fedmpi.train import device_state, get_state
 
 
 def worker_of(client: int, num_workers: int) -> int:
@@ -71,6 +71,20 @@ class Experiment:
     parts: list[np.ndarray]
     histogram: np.ndarray
     placement: Placement | None = None
+
+    @property
+    def codec_device(self) -> torch.device | None:
+        """Where messages are encoded and decoded (`run.codec`): this rank's device with the
+        torch codec, or None for the numpy/numba codec on the host."""
+        codec = self.cfg.run.codec
+        if codec == "torch" or (codec == "auto" and self.device.type == "cuda"):
+            return self.device
+        return None
+
+    def model_state(self) -> dict:
+        """The model's state for encoding: device tensors on a GPU (only the encoded
+        bytes then leave it), float32 numpy arrays on the CPU."""
+        return device_state(self.model) if self.codec_device is not None else get_state(self.model)
 
     @property
     def device_label(self) -> str:

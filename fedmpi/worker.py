@@ -19,7 +19,7 @@ from fedmpi import accounting, wire
 from fedmpi.compress import build_pipeline
 from fedmpi.experiment import Experiment, client_generator
 from fedmpi.faults import maybe_corrupt, maybe_fail
-from fedmpi.train import get_state, set_state, train_local
+from fedmpi.train import set_state, train_local
 from fedmpi.transport import (
     TAG_CONTROL,
     TAG_HELLO,
@@ -136,7 +136,7 @@ class ClientWorker:
                 f"{header.codec_id:#x} != downlink pipeline {exp.downlink.codec_id:#x}")
         t0 = time.perf_counter()
         try:
-            start = exp.downlink.decode(payload, exp.spec)
+            start = exp.downlink.decode(payload, exp.spec, device=exp.codec_device)
         except WireFormatError as exc:
             raise WireFormatError(f"rank {self.rank} round {rnd} client {client}: {exc}") from None
         decode_s = time.perf_counter() - t0
@@ -149,8 +149,9 @@ class ClientWorker:
         loss, compute_s = train_local(
             exp.model, self.x[self.parts[client]], self.y[self.parts[client]],
             epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
-            weight_decay=t.weight_decay, generator=client_generator(cfg.seed, rnd, client))
-        local = get_state(exp.model)
+            weight_decay=t.weight_decay, generator=client_generator(cfg.seed, rnd, client),
+            amp=t.amp)
+        local = exp.model_state()  # on a GPU: device tensors, encoded there
         if cfg.compression.target == "update":
             local = {k: local[k] - start[k] for k in local}
 
