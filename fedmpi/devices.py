@@ -160,7 +160,10 @@ def label(placement: Placement) -> str:
         return "cpu"
     import torch
 
-    return placement.describe(torch.cuda.get_device_name(int(placement.device.split(":")[1])))
+    from fedmpi import cuda_mpi
+
+    name = torch.cuda.get_device_name(int(placement.device.split(":")[1]))
+    return placement.describe(name)[:-1] + f"; {cuda_mpi.describe()}]"
 
 
 def announce(devices: list[str], file=None) -> None:

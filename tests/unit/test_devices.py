@@ -127,3 +127,18 @@ def test_announce_only_when_a_gpu_is_used(capsys):
     assert capsys.readouterr().err == ""
     announce(["cuda:0 (H100) [x]", "cuda:0 (H100) [y]"])
     assert "rank 1 -> cuda:0 (H100) [y]" in capsys.readouterr().err
+
+
+def test_cuda_aware_mpi_query(monkeypatch):
+    from mpi4py import MPI  # noqa: F401  (loads the MPI library the query inspects)
+
+    from fedmpi import cuda_mpi
+
+    monkeypatch.delenv(cuda_mpi.ENV, raising=False)
+    aware, how = cuda_mpi.query()
+    assert aware in (True, False, None) and how
+    if "MPICH" in MPI.Get_library_version() or "Open MPI" in MPI.Get_library_version():
+        assert how.startswith("MPIX_")  # both export a query; the test venv's are CPU builds
+    monkeypatch.setenv(cuda_mpi.ENV, "1")
+    assert cuda_mpi.query() == (True, "FEDMPI_CUDA_AWARE=1")
+    assert cuda_mpi.describe().startswith("MPI CUDA-aware (FEDMPI_CUDA_AWARE=1)")
