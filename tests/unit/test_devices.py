@@ -142,3 +142,12 @@ def test_cuda_aware_mpi_query(monkeypatch):
     monkeypatch.setenv(cuda_mpi.ENV, "1")
     assert cuda_mpi.query() == (True, "FEDMPI_CUDA_AWARE=1")
     assert cuda_mpi.describe().startswith("MPI CUDA-aware (FEDMPI_CUDA_AWARE=1)")
+
+
+def test_in_process_rule_agrees_with_gpu_bind_sh():
+    """Where each worker owns a GPU, rank L gets GPU (L - 1) mod G, as jobs/gpu-bind.sh does."""
+    for g in (1, 2, 4, 8):
+        for size in range(2, g + 2):  # server + up to G workers on the node
+            for local in range(size):
+                p = place("auto", rank=local, node=server_node(local, size), visible=g)
+                assert p.device == f"cuda:{(local - 1) % g}", (g, size, local)
