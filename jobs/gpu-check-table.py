@@ -94,7 +94,7 @@ def main(out: Path) -> None:
         for t in _json(p) or []:
             rows.append((f"images/s, {p.stem} (no MPI)", f"{t['images_per_s']:,.0f} "
                          f"({t['model']}, batch {t['batch_size']}, amp {t['amp']})"))
-    codec = _json(out / "bench-codec-cuda.json") or []
+    codec = [c for c in _json(out / "bench-codec-cuda.json") or [] if "copy_gbps" in c]
     if codec:
         rows.append(("device copy (D2D, dense bytes once)", f"{codec[0]['copy_gbps']:.1f} GB/s "
                                                             f"on {codec[0]['device']}"))
@@ -104,7 +104,7 @@ def main(out: Path) -> None:
                      f"decode {c['decode_gbps']:.2f} GB/s = {c['decode_vs_copy']:.3f} x copy; "
                      f"wire {c['ratio']:.1%}; same bytes as CPU: "
                      f"{'yes' if c['same_bytes_as_cpu'] else 'NO'}"))
-    for c in _json(out / "bench-codec-cpu.json") or []:
+    for c in [c for c in _json(out / "bench-codec-cpu.json") or [] if "memcpy_gbps" in c]:
         rows.append((f"CPU codec {c['pipeline']} ({c['path']}, one core)",
                      f"encode {c['encode_vs_memcpy']:.3f} / decode {c['decode_vs_memcpy']:.3f} "
                      f"of a numpy copy ({c['memcpy_gbps']:.1f} GB/s)"))

@@ -28,11 +28,13 @@ ROUNDS=${ROUNDS:-4}
 BUDGET_S=${BUDGET_S:-450}
 OUT=${OUT:-results/gpu-check}
 WORK=${WORK:-/tmp/fedmpi-gpu-check}
-mkdir -p "$OUT" "$WORK"
+rm -rf "$WORK/res"
+mkdir -p "$OUT" "$WORK/res"
 OUT=$(cd "$OUT" && pwd)
-LOG=$OUT/gpu-check.log
+LOG=$OUT/gpu-check.log  # written as it goes: kept even if the machine's limit cuts us off
 : > "$LOG"
-STATUS=$OUT/steps.tsv
+RES=$WORK/res  # step outputs; bundled into $OUT/gpu-check-files.tar.gz at the end
+STATUS=$RES/steps.tsv
 : > "$STATUS"
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 FEDMPI_PROGRESS=0
@@ -74,7 +76,7 @@ else
   VPY=$PY
 fi
 export PATH=$VENV/bin:$PATH PYTHONPATH=$REPO
-"$VPY" - > "$OUT/env.json" 2>> "$LOG" <<'EOF'
+"$VPY" - > "$RES/env.json" 2>> "$LOG" <<'EOF'
 import json, platform, sys
 info = {"python": sys.version.split()[0], "platform": platform.platform()}
 try:
@@ -95,8 +97,8 @@ for mod in ("numpy", "numba", "zstandard", "h5py", "mpi4py", "hypothesis"):
         info[mod] = f"missing ({type(exc).__name__})"
 print(json.dumps(info))
 EOF
-say "environment: $(cat "$OUT/env.json")"
-GPU=$("$VPY" -c 'import json,sys; print(1 if json.load(open(sys.argv[1])).get("cuda_available") else 0)' "$OUT/env.json" 2>/dev/null || echo 0)
+say "environment: $(cat "$RES/env.json")"
+GPU=$("$VPY" -c 'import json,sys; print(1 if json.load(open(sys.argv[1])).get("cuda_available") else 0)' "$RES/env.json" 2>/dev/null || echo 0)
 [ "${GPU_CHECK_CPU:-0}" = 1 ] && GPU=0
 [ "$GPU" = 1 ] || say "NOTE: no CUDA device visible: GPU steps are skipped (dry run)"
 DEVICE=$([ "$GPU" = 1 ] && echo cuda || echo cpu)
@@ -114,13 +116,13 @@ if step mpi4py 60 "$VPY" -c "from mpi4py import MPI; print(MPI.Get_library_versi
     say "no mpiexec on PATH"
   fi
 fi
-printf '{"mpi4py_finds_mpi": %s, "mpiexec_runs_2_ranks": %s}\n' "$MPI_OK" "$MPIEXEC_OK" > "$OUT/mpi.json"
+printf '{"mpi4py_finds_mpi": %s, "mpiexec_runs_2_ranks": %s}\n' "$MPI_OK" "$MPIEXEC_OK" > "$RES/mpi.json"
 say "MPI: mpi4py finds a library: $MPI_OK; mpiexec runs 2 ranks: $MPIEXEC_OK"
 
 # ------------------------------------------------------------------ 3. GPU tests
 if [ "$GPU" = 1 ]; then
   step gpu-tests 150 "$VPY" -m pytest -q -rs -p no:cacheprovider tests/gpu --timeout 120 \
-    --junitxml "$OUT/gpu-tests.xml"
+    --junitxml "$RES/gpu-tests.xml"
 else
   step gpu-tests 60 "$VPY" -m pytest -q -rs -p no:cacheprovider tests/gpu
 fi
@@ -129,7 +131,7 @@ fi
 DATA=${FEDMPI_CIFAR10:-.gpu-data/cifar10-jpeg.tar.xz}
 if [ -e "$DATA" ]; then
   export FEDMPI_CIFAR10=$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA")
-  echo '{"data": "CIFAR-10 images", "path": "'"$FEDMPI_CIFAR10"'"}' > "$OUT/data.json"
+  echo '{"data": "CIFAR-10 images", "path": "'"$FEDMPI_CIFAR10"'"}' > "$RES/data.json"
 else
   say "!!!!!!!! NOTE: CIFAR-10 archive not found ($DATA): a SYNTHETIC CIFAR-shaped data set"
   say "!!!!!!!! (random 32x32 JPEGs, 10 classes) stands in; accuracy figures mean nothing."
@@ -148,10 +150,10 @@ for split, n in (("train", 600), ("test", 100)):
             img = (rng.random((32, 32, 3)) * 64 + c * 19).astype(np.uint8)
             Image.fromarray(img).save(d / f"{i}.jpg", quality=90)
 EOF
-  echo '{"data": "SYNTHETIC (CIFAR-10 archive missing)"}' > "$OUT/data.json"
+  echo '{"data": "SYNTHETIC (CIFAR-10 archive missing)"}' > "$RES/data.json"
 fi
-SUBSET=$([ "$GPU" = 1 ] && echo 10000 || echo 600)
-TEST_SUBSET=$([ "$GPU" = 1 ] && echo 2000 || echo 200)
+SUBSET=$([ "$GPU" = 1 ] && echo null || echo 600)  # GPU: all 50,000 training images
+TEST_SUBSET=$([ "$GPU" = 1 ] && echo null || echo 200)
 RUN_ROUNDS=$([ "$GPU" = 1 ] && echo "$ROUNDS" || echo 2)
 SETS=(--set "rounds=$RUN_ROUNDS" --set "run.device=$DEVICE" --set run.ranks_per_gpu=2
       --set "data.train_subset=$SUBSET" --set "data.test_subset=$TEST_SUBSET"
@@ -161,13 +163,14 @@ SETS=(--set "rounds=$RUN_ROUNDS" --set "run.device=$DEVICE" --set run.ranks_per_
 step data 120 "$VPY" -c "from fedmpi import data; data.prepare('cifar10')"
 if [ "$MPIEXEC_OK" = 1 ]; then
   step fl-run 180 mpiexec -n 3 "$VPY" -m fedmpi run configs/paper/paper.yaml \
-    --out "$OUT/fl-run.h5" --overwrite "${SETS[@]}"
+    --out "$RES/fl-run.h5" --overwrite "${SETS[@]}"
 else
   say "no working mpiexec: training throughput from 2 concurrent 'fedmpi bench train' processes"
   for i in 1 2; do
     step "bench-train-$i" 150 "$VPY" -m fedmpi bench train --device "$DEVICE" \
-      --model "$([ "$GPU" = 1 ] && echo resnet12 || echo cnn)" --subset "$SUBSET" \
-      --steps "$([ "$GPU" = 1 ] && echo 400 || echo 20)" --json "$OUT/bench-train-$i.json" &
+      --model "$([ "$GPU" = 1 ] && echo resnet12 || echo cnn)" \
+      --subset "$([ "$GPU" = 1 ] && echo 10000 || echo 600)" \
+      --steps "$([ "$GPU" = 1 ] && echo 400 || echo 20)" --json "$RES/bench-train-$i.json" &
   done
   wait
 fi
@@ -175,14 +178,17 @@ fi
 # ------------------------------------------------------------------ 5. codec benchmarks
 if [ "$GPU" = 1 ]; then
   step bench-codec-cuda 120 "$VPY" -m fedmpi bench codec --device cuda --repeat 5 \
-    --json "$OUT/bench-codec-cuda.json"
+    --json "$RES/bench-codec-cuda.json"
 else
-  step bench-codec-cpu-torch 90 "$VPY" -m fedmpi bench codec --device cpu --params 200000 \
-    --repeat 1 --only p0.5+sparse p0.9+sparse --json "$OUT/bench-codec-cuda.json"
+  step bench-codec-cpu-torch 90 "$VPY" -m fedmpi bench codec --device cpu:0 --params 200000 \
+    --repeat 1 --only p0.5+sparse p0.9+sparse --json "$RES/bench-codec-cuda.json"
 fi
 step bench-codec-cpu 90 "$VPY" -m fedmpi bench codec --repeat 5 --only p0.5+sparse \
-  p0.9+sparse "p0.5+sparse(numpy)" "p0.9+sparse(numpy)" --json "$OUT/bench-codec-cpu.json"
+  p0.9+sparse "p0.5+sparse(numpy)" "p0.9+sparse(numpy)" --json "$RES/bench-codec-cpu.json"
 
 # ------------------------------------------------------------------ 6. the table
-"$VPY" jobs/gpu-check-table.py "$OUT" | tee "$OUT/table.md"
+"$VPY" jobs/gpu-check-table.py "$RES" | tee "$OUT/table.md"
+[ -f "$RES/fl-run.h5" ] && cp "$RES/fl-run.h5" "$OUT/"
+tar -czf "$OUT/gpu-check-files.tar.gz" -C "$RES" --exclude=fl-run.h5 . 2>/dev/null
+# $OUT: table.md, gpu-check.log, fl-run.h5, gpu-check-files.tar.gz (the device tool returns <= 8)
 say "done in $(( $(date +%s) - START )) s; table: $OUT/table.md, log: $LOG"

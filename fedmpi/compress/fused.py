@@ -119,8 +119,9 @@ def _band(us: list[np.ndarray], n: int, m: int) -> tuple[int, int]:
     ends = np.cumsum(sizes)
     starts = np.searchsorted(pos, ends - sizes)
     stops = np.searchsorted(pos, ends)
-    sample = np.concatenate([u[pos[a:b] - (e - u.size)] for u, a, b, e in
-                             zip(us, starts, stops, ends)]) & np.uint32(ABS)
+    sample, k = np.empty(_SAMPLE, dtype=np.uint32), 0
+    for u, a, b, e in zip(us, starts, stops, ends):
+        k = K.gather_abs(u, pos[a:b], e - u.size, sample, k)
     q = m / n
     slack = 4.5 * np.sqrt(q * (1 - q) / _SAMPLE) + 8.0 / _SAMPLE  # as prune.keep_mask
     i_lo, i_hi = int((q - slack) * _SAMPLE), int(np.ceil((q + slack) * _SAMPLE))

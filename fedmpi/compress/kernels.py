@@ -226,13 +226,42 @@ def write_masked(u, amask, ta, tb, split, out):
 @_jit
 def nth_tie(u, t, j):
     """Position of the j-th (0-based) entry with |x| == t, or u.size if there are fewer."""
+    n = u.size
     seen = 0
-    for i in range(u.size):
-        if (u[i] & ABS) == t:
+    nw = n >> 6
+    for q in range(nw):
+        base = q << 6
+        w = np.uint64(0)
+        for i in range(64):
+            w |= np.uint64((u[base + i] & ABS) == t) << np.uint64(i)
+        if w:
+            c = 0
+            x = w
+            while x:
+                c += 1
+                x &= x - _U1
+            if seen + c > j:
+                while True:
+                    p = base + _cttz(w)
+                    if seen == j:
+                        return p
+                    seen += 1
+                    w &= w - _U1
+            seen += c
+    for p in range(nw << 6, n):
+        if (u[p] & ABS) == t:
             if seen == j:
-                return i
+                return p
             seen += 1
-    return u.size
+    return n
+
+
+@_jit
+def gather_abs(u, pos, offset, out, k):
+    """out[k:] = |u[pos - offset]| for the sorted sample positions that fall in u."""
+    for i in range(pos.size):
+        out[k + i] = u[pos[i] - offset] & ABS
+    return k + pos.size
 
 
 # ----------------------------------------------------------------------------- decode
