@@ -154,12 +154,14 @@ def _scan(us, lo, hi, cap):
     below, ends, k = [], [], 0
     lo32, hi32 = np.int64(lo), np.int64(hi)
     for u in us:
-        b, k = K.band_scan(u, lo32, hi32, cand, k)
+        b, k = K.scan(u, lo32, hi32, cand, k)
         if k < 0:
             return None
         below.append(int(b))
         ends.append(k)
-    return below, ends, cand[:k]
+    cand = cand[:k]
+    np.bitwise_and(cand, np.uint32(ABS), out=cand)  # the AVX-512 scan stores raw bits
+    return below, ends, cand
 
 
 def group_rules(us: list[np.ndarray], rate: float) -> list[Rule]:
@@ -207,8 +209,16 @@ def rules_for(pruner: Prune | None, us: list[np.ndarray], shapes) -> list[Rule]:
 # ----------------------------------------------------------------------------- layout
 
 
-def choose(fmt: str, u: np.ndarray, rule: Rule) -> tuple[int, int]:
-    """(layout, nnz) exactly as sparse.Sparse.place picks them for float32 values."""
+SPECULATE = object()  # `choose` result: delta8, to be confirmed while writing
+
+
+def choose(fmt: str, u: np.ndarray, rule: Rule, speculate: bool = False) -> tuple[int, int]:
+    """(layout, nnz) exactly as sparse.Sparse.place picks them for float32 values.
+
+    Where a delta layout competes, the largest gap decides its width. With `speculate`
+    that extra scan is skipped: delta8 is assumed (it then wins whenever it fits, since
+    count < ceil(n / 8) or the format is delta) and the writer checks the gaps.
+    """
     n, count = u.size, rule.count
     if fmt == "dense":
         nnz = count if rule.amask == ABS else int(np.count_nonzero(u.view(np.float32)))
@@ -216,6 +226,8 @@ def choose(fmt: str, u: np.ndarray, rule: Rule) -> tuple[int, int]:
     cost = {sp.DENSE: 4 * n, sp.BITMAP: (n + 7) // 8 + 4 * count}
     layout = sp.BITMAP
     if fmt == "delta" or (fmt == "auto" and count < (n + 7) // 8):
+        if speculate and count:
+            return sp.DELTA8, count
         big = int(K.max_gap(u, *rule.args)) if count else 0
         layout = sp.DELTA8 if big < 1 << 8 else sp.DELTA16 if big < 1 << 16 else sp.DELTA32
         cost[layout] = count * sp._GAP[layout].itemsize + 4 * count
@@ -226,19 +238,23 @@ def choose(fmt: str, u: np.ndarray, rule: Rule) -> tuple[int, int]:
     return layout, count
 
 
-def _write(layout, u, rule, index, vals) -> None:
-    """index/vals: this tensor's regions in the payload (or the sections)."""
+def _write(layout, u, rule, index, vals) -> bool:
+    """index/vals: this tensor's regions in the payload (or the sections); False when
+    the gaps of a delta8 layout do not fit in a byte."""
     if layout == sp.DENSE:
         if rule.count == u.size and rule.amask == ALL_BITS:
             vals[: u.size] = u
         else:
             K.write_masked(u, *rule.args, vals)
-        return
+        return True
     if layout == sp.BITMAP:
-        k = K.write_bitmap(u, *rule.args, index, vals)
+        k = K.bitmap_writer(u, *rule.args, index, vals)
     else:
-        k = K.write_delta(u, *rule.args, index.view(sp._GAP[layout]), vals)
+        k, big = K.write_delta(u, *rule.args, index.view(sp._GAP[layout]), vals)
+        if layout == sp.DELTA8 and big >= 1 << 8:
+            return False  # a speculated delta8 does not fit
     assert k == rule.count, (k, rule.count)  # the counting scan and the writer agree
+    return True
 
 
 def _view32(buf: np.ndarray, start: int, count: int) -> np.ndarray:
@@ -275,7 +291,22 @@ def encode(pipe, tensors, memory=None) -> Encoded:
         flats = [memory.compensate(k, f) for k, f in zip(names, flats)]
     us = [f.view(np.uint32) for f in flats]
     rules = rules_for(pipe.pruner, us, shapes)
-    picks = [choose(pipe.layout.format, u, r) for u, r in zip(us, rules)]
+    payload, nnz = _assemble(pipe, names, shapes, us, rules, speculate=True) or \
+        _assemble(pipe, names, shapes, us, rules, speculate=False)
+    numel = sum(u.size for u in us)
+    spec = list(zip(names, shapes))
+    fields = dict(payload=payload, nnz=nnz, numel=numel, dense_bytes=4 * numel)
+    if memory is not None:
+        recon = decode(pipe, payload, spec)
+        for name, shape, flat in zip(names, shapes, flats):
+            memory.update(name, shape, flat, recon[name].reshape(-1))
+        return Encoded(reconstructed=recon, **fields)
+    return _LazyEncoded(make=lambda: decode(pipe, payload, spec), **fields)
+
+
+def _assemble(pipe, names, shapes, us, rules, speculate):
+    """(payload, nnz), or None when a speculated delta8 layout turned out not to fit."""
+    picks = [choose(pipe.layout.format, u, r, speculate) for u, r in zip(us, rules)]
     counts = [u.size if lay == sp.DENSE else r.count for u, r, (lay, _) in zip(us, rules, picks)]
     ilens = [sp.index_nbytes(lay, u.size, c) for u, (lay, _), c in zip(us, picks, counts)]
     table = np.zeros(len(names), dtype=TABLE)
@@ -291,32 +322,25 @@ def encode(pipe, tensors, memory=None) -> Encoded:
         head = struct.pack("<I", 3) + sec.pack(1, meta.size, meta.size) + \
             sec.pack(1, ilen, ilen) + sec.pack(4, vlen, vlen)
         total = len(head) + meta.size + ilen + vlen
-        buf = np.empty(total, dtype=np.uint8)
+        buf = np.empty(total + 4 * K.SPARE, dtype=np.uint8)  # slack for the last writer
         buf[: len(head)] = np.frombuffer(head, np.uint8)
         buf[len(head): len(head) + meta.size] = meta
         ibase, vbase = len(head) + meta.size, len(head) + meta.size + ilen
     else:
-        buf = np.empty(ilen + vlen, dtype=np.uint8)
+        buf = np.empty(ilen + vlen + 4 * K.SPARE, dtype=np.uint8)
         ibase, vbase = 0, ilen
     ipos, vpos = ibase, vbase
     for u, rule, (lay, _), c, il in zip(us, rules, picks, counts, ilens):
-        _write(lay, u, rule, buf[ipos: ipos + il], _view32(buf, vpos, c))
+        spare = K.SPARE if lay == sp.BITMAP else 0  # may spill into later tensors' regions
+        if not _write(lay, u, rule, buf[ipos: ipos + il], _view32(buf, vpos, c + spare)):
+            return None
         ipos, vpos = ipos + il, vpos + 4 * c
     if plain:
-        payload = buf
+        payload = buf[:total]
     else:
         payload = pipe.container.pack([([meta], 1), ([buf[:ilen]], 1),
                                        ([buf[ilen: ilen + vlen]], pipe.coder.itemsize)])
-    numel = sum(u.size for u in us)
-    spec = list(zip(names, shapes))
-    fields = dict(payload=payload, nnz=sum(nnz for _, nnz in picks), numel=numel,
-                  dense_bytes=4 * numel)
-    if memory is not None:
-        recon = decode(pipe, payload, spec)
-        for name, shape, flat in zip(names, shapes, flats):
-            memory.update(name, shape, flat, recon[name].reshape(-1))
-        return Encoded(reconstructed=recon, **fields)
-    return _LazyEncoded(make=lambda: decode(pipe, payload, spec), **fields)
+    return payload, sum(nnz for _, nnz in picks)
 
 
 # ----------------------------------------------------------------------------- decode
@@ -367,7 +391,7 @@ def decode(pipe, payload, spec) -> dict[str, np.ndarray]:
                 raise WireFormatError("bitmap padding bits are set")
             if marked != k:
                 raise WireFormatError(f"bitmap marks {marked} entries, header says {k}")
-            K.scatter_bitmap(idx, vals, dst)
+            K.bitmap_scatter(idx, vals, dst)
         else:
             if not K.scatter_delta(idx.view(sp._GAP[layout]), vals, dst):
                 last = int(np.sum(idx.view(sp._GAP[layout]).astype(np.int64) + 1) - 1)

@@ -29,10 +29,13 @@ ImportError when numba is missing; fused.py then falls back to numpy.
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -50,6 +53,72 @@ def _cttz(typingctx, x):
     def codegen(context, builder, signature, args):
         return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
     return types.int64(types.uint64), codegen
+
+
+def _avx512() -> bool:
+    """The CPU numba compiles for has AVX-512F (and nobody pinned numba to another CPU)."""
+    if os.environ.get("FEDMPI_AVX512", "1") == "0" or os.environ.get("NUMBA_CPU_NAME") \
+            or os.environ.get("NUMBA_CPU_FEATURES"):
+        return False
+    try:
+        import llvmlite.binding as llvm
+
+        return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+    except Exception:  # noqa: BLE001 - no answer: the portable kernels
+        return False
+
+
+AVX512 = _avx512()
+_V16 = ir.VectorType(ir.IntType(32), 16)
+_M16 = ir.VectorType(ir.IntType(1), 16)
+
+
+def _element_ptr(context, builder, aryty, ary, index):
+    return builder.gep(context.make_array(aryty)(context, builder, ary).data, [index])
+
+
+@intrinsic
+def _compress16(typingctx, dst, k, src, base, mask):
+    """dst[k:k+16] = the entries of src[base:base+16] whose mask bit is set, packed first
+    (AVX-512 vpcompressd in a register, then one unaligned 16-lane store: dst needs 16
+    spare slots). Only called when AVX512 is true."""
+    def codegen(context, builder, sig, args):
+        dty, _, sty, _, _ = sig.args
+        d, kk, s, b, m = args
+        x = builder.load(builder.bitcast(_element_ptr(context, builder, sty, s, b),
+                                         _V16.as_pointer()), align=1)
+        mm = builder.bitcast(builder.trunc(m, ir.IntType(16)), _M16)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            _V16, [_V16, _V16, _M16]), "llvm.x86.avx512.mask.compress.v16i32")
+        c = builder.call(fn, [x, ir.Constant(_V16, None), mm])
+        builder.store(c, builder.bitcast(_element_ptr(context, builder, dty, d, kk),
+                                         _V16.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.void(dst, k, src, base, mask), codegen
+
+
+@intrinsic
+def _expand16(typingctx, dst, base, src, k, mask):
+    """dst[base:base+16] = src[k], src[k+1], ... spread to the set mask bits, 0 elsewhere
+    (vpexpandd; reads src[k:k+16]: the caller keeps that in bounds)."""
+    def codegen(context, builder, sig, args):
+        dty, _, sty, _, _ = sig.args
+        d, b, s, kk, m = args
+        x = builder.load(builder.bitcast(_element_ptr(context, builder, sty, s, kk),
+                                         _V16.as_pointer()), align=1)
+        mm = builder.bitcast(builder.trunc(m, ir.IntType(16)), _M16)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            _V16, [_V16, _V16, _M16]), "llvm.x86.avx512.mask.expand.v16i32")
+        e = builder.call(fn, [x, ir.Constant(_V16, None), mm])
+        builder.store(e, builder.bitcast(_element_ptr(context, builder, dty, d, b),
+                                         _V16.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.void(dst, base, src, k, mask), codegen
+
+
+@_inline
+def _popcount16(m):
+    return POPCOUNT[m & np.uint64(0xFF)] + POPCOUNT[m >> _U8]
 
 
 @_inline
@@ -119,6 +188,39 @@ def band_scan(u, lo, hi, cand, k):
 
 
 @_jit
+def band_scan_avx(u, lo, hi, cand, k):
+    """band_scan with AVX-512 compress for the gather; cand gets raw bits (caller masks)."""
+    n = u.size
+    below = 0
+    cap = cand.size - 64
+    nw = n >> 6
+    for q in range(nw):
+        base = q << 6
+        w = np.uint64(0)
+        for j in range(64):
+            a = u[base + j] & ABS
+            below += a < lo
+            w |= np.uint64((a >= lo) & (a < hi)) << np.uint64(j)
+        if w:
+            if k > cap:
+                return below, -1
+            for h in range(4):
+                m = (w >> np.uint64(16 * h)) & np.uint64(0xFFFF)
+                if m:
+                    _compress16(cand, k, u, base + 16 * h, m)
+                    k += _popcount16(m)
+    for i in range(nw << 6, n):
+        a = u[i] & ABS
+        below += a < lo
+        if a >= lo and a < hi:
+            if k > cap:
+                return below, -1
+            cand[k] = a
+            k += 1
+    return below, k
+
+
+@_jit
 def histogram_hi(u, hist):
     """hist[|x| >> 15] += 1 (65,536 bins): locates the cut exactly when sampling misses."""
     for i in range(u.size):
@@ -169,29 +271,66 @@ def write_bitmap(u, amask, ta, tb, split, bitmap, vals):
 
 
 @_jit
+def write_bitmap_avx(u, amask, ta, tb, split, bitmap, vals):
+    """write_bitmap with AVX-512 compress; vals needs 16 spare slots."""
+    n = u.size
+    k = 0
+    nw = n >> 6
+    for q in range(nw):
+        base = q << 6
+        w = _word2(u, base, amask, ta, tb, split)
+        for byte in range(8):
+            bitmap[(q << 3) + byte] = (w >> (_U8 * np.uint64(byte))) & np.uint64(0xFF)
+        for h in range(4):
+            m = (w >> np.uint64(16 * h)) & np.uint64(0xFFFF)
+            _compress16(vals, k, u, base + 16 * h, m)
+            k += _popcount16(m)
+    i = nw << 6
+    while i < n:  # tail, one byte at a time
+        b = 0
+        for j in range(min(8, n - i)):
+            keep = _keep(u, i + j, amask, ta, tb, split)
+            b |= np.int64(keep) << j
+            if keep:
+                vals[k] = u[i + j]
+                k += 1
+        bitmap[i >> 3] = b
+        i += 8
+    return k
+
+
+@_jit
 def write_delta(u, amask, ta, tb, split, gaps, vals):
-    """Gap to the previous kept entry (first from -1) + kept values; returns kept."""
+    """Gap to the previous kept entry (first from -1) + kept values; (kept, largest gap).
+
+    Gaps are stored in gaps' dtype (a narrower one wraps: the caller checks the largest).
+    """
     n = u.size
     k = 0
     prev = -1
+    big = 0
     nw = n >> 6
     for q in range(nw):
         base = q << 6
         w = _word2(u, base, amask, ta, tb, split)
         while w:
             p = base + _cttz(w)
-            gaps[k] = p - prev - 1
+            g = p - prev - 1
+            big = max(big, g)
+            gaps[k] = g
             vals[k] = u[p]
             prev = p
             k += 1
             w &= w - _U1
     for p in range(nw << 6, n):
         if _keep(u, p, amask, ta, tb, split):
-            gaps[k] = p - prev - 1
+            g = p - prev - 1
+            big = max(big, g)
+            gaps[k] = g
             vals[k] = u[p]
             prev = p
             k += 1
-    return k
+    return k, big
 
 
 @_jit
@@ -306,6 +445,38 @@ def scatter_bitmap(bitmap, vals, out):
 
 
 @_jit
+def scatter_bitmap_avx(bitmap, vals, out):
+    """scatter_bitmap with AVX-512 expand; reads 16 values ahead only while they exist."""
+    n = out.size
+    count = vals.size
+    k = 0
+    nw = n >> 6
+    for q in range(nw):
+        base = q << 6
+        w = np.uint64(0)
+        for j in range(8):
+            w |= np.uint64(bitmap[(q << 3) + j]) << (_U8 * np.uint64(j))
+        for h in range(4):
+            m = (w >> np.uint64(16 * h)) & np.uint64(0xFFFF)
+            if k + 16 <= count:
+                _expand16(out, base + 16 * h, vals, k, m)
+                k += _popcount16(m)
+            else:  # the last values: one at a time, never past the end
+                for j in range(16):
+                    if (m >> np.uint64(j)) & _U1:
+                        out[base + 16 * h + j] = vals[k]
+                        k += 1
+                    else:
+                        out[base + 16 * h + j] = 0
+    for i in range(nw << 6, n):
+        if (bitmap[i >> 3] >> (i & 7)) & 1:
+            out[i] = vals[k]
+            k += 1
+        else:
+            out[i] = 0
+
+
+@_jit
 def scatter_delta(gaps, vals, out):
     """Inverse of write_delta; False if a position is out of range."""
     n = out.size
@@ -318,3 +489,15 @@ def scatter_delta(gaps, vals, out):
             return False
         out[pos] = vals[j]
     return True
+
+
+# The kernels fused.py calls: AVX-512 compress/expand where the CPU has it (measured on
+# a Zen 5 core: bitmap writer 4.9 -> 2.0 ms, scatter 3.9 -> 3.0 ms on 11M values; the
+# band scan gathers only ~2% of the entries and is faster without: band_scan_avx is kept
+# for CPUs where that differs, and is tested).
+SPARE = 16  # value slots a bitmap writer may store past the last kept value
+scan = band_scan
+if AVX512:
+    bitmap_writer, bitmap_scatter = write_bitmap_avx, scatter_bitmap_avx
+else:
+    bitmap_writer, bitmap_scatter = write_bitmap, scatter_bitmap

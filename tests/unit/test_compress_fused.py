@@ -162,3 +162,26 @@ def test_without_numba_the_reference_runs_and_says_so(monkeypatch, caplog):
         enc = pipe.encode(x)
     assert "numba is not available" in caplog.text
     assert np.count_nonzero(enc.reconstructed["a"]) == 50
+
+
+@pytest.mark.parametrize("kernels", ["portable", "avx512"])
+def test_both_kernel_sets_give_the_same_bytes(monkeypatch, kernels):
+    """The AVX-512 compress/expand kernels and the portable ones are interchangeable."""
+    K = fused.K
+    if kernels == "avx512" and not K.AVX512:
+        pytest.skip("this CPU has no AVX-512: only the portable kernels run here")
+    if kernels == "portable":
+        monkeypatch.setattr(K, "bitmap_writer", K.write_bitmap)
+        monkeypatch.setattr(K, "bitmap_scatter", K.scatter_bitmap)
+    else:
+        monkeypatch.setattr(K, "bitmap_writer", K.write_bitmap_avx)
+        monkeypatch.setattr(K, "bitmap_scatter", K.scatter_bitmap_avx)
+        monkeypatch.setattr(K, "scan", K.band_scan_avx)
+    rng = np.random.default_rng(11)
+    for n in (0, 5, 64, 100, 1000, 200_003):
+        x = rng.laplace(size=n).astype(np.float32)
+        x[rng.random(n) < 0.2] = 0.25  # ties
+        t = {"a": x, "b": x[: n // 3].copy()}
+        for rate in (0.3, 0.5, 0.9):
+            for fmt in ("auto", "bitmap"):
+                assert_same(build_pipeline(stages(rate, fmt=fmt)), t)
