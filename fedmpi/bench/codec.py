@@ -1,5 +1,7 @@
 """Codec benchmark: wire size and encode/decode speed of compression pipelines.
 
+Rows run the fused numba codec where it applies (column `path`), and the
+"(numpy)" rows the numpy reference path of the same pipelines, in the same run.
 Speeds are GB/s of dense float32 input (numel * 4 bytes / seconds), median of
 `repeat` timed runs after one discarded warm-up, each also as a ratio to a numpy
 copy of the same bytes (`flat.copy()`, which allocates like the codecs do) timed
@@ -43,14 +45,14 @@ REFERENCE = {"p0.5+sparse(numpy)": "p0.5+sparse", "p0.9+sparse(numpy)": "p0.9+sp
 PIPELINES += [(label, dict(PIPELINES)[base]) for label, base in REFERENCE.items()]
 
 # (pipeline label, column, bound, comparison) checked after the run. The fused
-# codec's bounds (1/3 encode, 1/2 decode) apply where it ran (the row's path).
+# codec's bounds (1/3 encode, 1/2 decode) apply where it ran (the row's path); where
+# numba is missing the numpy path runs these rows and the old floor (1/10 encode) applies.
+# The "(numpy)" reference rows are printed for comparison, without a target.
 TARGETS = [
     ("p0.5+sparse", "encode_vs_memcpy", 1 / 3, ">="),
     ("p0.9+sparse", "encode_vs_memcpy", 1 / 3, ">="),
     ("p0.5+sparse", "decode_vs_memcpy", 1 / 2, ">="),
     ("p0.9+sparse", "decode_vs_memcpy", 1 / 2, ">="),
-    ("p0.5+sparse(numpy)", "encode_vs_memcpy", 0.1, ">="),
-    ("p0.9+sparse(numpy)", "encode_vs_memcpy", 0.1, ">="),
     ("p0.5+sparse+zstd", "ratio", 0.5, "<="),
     ("p0.9+u8+sparse+zstd", "ratio", 0.05, "<="),
 ]
