@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from fedmpi.compress import sparse as sp
+from fedmpi.compress import ondevice_batched as batched
 from fedmpi.compress import torchops as ops
 from fedmpi.compress.base import Container
 from fedmpi.compress.fused import read_sections
@@ -48,9 +49,45 @@ def encode(pipe, tensors, memory=None) -> Encoded:
     names = list(tensors)
     shapes = [tuple(tensors[k].shape) for k in names]
     flats = [tensors[k].detach().reshape(-1).to(torch.float32).contiguous() for k in names]
-    device = flats[0].device
+    device = flats[0].device if flats else torch.device("cpu")
     if memory is not None:
         flats = [_compensate(memory, k, f) for k, f in zip(names, flats)]
+    if flats and batched.applies(pipe, device):  # the hot path on a GPU: all tensors at once
+        idx_dev, val_dev, rows, nnz, source, _ = batched.encode(pipe, names, shapes, flats)
+        table = np.zeros(len(names), dtype=TABLE)
+        table["layout"] = [lt for lt, _ in rows]
+        table["count"] = [c for _, c in rows]
+        parts = torch.split(source, [f.numel() for f in flats])
+        recon = {name: r.reshape(shape) for name, shape, r in zip(names, shapes, parts)}
+        if memory is not None:
+            for name, shape, flat, r in zip(names, shapes, flats, parts):
+                memory.residual[name] = (flat - r).reshape(shape)
+    else:
+        idx_dev, val_dev, table, nnz, recon = _per_tensor(pipe, names, shapes, flats, memory)
+    meta = np.concatenate([np.frombuffer(_PRELUDE.pack(
+        pipe.codec_id, spec_crc(list(zip(names, shapes))), len(names), 0), np.uint8),
+        table.view(np.uint8)])
+    coder = pipe.coder
+    if type(pipe.container) is Container:  # the whole payload leaves the device in one copy
+        sec = Container._SECTION
+        head = struct.pack("<I", 3) + sec.pack(1, meta.size, meta.size) + \
+            sec.pack(1, idx_dev.numel(), idx_dev.numel()) + \
+            sec.pack(coder.itemsize, val_dev.numel(), val_dev.numel())
+        front = torch.from_numpy(np.concatenate([np.frombuffer(head, np.uint8), meta]))
+        payload = to_host(torch.cat([front.to(device), idx_dev, val_dev]))
+    else:
+        host = to_host(torch.cat([idx_dev, val_dev]))
+        split = idx_dev.numel()
+        payload = pipe.container.pack([([meta], 1), ([host[:split]], 1),
+                                       ([host[split:]], coder.itemsize)])
+    numel = sum(f.numel() for f in flats)
+    return Encoded(payload=payload, nnz=int(nnz), numel=numel, dense_bytes=4 * numel,
+                   reconstructed=recon)
+
+
+def _per_tensor(pipe, names, shapes, flats, memory):
+    """Tensor by tensor (any pipeline): (index, values, table, nnz, reconstruction)."""
+    device = flats[0].device if flats else torch.device("cpu")
     masks = ops.masks(pipe.pruner, flats, shapes)
     fmt, coder = pipe.layout.format, pipe.coder
     supports = [m if m is not None else f.view(torch.int32) != 0 for f, m in zip(flats, masks)]
@@ -77,27 +114,9 @@ def encode(pipe, tensors, memory=None) -> Encoded:
         if memory is not None:
             memory.residual[name] = (flat - r).reshape(shapes[i])
         recon[name] = r.reshape(shapes[i])
-    meta = np.concatenate([np.frombuffer(_PRELUDE.pack(
-        pipe.codec_id, spec_crc(list(zip(names, shapes))), len(names), 0), np.uint8),
-        table.view(np.uint8)])
     empty = torch.empty(0, dtype=torch.uint8, device=device)
-    idx_dev = torch.cat(index) if index else empty
-    val_dev = torch.cat(values) if values else empty
-    if type(pipe.container) is Container:  # the whole payload leaves the device in one copy
-        sec = Container._SECTION
-        head = struct.pack("<I", 3) + sec.pack(1, meta.size, meta.size) + \
-            sec.pack(1, idx_dev.numel(), idx_dev.numel()) + \
-            sec.pack(coder.itemsize, val_dev.numel(), val_dev.numel())
-        front = torch.from_numpy(np.concatenate([np.frombuffer(head, np.uint8), meta]))
-        payload = to_host(torch.cat([front.to(device), idx_dev, val_dev]))
-    else:
-        host = to_host(torch.cat([idx_dev, val_dev]))
-        split = idx_dev.numel()
-        payload = pipe.container.pack([([meta], 1), ([host[:split]], 1),
-                                       ([host[split:]], coder.itemsize)])
-    numel = sum(f.numel() for f in flats)
-    return Encoded(payload=payload, nnz=int(nnz), numel=numel, dense_bytes=4 * numel,
-                   reconstructed=recon)
+    return (torch.cat(index) if index else empty, torch.cat(values) if values else empty,
+            table, nnz, recon)
 
 
 def _compensate(memory, name: str, flat: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@
 The same code runs on a GPU (tests/gpu, jobs/gpu-check.sh): only the device differs.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedmpi.compress import Memory, build_pipeline, fused, spec_of
+from fedmpi.compress import Memory, build_pipeline, fused, ondevice_batched, spec_of
 from fedmpi.compress import torchops as ops
 from fedmpi.wire import WireFormatError
 
@@ -57,6 +59,16 @@ def check_same(pipe, arrays):
     for _ in range(2 if mem_n is not None else 1):
         with fused.disabled():
             want = pipe.encode(tensors, memory=mem_n)
+        if ondevice_batched.applies(pipe, torch.device("cuda")):  # the GPU's encoder too
+            ondevice_batched.FORCE = True
+            try:
+                other = pipe.encode(torched, memory=copy.deepcopy(mem_t))
+            finally:
+                ondevice_batched.FORCE = False
+            assert np.array_equal(other.payload, want.payload)
+            assert other.nnz == want.nnz
+            for k in tensors:
+                assert np.array_equal(bits(other.reconstructed[k]), bits(want.reconstructed[k]))
         got = pipe.encode(torched, memory=mem_t)
         assert isinstance(got.payload, np.ndarray)
         assert np.array_equal(got.payload, want.payload)
@@ -151,3 +163,30 @@ def test_pow2_decode_is_exact_for_small_exponents():
     pipe = build_pipeline([{"quantize": {"method": "pow2", "bits": 8}}])
     x = {"a": np.float32([2.0 ** -120, -(2.0 ** -126), 3.0, 2.0 ** 100])}
     check_same(pipe, [x["a"]])
+
+
+@pytest.mark.parametrize("fmt", ["auto", "bitmap", "delta", "dense"])
+@pytest.mark.parametrize("rate", [None, 0.0, 0.5, 0.9, 0.99])
+def test_batched_encoder_equals_the_per_tensor_one(fmt, rate, monkeypatch):
+    """The all-tensors-at-once encoder (hot path) and the tensor-by-tensor one agree."""
+    from fedmpi.compress import ondevice, ondevice_batched
+
+    stages = ([{"prune": {"rate": rate}}] if rate is not None else []) + \
+        [{"sparse": {"format": fmt}}]
+    pipe = build_pipeline(stages)
+    rng = np.random.default_rng(4)
+    x = rng.laplace(size=(400, 300)).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = 0.5  # ties at the cut
+    x[0, :50] = 0.0
+    x[1, :50] = -0.0
+    arrays = [x, np.zeros(7, np.float32), rng.laplace(size=13).astype(np.float32),
+              np.zeros(0, np.float32), x[:3, :5].copy()]
+    assert ondevice_batched.applies(pipe, torch.device("cuda"))
+    assert not ondevice_batched.applies(pipe, torch.device("cpu"))
+    check_same(pipe, arrays)  # both torch encoders == numpy (check_same runs both)
+    monkeypatch.setattr(ondevice_batched, "FORCE", True)
+    enc = pipe.encode({f"t{i}": torch.from_numpy(a.copy()) for i, a in enumerate(arrays)})
+    with fused.disabled():
+        want = pipe.encode({f"t{i}": a for i, a in enumerate(arrays)})
+    assert np.array_equal(enc.payload, want.payload)
+    assert ondevice is not None
