@@ -53,11 +53,12 @@ def _fl_rows(path: Path) -> list[tuple[str, str]]:
         return float(np.mean(r[col][keep])) if n else float("nan")
 
     ips = float(np.sum(r["samples"][keep]) * epochs / max(np.sum(r["compute_s"][keep]), 1e-9))
+    t, c = cfg.get("train", {}), cfg.get("clients", {})
+    up = cfg.get("compression", {}).get("uplink") or [{}]
     rows = [
-        ("FL run", f"{status}, {n} rounds, {cfg['train']['model']}, batch "
-                   f"{cfg['train']['batch_size']}, {cfg['clients']['num_clients']} clients x "
-                   f"{cfg['clients']['fraction']}, amp {cfg['train'].get('amp', 'off')}, "
-                   f"prune {cfg['compression']['uplink'][0]['prune']['rate']}"),
+        ("FL run", f"{status}, {n} rounds, {t.get('model')}, batch {t.get('batch_size')}, "
+                   f"{c.get('num_clients')} clients x {c.get('fraction')}, amp "
+                   f"{t.get('amp', 'off')}, prune {up[0].get('prune', {}).get('rate', 0)}"),
         ("devices (rank 0, 1, 2)", " / ".join(devices)),
         ("images/s per client rank", f"{ips:,.0f} (training samples x epochs / client compute "
                                      "time, rounds after the first, 2 ranks sharing the GPU)"),
@@ -89,7 +90,10 @@ def main(out: Path) -> None:
         ("GPU tests (tests/gpu)", _tests(out / "gpu-tests.xml")),
     ]
     if (out / "fl-run.h5").exists() or not list(out.glob("bench-train-*.json")):
-        rows += _fl_rows(out / "fl-run.h5")
+        try:
+            rows += _fl_rows(out / "fl-run.h5")
+        except Exception as exc:  # noqa: BLE001 - one bad file must not lose the table
+            rows.append(("FL run", f"unreadable ({type(exc).__name__}: {exc})"))
     for p in sorted(out.glob("bench-train-*.json")):
         for t in _json(p) or []:
             rows.append((f"images/s, {p.stem} (no MPI)", f"{t['images_per_s']:,.0f} "

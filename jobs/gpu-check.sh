@@ -57,25 +57,32 @@ step() {
 }
 
 # ------------------------------------------------------------------ 1. environment
-VENV=$WORK/venv
-SITE_BASE=$("$PY" -c 'import site, sys; print(":".join(site.getsitepackages()))') || { say "no python at PY=$PY"; exit 1; }
-if step venv 60 "$PY" -m venv --without-pip --clear "$VENV"; then
-  VPY=$VENV/bin/python
-  # the machine's packages (torch, numpy, numba, ...) stay visible: a .pth file adds its
-  # site dirs (with their own .pth files) after the venv's, so carried wheels come first
+# Carried wheels go to PREFIX with `pip install --prefix`, so that mpich's libmpi lands in
+# PREFIX/lib (where mpi4py looks; MPI4PY_LIBMPI says it too) and mpiexec in PREFIX/bin.
+# PREFIX is a throwaway venv that also sees the machine's packages (torch, numba, ...)
+# through a .pth file; where no venv can be made, a plain prefix on PYTHONPATH.
+SITE_BASE=$("$PY" -c 'import site; print(":".join(site.getsitepackages()))') || { say "no python at PY=$PY"; exit 1; }
+PREFIX=$WORK/venv
+if step venv 60 "$PY" -m venv --without-pip --clear "$PREFIX"; then
+  VPY=$PREFIX/bin/python
   VSITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   tr ':' '\n' <<< "$SITE_BASE" | sed "s|.*|import site; site.addsitedir('&')|" > "$VSITE/_machine.pth"
-  if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    # --prefix: mpich's libmpi goes to $VENV/lib (where mpi4py looks) and mpiexec to $VENV/bin
-    step wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-      --disable-pip-version-check --prefix "$VENV" "$WHEELS"/*.whl || say "wheel install failed"
-  else
-    say "no wheels in $WHEELS: using what the machine has"
-  fi
+  EXTRA=""
 else
+  PREFIX=$WORK/prefix
   VPY=$PY
+  EXTRA=:$("$PY" -c 'import sys, sysconfig; print(sysconfig.get_path("purelib", vars={"base": sys.argv[1], "platbase": sys.argv[1]}))' "$PREFIX")
 fi
-export PATH=$VENV/bin:$PATH PYTHONPATH=$REPO
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  step wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --disable-pip-version-check --prefix "$PREFIX" "$WHEELS"/*.whl || say "wheel install failed"
+else
+  say "no wheels in $WHEELS: using what the machine has"
+fi
+export PATH=$PREFIX/bin:$PATH PYTHONPATH=$REPO$EXTRA
+for lib in "$PREFIX"/lib/libmpi.so.12 "$PREFIX"/lib/libmpi.so; do
+  [ -e "$lib" ] && { export MPI4PY_LIBMPI=$lib; break; }
+done
 "$VPY" - > "$RES/env.json" 2>> "$LOG" <<'EOF'
 import json, platform, sys
 info = {"python": sys.version.split()[0], "platform": platform.platform()}
@@ -105,12 +112,16 @@ DEVICE=$([ "$GPU" = 1 ] && echo cuda || echo cpu)
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$LOG" 2>&1
 
 # ------------------------------------------------------------------ 2. MPI
-MPI_OK=0; MPIEXEC_OK=0
+MPI_OK=0; MPIEXEC_OK=0; MPIEXEC=(mpiexec)
+PROBE="from mpi4py import MPI; c = MPI.COMM_WORLD; assert c.Get_size() == 2; c.Barrier(); print('rank', c.Get_rank(), 'of', c.Get_size())"
 if step mpi4py 60 "$VPY" -c "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])"; then
   MPI_OK=1
   if command -v mpiexec >/dev/null; then
-    if step mpiexec 60 mpiexec -n 2 "$VPY" -c "from mpi4py import MPI; c = MPI.COMM_WORLD; assert c.Get_size() == 2; c.Barrier(); print('rank', c.Get_rank(), 'of', c.Get_size())"; then
+    say "mpiexec: $(command -v mpiexec)"
+    if step mpiexec 45 mpiexec -n 2 "$VPY" -c "$PROBE"; then
       MPIEXEC_OK=1
+    elif step mpiexec-fork 45 mpiexec -launcher fork -n 2 "$VPY" -c "$PROBE"; then
+      MPIEXEC_OK=1; MPIEXEC=(mpiexec -launcher fork)  # hydra without ssh/host lookups
     fi
   else
     say "no mpiexec on PATH"
@@ -162,7 +173,7 @@ SETS=(--set "rounds=$RUN_ROUNDS" --set "run.device=$DEVICE" --set run.ranks_per_
 [ "$GPU" = 1 ] || SETS+=(--set train.model=cnn)
 step data 120 "$VPY" -c "from fedmpi import data; data.prepare('cifar10')"
 if [ "$MPIEXEC_OK" = 1 ]; then
-  step fl-run 180 mpiexec -n 3 "$VPY" -m fedmpi run configs/paper/paper.yaml \
+  step fl-run 180 "${MPIEXEC[@]}" -n 3 "$VPY" -m fedmpi run configs/paper/paper.yaml \
     --out "$RES/fl-run.h5" --overwrite "${SETS[@]}"
 else
   say "no working mpiexec: training throughput from 2 concurrent 'fedmpi bench train' processes"

@@ -64,6 +64,11 @@ def available() -> bool:
         _noted = True
         log.warning("fedmpi: numba is not available (%s); the codec runs its numpy path "
                     "(slower, same bytes)", _MISSING)
+    if K is not None and not _noted:
+        _noted = True
+        if not K.check_avx512():
+            log.warning("fedmpi: the AVX-512 codec kernels disagree with the portable ones "
+                        "on this machine; using the portable kernels")
     return K is not None
 
 

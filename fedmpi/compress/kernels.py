@@ -501,3 +501,29 @@ if AVX512:
     bitmap_writer, bitmap_scatter = write_bitmap_avx, scatter_bitmap_avx
 else:
     bitmap_writer, bitmap_scatter = write_bitmap, scatter_bitmap
+
+
+def check_avx512() -> bool:
+    """Run the AVX-512 kernels once against the portable ones (fused.py does, on first
+    use); on any difference or error switch to the portable kernels and return False."""
+    global bitmap_writer, bitmap_scatter
+    if bitmap_writer is write_bitmap:
+        return True
+    try:
+        rng = np.random.default_rng(0)
+        u = rng.integers(0, 1 << 32, size=1000, dtype=np.uint64).astype(np.uint32)
+        thr = np.uint32(np.median(u & ABS))
+        bm_a, bm_b = np.empty(125, np.uint8), np.empty(125, np.uint8)
+        va, vb = np.zeros(1000 + SPARE, np.uint32), np.zeros(1000 + SPARE, np.uint32)
+        ka = write_bitmap(u, ABS, thr, thr, 0, bm_a, va)
+        kb = write_bitmap_avx(u, ABS, thr, thr, 0, bm_b, vb)
+        oa, ob = np.empty(1000, np.uint32), np.empty(1000, np.uint32)
+        scatter_bitmap(bm_a, va[:ka], oa)
+        scatter_bitmap_avx(bm_a, va[:ka], ob)
+        ok = ka == kb and np.array_equal(bm_a, bm_b) and np.array_equal(va[:ka], vb[:kb]) \
+            and np.array_equal(oa, ob)
+    except Exception:  # noqa: BLE001 - any failure: the portable kernels
+        ok = False
+    if not ok:
+        bitmap_writer, bitmap_scatter = write_bitmap, scatter_bitmap
+    return ok

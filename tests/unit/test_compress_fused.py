@@ -185,3 +185,19 @@ def test_both_kernel_sets_give_the_same_bytes(monkeypatch, kernels):
         for rate in (0.3, 0.5, 0.9):
             for fmt in ("auto", "bitmap"):
                 assert_same(build_pipeline(stages(rate, fmt=fmt)), t)
+
+
+def test_avx512_kernels_that_misbehave_are_replaced(monkeypatch):
+    K = fused.K
+    if K.AVX512:  # (never run AVX-512 code on a CPU without it: LLVM would abort)
+        monkeypatch.setattr(K, "bitmap_writer", K.write_bitmap_avx)
+        monkeypatch.setattr(K, "bitmap_scatter", K.scatter_bitmap_avx)
+        assert K.check_avx512() is True and K.bitmap_writer is K.write_bitmap_avx
+
+    def broken(u, amask, ta, tb, split, bitmap, vals):
+        raise RuntimeError("illegal instruction")
+
+    monkeypatch.setattr(K, "write_bitmap_avx", broken)
+    monkeypatch.setattr(K, "bitmap_writer", broken)
+    assert K.check_avx512() is False
+    assert K.bitmap_writer is K.write_bitmap and K.bitmap_scatter is K.scatter_bitmap
