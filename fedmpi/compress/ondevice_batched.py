@@ -45,6 +45,22 @@ def _segments(sizes: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
     return starts, ends
 
 
+_OWNERS: dict = {}
+
+
+def _owners(sizes: tuple[int, ...], device) -> torch.Tensor:
+    """Tensor index of every entry of the flat model (kept per model and device: the
+    same model comes back every round)."""
+    key = (sizes, str(device))
+    if key not in _OWNERS:
+        if len(_OWNERS) > 4:
+            _OWNERS.clear()
+        _OWNERS[key] = torch.repeat_interleave(
+            torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device),
+            output_size=sum(sizes))
+    return _OWNERS[key]
+
+
 def _segment_sum(cs: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
     """Per-segment sums from an inclusive cumulative sum (with a leading 0)."""
     return cs[ends] - cs[starts]
@@ -89,8 +105,7 @@ def encode(pipe, names, shapes, flats: list[torch.Tensor]):
     consider = [fmt != "dense" and ops.delta_considered(fmt, n, c)
                 for n, c in zip(sizes, counts)]
     delta = [d and c > 0 for d, c in zip(consider, counts)]  # gaps needed (else largest 0)
-    tid = torch.repeat_interleave(torch.arange(len(sizes), device=device),
-                                  torch.tensor(sizes, device=device))
+    tid = _owners(tuple(sizes), device)
     idx = gaps = None
     bigs = [0] * len(sizes)
     if any(delta):
@@ -157,7 +172,8 @@ def _bitmaps(index, ioff, keep, tid, starts, layouts, sizes, device) -> None:
     packed = ops.packbits(padded)
     local = torch.arange(packed.numel(), device=device)
     byte_owner = torch.repeat_interleave(torch.tensor(bm, device=device),
-                                         torch.tensor(nbytes, device=device))
+                                         torch.tensor(nbytes, device=device),
+                                         output_size=packed.numel())
     first_byte = torch.zeros(len(layouts), dtype=torch.int64, device=device)
     first_byte[bm] = torch.tensor(pstart // 8, device=device)
     index[ioff[byte_owner] + local - first_byte[byte_owner]] = packed
