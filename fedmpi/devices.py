@@ -80,9 +80,8 @@ def env_local_rank(env: Mapping[str, str]) -> tuple[int, int | None, str] | None
 
 def node_of(comm) -> Node:
     """This rank's Node from an MPI shared-memory split (collective: every rank calls it)."""
-    from mpi4py import MPI
-
     import numpy as np
+    from mpi4py import MPI
 
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:  # buffer-based (no pickle): does this node host world rank 0?

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 try:
     from fedmpi.compress import kernels as K
-except ImportError as _exc:  # numba missing or broken: the numpy path does everything
+except Exception as _exc:  # noqa: BLE001 - numba missing, too old or broken: numpy does it all
     K = None
     _MISSING = f"{type(_exc).__name__}: {_exc}"
 

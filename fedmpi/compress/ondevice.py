@@ -27,8 +27,8 @@ import warnings
 import numpy as np
 import torch
 
-from fedmpi.compress import sparse as sp
 from fedmpi.compress import ondevice_batched as batched
+from fedmpi.compress import sparse as sp
 from fedmpi.compress import torchops as ops
 from fedmpi.compress.base import Container
 from fedmpi.compress.fused import read_sections
@@ -171,7 +171,7 @@ def decode(pipe, payload, spec, device=None) -> dict[str, torch.Tensor]:
                               "value bytes left over after the last tensor")
     if checks:  # every index check of the message in one transfer
         found = torch.stack([c[-1] for c in checks]).tolist()
-        for (name, layout, k, numel, _), (a, b) in zip(checks, found):
+        for (_, layout, k, numel, _), (a, b) in zip(checks, found):
             if layout == sp.BITMAP and a:
                 raise WireFormatError("bitmap padding bits are set")
             if layout == sp.BITMAP and b != k:

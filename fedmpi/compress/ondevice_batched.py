@@ -25,7 +25,6 @@ from fedmpi.compress import torchops as ops
 from fedmpi.compress.prune import n_drop
 from fedmpi.compress.quantize import Float32
 
-
 FORCE = False  # tests set it to run this encoder on CPU tensors too
 
 

@@ -124,8 +124,8 @@ def test_decoder_refuses_what_the_reference_refuses():
                     i = rng.integers(0, bad.size)
                     bad[i] ^= np.uint8(1 << rng.integers(0, 8))
             outcomes = []
-            for decode in (lambda b: fused.decode(pipe, b, spec),
-                           lambda b: _reference_decode(pipe, b, spec)):
+            for decode in (lambda b, p=pipe, s=spec: fused.decode(p, b, s),
+                           lambda b, p=pipe, s=spec: _reference_decode(p, b, s)):
                 try:
                     outcomes.append(decode(bad))
                 except WireFormatError as exc:
