@@ -7,7 +7,7 @@ RANKS   ?= 3
 STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install run test test-unit test-mpi test-integration test-slurm bench paper-cpu clean
+.PHONY: install run test test-unit test-mpi test-integration test-slurm test-gpu bench paper-cpu clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ test-integration: install
 
 test-slurm: install
 	$(PY) -m pytest -q -rs tests/slurm
+
+# GPU checks (skipped with a message without CUDA); jobs/gpu-check.sh runs them on a GPU.
+test-gpu: install
+	$(PY) -m pytest -q -rs tests/gpu
 
 bench: install
 	$(PY) -m fedmpi bench codec

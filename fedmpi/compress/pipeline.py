@@ -118,6 +118,9 @@ class Pipeline:
                              "memory=pipeline.new_memory() (one per sender)")
         if memory is not None and not self.feedback:
             raise ValueError(f"pipeline {self.name} has no memory stage; pass memory=None")
+        fast = _fast_path(self, tensors)
+        if fast is not None:  # torch tensors (on their device) or the fused CPU codec
+            return fast.encode(self, tensors, memory=memory)
         names = list(tensors)
         shapes = [tuple(np.shape(tensors[k])) for k in names]
         flats = [np.ascontiguousarray(tensors[k], dtype=np.float32).reshape(-1) for k in names]
@@ -164,9 +167,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------ decode
 
-    def decode(self, payload, spec: ModelSpec) -> dict[str, np.ndarray]:
+    def decode(self, payload, spec: ModelSpec, *, device=None) -> dict[str, np.ndarray]:
         """Payload -> finite float32 tensors in `spec` order; WireFormatError on anything
-        malformed, and no other exception."""
+        malformed, and no other exception. With a torch `device` the tensors are decoded
+        there (torch tensors)."""
+        fast = _fast_path(self, None, device)
+        if fast is not None:
+            return fast.decode(self, payload, spec, **({"device": device} if device else {}))
         buf = np.frombuffer(payload, dtype=np.uint8) if not isinstance(payload, np.ndarray) \
             else payload.reshape(-1).view(np.uint8)
         n = len(spec)
@@ -217,3 +224,19 @@ class Pipeline:
             raise WireFormatError(f"{index.nbytes - ipos} index and {values.nbytes - vpos} "
                                   "value bytes left over after the last tensor")
         return out
+
+
+def _fast_path(pipe: Pipeline, tensors, device=None):
+    """The module that encodes/decodes faster with the same bytes, or None (numpy here).
+
+    torch tensors (or a torch `device` to decode to) go to `ondevice`; numpy ones
+    to the fused numba codec when it supports the pipeline.
+    """
+    if device is not None or (tensors and type(next(iter(tensors.values()))).__module__
+                              == "torch"):
+        from fedmpi.compress import ondevice
+
+        return ondevice
+    from fedmpi.compress import fused
+
+    return fused if fused.applies(pipe) else None
