@@ -106,7 +106,8 @@ def test_fp16_autocast_on_the_cpu_is_a_config_error():
     ("train.amp", "fp8", "off | bf16 | fp16"),
     ("train.compile", True, "a string"),
     ("train.compile", "fast", "off | default | reduce-overhead | max-autotune"),
-    ("run.ranks_per_gpu", 0, "null (one GPU per worker rank) or an integer >= 1"),
+    ("run.ranks_per_gpu", 0, "null or an integer in 1..1024"),
+    ("run.ranks_per_gpu", 100_000, "null or an integer in 1..1024"),  # bounded like threads
 ])
 def test_new_options_are_validated(key, value, allowed):
     raw = {}
