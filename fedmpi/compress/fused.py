@@ -37,9 +37,9 @@ import numpy as np
 
 from fedmpi.compress import sparse as sp
 from fedmpi.compress.base import Container
-from fedmpi.compress.pipeline import _PRELUDE, TABLE, Encoded, spec_crc
+from fedmpi.compress.pipeline import _PRELUDE, TABLE, Encoded, nonfinite_input, spec_crc
 from fedmpi.compress.prune import _EXACT_BELOW, _SAMPLE, _SEED, Prune, n_drop
-from fedmpi.compress.quantize import Float32
+from fedmpi.compress.quantize import Float32, refuse_nonfinite
 from fedmpi.wire import WireFormatError
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ except Exception as _exc:  # noqa: BLE001 - numba missing, too old or broken: nu
 
 ENV = "FEDMPI_FUSED"
 ABS, ALL_BITS = 0x7FFFFFFF, 0xFFFFFFFF
+EXP = 0x7F800000  # |x| bits from here up are inf or NaN
 _noted = False
 
 
@@ -154,36 +155,40 @@ def _exact_band(us: list[np.ndarray], m: int) -> tuple[int, int, int]:
 
 
 def _scan(us, lo, hi, cap):
-    """Per tensor (entries below lo, candidate end offset), candidates; None on overflow."""
+    """Per tensor (entries below lo, candidate end offset, largest |x| bits), candidates;
+    None on overflow."""
     cand = np.empty(cap + 64, dtype=np.uint32)
-    below, ends, k = [], [], 0
+    below, ends, tops, k = [], [], [], 0
     lo32, hi32 = np.int64(lo), np.int64(hi)
     for u in us:
-        b, k = K.scan(u, lo32, hi32, cand, k)
+        b, k, top = K.scan(u, lo32, hi32, cand, k)
         if k < 0:
             return None
         below.append(int(b))
         ends.append(k)
+        tops.append(int(top))
     cand = cand[:k]
     np.bitwise_and(cand, np.uint32(ABS), out=cand)  # the AVX-512 scan stores raw bits
-    return below, ends, cand
+    return below, ends, tops, cand
 
 
-def group_rules(us: list[np.ndarray], rate: float) -> list[Rule]:
-    """Rules that drop exactly n_drop(rate, n) entries of the group, as prune.keep_mask."""
+def group_rules(us: list[np.ndarray], rate: float) -> tuple[list[Rule], list[int | None]]:
+    """Rules that drop exactly n_drop(rate, n) entries of the group, as prune.keep_mask,
+    and per tensor its largest |x| bits where the scan saw them (else None)."""
     n = sum(u.size for u in us)
     m = n_drop(rate, n)
     if m <= 0:  # keep_mask: a > 0
-        return [Rule(ABS, 1, int(np.count_nonzero(u & np.uint32(ABS)))) for u in us]
+        return [Rule(ABS, 1, int(np.count_nonzero(u & np.uint32(ABS)))) for u in us], \
+            [None] * len(us)
     lo, hi = _band(us, n, m)
     cap = n if hi - lo > ABS else int(0.05 * n) + 4096
     scanned = _scan(us, lo, hi, cap)
-    if scanned is not None and not 1 <= m - sum(scanned[0]) <= scanned[2].size:
+    if scanned is not None and not 1 <= m - sum(scanned[0]) <= scanned[3].size:
         scanned = None
     if scanned is None:  # the sample misled us: an exact band from the histogram
         lo, hi, cap = _exact_band(us, m)
         scanned = _scan(us, lo, hi, cap)
-    below, ends, cand = scanned
+    below, ends, tops, cand = scanned
     r = m - sum(below)  # rank of the cut inside the band, 1-based
     t = int(np.partition(cand, r - 1)[r - 1])
     d = r - int(K.count_compare(cand, np.uint32(t))[0])  # ties at t that go: the first d
@@ -197,18 +202,22 @@ def group_rules(us: list[np.ndarray], rate: float) -> list[Rule]:
         rules.append(Rule(ABS, thr, above + eq - drop, ta=t + 1, split=split))
         ties_before += eq
         start = end
-    return rules
+    return rules, tops
 
 
-def rules_for(pruner: Prune | None, us: list[np.ndarray], shapes) -> list[Rule]:
+def rules_for(pruner: Prune | None, us: list[np.ndarray], shapes
+              ) -> tuple[list[Rule], list[int | None]]:
+    """Per tensor its Rule, and its largest |x| bits where pruning scanned it (else None)."""
     out: list[Rule | None] = [None] * len(us)
+    tops: list[int | None] = [None] * len(us)
     if pruner is not None and pruner.rate > 0:
         chosen = [i for i, s in enumerate(shapes) if pruner.tensors == "all" or len(s) >= 2]
         groups = [chosen] if pruner.scope == "global" else [[i] for i in chosen]
         for group in (g for g in groups if g):
-            for i, rule in zip(group, group_rules([us[i] for i in group], pruner.rate)):
-                out[i] = rule
-    return [r if r is not None else support(u) for r, u in zip(out, us)]
+            rules, seen = group_rules([us[i] for i in group], pruner.rate)
+            for i, rule, top in zip(group, rules, seen):
+                out[i], tops[i] = rule, top
+    return [r if r is not None else support(u) for r, u in zip(out, us)], tops
 
 
 # ----------------------------------------------------------------------------- layout
@@ -295,7 +304,10 @@ def encode(pipe, tensors, memory=None) -> Encoded:
     if memory is not None:
         flats = [memory.compensate(k, f) for k, f in zip(names, flats)]
     us = [f.view(np.uint32) for f in flats]
-    rules = rules_for(pipe.pruner, us, shapes)
+    rules, tops = rules_for(pipe.pruner, us, shapes)
+    for name, u, top in zip(names, us, tops):  # as Pipeline.encode: NaN, inf never sent
+        if (top >= EXP) if top is not None else K.first_nonfinite(u) >= 0:
+            raise nonfinite_input(pipe, name)
     payload, nnz = _assemble(pipe, names, shapes, us, rules, speculate=True) or \
         _assemble(pipe, names, shapes, us, rules, speculate=False)
     numel = sum(u.size for u in us)
@@ -351,59 +363,36 @@ def _assemble(pipe, names, shapes, us, rules, speculate):
 # ----------------------------------------------------------------------------- decode
 
 
-def read_sections(pipe, payload, spec):
-    """Container sections + the meta checks of Pipeline.decode: (table, index, values, numels)."""
-    buf = np.frombuffer(payload, dtype=np.uint8) if not isinstance(payload, np.ndarray) \
-        else payload.reshape(-1).view(np.uint8)
-    n = len(spec)
-    numels = [int(np.prod(s, dtype=np.int64)) for _, s in spec]
-    limit = _PRELUDE.size + n * TABLE.itemsize + sum(9 * k + 1 for k in numels)
-    meta, index, values = pipe.container.unpack(buf, 3, limit)
-    if meta.nbytes != _PRELUDE.size + n * TABLE.itemsize:
-        raise WireFormatError(f"meta section of {meta.nbytes} bytes does not fit {n} tensors")
-    codec, crc, count, _ = _PRELUDE.unpack_from(meta, 0)
-    if codec != pipe.codec_id:
-        raise WireFormatError(f"payload made by codec {codec:#010x}, this pipeline is "
-                              f"{pipe.codec_id:#010x} ({pipe.name})")
-    if count != n or crc != spec_crc(spec):
-        raise WireFormatError(f"payload is for another model ({count} tensors, "
-                              f"spec crc {crc:#010x}; expected {n}, {spec_crc(spec):#010x})")
-    table = np.frombuffer(meta[_PRELUDE.size:].tobytes(), dtype=TABLE)
-    return table, index, values, numels
-
-
 def decode(pipe, payload, spec) -> dict[str, np.ndarray]:
-    """Pipeline.decode, fused; the same checks and the same errors as the reference."""
-    table, index, values, numels = read_sections(pipe, payload, spec)
-    flat = np.empty(sum(numels), dtype=np.float32)
-    out, ipos, vpos, opos = {}, 0, 0, 0
-    for (name, shape), numel, row in zip(spec, numels, table):
-        layout, k = int(row["layout"]), int(row["count"])
-        if k > numel:
-            raise WireFormatError(f"{name}: {k} values for {numel} entries")
-        ilen, vlen = sp.index_nbytes(layout, numel, k), 4 * k
-        if ipos + ilen > index.nbytes or vpos + vlen > values.nbytes:
-            raise WireFormatError(f"{name}: sections end before this tensor's data")
-        idx, vals = index[ipos: ipos + ilen], values[vpos: vpos + vlen].view("<u4")
-        dst = flat[opos: opos + numel].view(np.uint32)
-        if layout == sp.DENSE:
-            if k != numel:
-                raise WireFormatError(f"dense tensor carries {k} values, expected {numel}")
-            dst[:] = vals
-        elif layout == sp.BITMAP:
-            marked = int(K.bitmap_count(idx, numel))
-            if marked < 0:
-                raise WireFormatError("bitmap padding bits are set")
-            if marked != k:
-                raise WireFormatError(f"bitmap marks {marked} entries, header says {k}")
-            K.bitmap_scatter(idx, vals, dst)
-        else:
-            if not K.scatter_delta(idx.view(sp._GAP[layout]), vals, dst):
-                last = int(np.sum(idx.view(sp._GAP[layout]).astype(np.int64) + 1) - 1)
-                raise WireFormatError(f"delta index {last} out of range for {numel} entries")
-        out[name] = flat[opos: opos + numel].reshape(shape)
-        ipos, vpos, opos = ipos + ilen, vpos + vlen, opos + numel
-    if ipos != index.nbytes or vpos != values.nbytes:
-        raise WireFormatError(f"{index.nbytes - ipos} index and {values.nbytes - vpos} "
-                              "value bytes left over after the last tensor")
+    """Pipeline.decode, fused: `Pipeline.read` does every check that needs no pass over
+    the data (the same function as the reference's), the kernels count bitmap bits,
+    scan for non-finite values and scatter, and the rules on what they find are the
+    reference's own (sparse.check_marked / check_gaps, quantize.refuse_nonfinite)."""
+    index, values, spans = pipe.read(payload, spec)
+    flat = np.empty(sum(s.numel for s in spans), dtype=np.float32)
+    out, opos = {}, 0
+    for s in spans:
+        idx = index[s.ipos: s.ipos + s.ilen]
+        vals = values[s.vpos: s.vpos + s.vlen].view("<u4")
+        dst = flat[opos: opos + s.numel].view(np.uint32)
+        try:
+            bad = int(K.first_nonfinite(vals))
+            if bad >= 0:
+                refuse_nonfinite("float32", bad, float(vals[bad: bad + 1].view("<f4")[0]))
+            if s.layout == sp.DENSE:  # (count == numel: checked by read)
+                dst[:] = vals
+            elif s.layout == sp.BITMAP:
+                sp.check_marked(int(K.bitmap_count(idx)), s.count)
+                K.bitmap_scatter(idx, vals, dst)
+            else:
+                gaps = idx.view(sp._GAP[s.layout])
+                big = int(gaps.max()) if s.count else 0
+                last = int(gaps.sum(dtype=np.int64)) + s.count - 1
+                sp.check_gaps(s.layout, big, last, s.numel, s.count)
+                if not K.scatter_delta(gaps, vals, dst):  # (cannot happen after check_gaps)
+                    raise WireFormatError(f"delta index out of range for {s.numel} entries")
+        except WireFormatError as exc:
+            raise WireFormatError(f"{s.name}: {exc}") from None
+        out[s.name] = flat[opos: opos + s.numel].reshape(s.shape)
+        opos += s.numel
     return out
