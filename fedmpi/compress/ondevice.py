@@ -31,7 +31,6 @@ from fedmpi.compress import ondevice_batched as batched
 from fedmpi.compress import sparse as sp
 from fedmpi.compress import torchops as ops
 from fedmpi.compress.base import Container
-from fedmpi.compress.fused import read_sections
 from fedmpi.compress.pipeline import _PRELUDE, TABLE, Encoded, spec_crc
 from fedmpi.wire import WireFormatError
 
@@ -53,6 +52,7 @@ def encode(pipe, tensors, memory=None) -> Encoded:
     if memory is not None:
         flats = [_compensate(memory, k, f) for k, f in zip(names, flats)]
     if flats and batched.applies(pipe, device):  # the hot path on a GPU: all tensors at once
+        # (refuses NaN and inf as the numpy encoder does, in its first read-back)
         idx_dev, val_dev, rows, nnz, source, _ = batched.encode(pipe, names, shapes, flats)
         table = np.zeros(len(names), dtype=TABLE)
         table["layout"] = [lt for lt, _ in rows]
@@ -88,6 +88,7 @@ def encode(pipe, tensors, memory=None) -> Encoded:
 def _per_tensor(pipe, names, shapes, flats, memory):
     """Tensor by tensor (any pipeline): (index, values, table, nnz, reconstruction)."""
     device = flats[0].device if flats else torch.device("cpu")
+    ops.check_finite_inputs(pipe, names, flats)
     masks = ops.masks(pipe.pruner, flats, shapes)
     fmt, coder = pipe.layout.format, pipe.coder
     supports = [m if m is not None else f.view(torch.int32) != 0 for f, m in zip(flats, masks)]
@@ -131,52 +132,52 @@ def _compensate(memory, name: str, flat: torch.Tensor) -> torch.Tensor:
 
 
 def decode(pipe, payload, spec, device=None) -> dict[str, torch.Tensor]:
-    """Payload -> torch tensors on `device`; WireFormatError on anything malformed."""
+    """Payload -> torch tensors on `device`; WireFormatError on anything malformed.
+
+    `Pipeline.read` (the numpy decoder's own function) checks everything that needs
+    no pass over the data, on the host; the device computes what the remaining
+    rules need (bitmap popcounts, largest delta gap and last index, the first
+    non-finite value, pow2 code facts), all read back in one transfer and judged
+    by the numpy decoder's rule functions (sparse.check_marked / check_gaps, the
+    coder's). So this decoder refuses exactly what the numpy one refuses.
+    """
     device = torch.device("cpu" if device is None else device)
-    table, index, values, numels = read_sections(pipe, payload, spec)
+    index, values, spans = pipe.read(payload, spec)
     coder = pipe.coder
     with warnings.catch_warnings():  # read-only receive buffers: only read here
         warnings.simplefilter("ignore", UserWarning)
         idx_dev = torch.from_numpy(np.ascontiguousarray(index)).to(device)
         val_dev = torch.from_numpy(np.ascontiguousarray(values)).to(device)
-    out, checks, ipos, vpos = {}, [], 0, 0
-    for (name, shape), numel, row in zip(spec, numels, table):
-        layout, k = int(row["layout"]), int(row["count"])
-        if k > numel:
-            raise WireFormatError(f"{name}: {k} values for {numel} entries")
-        ilen, vlen = sp.index_nbytes(layout, numel, k), coder.nbytes(k)
-        if ipos + ilen > index.nbytes or vpos + vlen > values.nbytes:
-            raise WireFormatError(f"{name}: sections end before this tensor's data")
-        buf = idx_dev[ipos: ipos + ilen]
-        if layout == sp.DENSE:
-            if k != numel:
-                raise WireFormatError(f"dense tensor carries {k} values, expected {numel}")
+    none = torch.tensor(-1, dtype=torch.int64, device=device)
+    decoded, facts = [], []
+    for s in spans:
+        buf = idx_dev[s.ipos: s.ipos + s.ilen]
+        found = []
+        if s.layout == sp.DENSE:
             where = None
-        elif layout == sp.BITMAP:
-            bits = ops.unpackbits(buf)
-            where = bits[:numel]
-            checks.append((name, layout, k, numel, torch.stack([
-                bits[numel:].sum(), where.sum()])))
+        elif s.layout == sp.BITMAP:
+            where = ops.unpackbits(buf)[: s.numel]
+            found.append(where.sum())
         else:
-            where = torch.cumsum(ops.from_le(buf, sp._GAP[layout].itemsize) + 1, 0) - 1
-            last = where[-1] if k else torch.tensor(-1, device=device)
-            checks.append((name, layout, k, numel, torch.stack([last, last])))
-            where = where.clamp(0, max(numel - 1, 0))  # validated below, before use
-        v = ops.dequantize(coder, val_dev[vpos: vpos + vlen], k, float(row["p0"]),
-                           float(row["p1"]))
-        out[name] = (where, v, numel, shape)
-        ipos, vpos = ipos + ilen, vpos + vlen
-    if ipos != index.nbytes or vpos != values.nbytes:
-        raise WireFormatError(f"{index.nbytes - ipos} index and {values.nbytes - vpos} "
-                              "value bytes left over after the last tensor")
-    if checks:  # every index check of the message in one transfer
-        found = torch.stack([c[-1] for c in checks]).tolist()
-        for (_, layout, k, numel, _), (a, b) in zip(checks, found):
-            if layout == sp.BITMAP and a:
-                raise WireFormatError("bitmap padding bits are set")
-            if layout == sp.BITMAP and b != k:
-                raise WireFormatError(f"bitmap marks {b} entries, header says {k}")
-            if layout != sp.BITMAP and a >= numel:
-                raise WireFormatError(f"delta index {a} out of range for {numel} entries")
-    return {name: ops.scatter(numel, where, v).reshape(shape)
-            for name, (where, v, numel, shape) in out.items()}
+            gaps = ops.from_le(buf, sp._GAP[s.layout].itemsize)
+            idx = torch.cumsum(gaps + 1, 0) - 1
+            found += [gaps.max(), idx[-1]] if s.count else [none + 1, none]
+            where = idx.clamp(0, max(s.numel - 1, 0))  # judged below, before use
+        v, vfound = ops.decode_values(coder, val_dev[s.vpos: s.vpos + s.vlen], s.count,
+                                      s.p0, s.p1)
+        decoded.append((where, v))
+        facts.append((len(found), found + vfound))
+    flat = [f for _, fs in facts for f in fs]
+    known = iter(torch.stack(flat).tolist() if flat else [])  # one transfer
+    for s, (n_index, fs), (_, v) in zip(spans, facts, decoded):
+        got = [next(known) for _ in fs]
+        try:
+            if s.layout == sp.BITMAP:
+                sp.check_marked(got[0], s.count)
+            elif s.layout != sp.DENSE:
+                sp.check_gaps(s.layout, got[0], got[1], s.numel, s.count)
+            ops.check_values(coder, got[n_index:], v, s.count, s.p0)
+        except WireFormatError as exc:
+            raise WireFormatError(f"{s.name}: {exc}") from None
+    return {s.name: ops.scatter(s.numel, where, v).reshape(s.shape)
+            for s, (where, v) in zip(spans, decoded)}

@@ -97,8 +97,12 @@ def encode(pipe, names, shapes, flats: list[torch.Tensor]):
     zero = torch.zeros(1, dtype=torch.int64, device=device)
     cs_keep = torch.cat([zero, torch.cumsum(keep, 0)])
     cs_nz = torch.cat([zero, torch.cumsum(flat != 0, 0)])
-    counts, nonzeros = torch.stack([_segment_sum(cs_keep, starts, ends),
-                                    _segment_sum(cs_nz, starts, ends)]).tolist()  # sync 1
+    finite = torch.isfinite(flat).all().to(torch.int64).expand(len(sizes))
+    counts, nonzeros, ok = torch.stack([_segment_sum(cs_keep, starts, ends),
+                                        _segment_sum(cs_nz, starts, ends),
+                                        finite]).tolist()  # sync 1
+    if not ok[0]:  # NaN or inf (the cut above is integer work: no harm done)
+        ops.check_finite_inputs(pipe, names, flats)
     fmt = pipe.layout.format
     pruned = pipe.pruner is not None and pipe.pruner.rate > 0
     consider = [fmt != "dense" and ops.delta_considered(fmt, n, c)

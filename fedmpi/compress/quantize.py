@@ -42,6 +42,7 @@ from fedmpi.wire import WireFormatError
 # tie rounds to the even 2^128): the bound of a uniform tensor's largest decoded value.
 F32_OVERFLOW = 2.0**128 - 2.0**103
 EMIN_F32 = -149  # 2^-149: the smallest float32 magnitude
+BF16_MAX = 0x7F7F  # bits of the largest finite bfloat16 (~3.39e38)
 
 
 def pack_bits(codes: np.ndarray, k: int) -> np.ndarray:
@@ -206,23 +207,32 @@ class Quantize(ValueCoder):
                                   f"smallest value for emax {int(emax)}")
 
     # uniform: p0 = offset (min), p1 = scale
+    def uniform_scale(self, lo: np.float32, hi: np.float32) -> np.float32:
+        """The float32 step of k-bit codes over [lo, hi] (the torch encoder uses it too).
+
+        ValueError where one step would exceed float32 (1 bit over a range wider than
+        float32's); near +-3.4e38 one ulp less than the rounded step, so that the top
+        level stays a float32 (what the decoder demands) and within the bound.
+        """
+        levels = (1 << self.k) - 1
+        step = (np.float64(hi) - np.float64(lo)) / levels
+        if step >= F32_OVERFLOW:
+            raise ValueError(f"uniform {self.k}-bit quantization cannot span the range "
+                             f"[{lo}, {hi}]: its step is not a float32")
+        scale = np.float32(step)
+        if scale == 0 and hi > lo:  # range below float32 resolution: smallest step
+            scale = np.nextafter(np.float32(0), np.float32(1))
+        while float(lo) + levels * float(scale) >= F32_OVERFLOW:
+            scale = np.nextafter(scale, np.float32(0))
+        return scale
+
     def _enc_uniform(self, v):
         if v.size == 0:
             return np.empty(0, np.uint8), 0.0, 0.0
         _finite(v, "uniform")
         lo, hi = np.float32(v.min()), np.float32(v.max())
         levels = (1 << self.k) - 1
-        step = (np.float64(hi) - np.float64(lo)) / levels
-        if step >= F32_OVERFLOW:  # only 1 bit over a range wider than float32's
-            raise ValueError(f"uniform {self.k}-bit quantization cannot span the range "
-                             f"[{lo}, {hi}]: its step is not a float32")
-        scale = np.float32(step)
-        if scale == 0 and hi > lo:  # range below float32 resolution: smallest step
-            scale = np.nextafter(np.float32(0), np.float32(1))
-        # Near +-3.4e38 the rounded scale can carry the top level past float32: one ulp
-        # less keeps every decoded value finite (what the decoder demands) and the bound.
-        while float(lo) + levels * float(scale) >= F32_OVERFLOW:
-            scale = np.nextafter(scale, np.float32(0))
+        scale = self.uniform_scale(lo, hi)
         if scale > 0:
             codes = np.rint((v.astype(np.float64) - np.float64(lo)) / np.float64(scale))
             codes = np.clip(codes, 0, levels).astype(np.uint32)
@@ -271,8 +281,9 @@ class Quantize(ValueCoder):
         b = np.ascontiguousarray(v).view(np.uint32)
         rounded = ((b + np.uint32(0x7FFF) + ((b >> 16) & 1)) >> 16).astype("<u2")
         # rounding can carry the largest float32 values into inf: the largest bfloat16
+        # (BF16_MAX) with the sign kept
         overflow = (rounded & 0x7F80) == 0x7F80
-        rounded[overflow] = (rounded[overflow] & 0x8000) | 0x7F7F
+        rounded[overflow] = (rounded[overflow] & 0x8000) | BF16_MAX
         return rounded.view(np.uint8), 0.0, 0.0
 
     def _dec_bfloat16(self, buf, count, p0, p1):  # p0, p1 checked by check_side

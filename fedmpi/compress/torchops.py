@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from fedmpi.compress import sparse as sp
-from fedmpi.compress.quantize import Float32, Quantize
-from fedmpi.wire import WireFormatError
+from fedmpi.compress.pipeline import nonfinite_input
+from fedmpi.compress.quantize import BF16_MAX, Float32, Quantize, refuse_nonfinite
 
 ABS = 0x7FFFFFFF
 
@@ -173,8 +173,18 @@ def scatter(numel: int, where, values: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- values
 
 
+def check_finite_inputs(pipe, names, flats: list[torch.Tensor]) -> None:
+    """ValueError naming the first tensor with NaN or inf, as the numpy encoder raises
+    (one read-back for the whole model)."""
+    if flats:
+        finite = torch.stack([torch.isfinite(f).all() for f in flats]).tolist()
+        if not all(finite):
+            raise nonfinite_input(pipe, names[finite.index(False)])
+
+
 def quantize(coder, v: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """ValueCoder.encode in torch: (uint8 codes, p0, p1)."""
+    """ValueCoder.encode in torch: (uint8 codes, p0, p1). The values are finite (the
+    encoder refused NaN and inf before pruning)."""
     if type(coder) is Float32:
         return as_bytes(v), 0.0, 0.0
     if not isinstance(coder, Quantize):
@@ -185,19 +195,16 @@ def quantize(coder, v: torch.Tensor) -> tuple[torch.Tensor, float, float]:
     if method == "bfloat16":
         b = from_bytes(as_bytes(v), torch.int32).to(torch.int64) & 0xFFFFFFFF
         r = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF
-        r = torch.where(torch.isnan(v), 0x7FC0, r)
+        # rounding can carry the largest float32 values into inf: the largest bfloat16
+        r = torch.where((r & 0x7F80) == 0x7F80, (r & 0x8000) | BF16_MAX, r)
         return le_bytes(r, 2), 0.0, 0.0
     empty = torch.empty(0, dtype=torch.uint8, device=v.device)
     if v.numel() == 0:
         return empty, 0.0, 0.0
-    if not bool(torch.isfinite(v).all()):
-        raise ValueError(f"{method} quantization cannot represent NaN or inf values")
     if method == "uniform":
         lo, hi = np.float32(v.min().item()), np.float32(v.max().item())
         levels = (1 << coder.k) - 1
-        scale = np.float32((np.float64(hi) - np.float64(lo)) / levels)
-        if scale == 0 and hi > lo:
-            scale = np.nextafter(np.float32(0), np.float32(1))
+        scale = coder.uniform_scale(lo, hi)  # the numpy encoder's step, same rules
         if scale > 0:
             codes = torch.round((v.double() - float(lo)) / float(np.float64(scale)))
             codes = torch.clamp(codes, 0, levels).to(torch.int64)
@@ -218,28 +225,61 @@ def quantize(coder, v: torch.Tensor) -> tuple[torch.Tensor, float, float]:
 
 
 def dequantize(coder, codes: torch.Tensor, count: int, p0: float, p1: float) -> torch.Tensor:
-    """ValueCoder.decode in torch (a new float32 tensor); WireFormatError on bad parameters."""
+    """ValueCoder.decode's arithmetic in torch (a new float32 tensor)."""
+    return decode_values(coder, codes, count, p0, p1)[0]
+
+
+def decode_values(coder, codes: torch.Tensor, count: int, p0: float, p1: float
+                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(float32 values, what the coder's rules on its codes need), on the codes' device.
+
+    The side information was checked on the host first (`coder.check_side`, through
+    `Pipeline.read`); the facts are 0-d int64 tensors read back with the rest of the
+    message's in one transfer and judged by `check_values`: for float32, float16 and
+    bfloat16 the position of the first non-finite value (count when none), for pow2
+    whether a code has a sign and no magnitude and the largest magnitude code. The
+    uniform parameters bound its values, as in the numpy decoder.
+    """
     if type(coder) is Float32:
-        return from_bytes(codes, torch.float32).clone()
-    if codes.numel() != coder.nbytes(count):
-        raise WireFormatError(f"{codes.numel()} bytes of {coder.label()} codes for "
-                              f"{count} values")
+        v = from_bytes(codes, torch.float32).clone()
+        return v, [_first_nonfinite(v, count)]
+    if count == 0:
+        return torch.empty(0, dtype=torch.float32, device=codes.device), []
     method = coder.method
     if method == "float16":
-        return from_bytes(codes, torch.float16).to(torch.float32)
+        v = from_bytes(codes, torch.float16).to(torch.float32)
+        return v, [_first_nonfinite(v, count)]
     if method == "bfloat16":
-        return from_bytes(as_bytes((from_le(codes, 2) << 16).to(torch.int32)), torch.float32)
+        v = from_bytes(as_bytes((from_le(codes, 2) << 16).to(torch.int32)), torch.float32)
+        return v, [_first_nonfinite(v, count)]
     if method == "uniform":
-        if not (np.isfinite(p0) and np.isfinite(p1) and p1 >= 0):
-            raise WireFormatError(f"bad uniform parameters offset={p0} scale={p1}")
         c = unpack_codes(codes, count, coder.k)
-        return (float(np.float64(p0)) + c.double() * float(np.float64(p1))).to(torch.float32)
-    if not (np.isfinite(p0) and p0 == int(p0) and -300 <= p0 <= 127):
-        raise WireFormatError(f"bad pow2 exponent {p0}")
+        return (float(np.float64(p0)) + c.double() * float(np.float64(p1))).to(torch.float32), []
     e = coder.k - 1
     c = unpack_codes(codes, count, coder.k)
     m = c & ((1 << e) - 1)
-    # 2^(emax - m + 1) built from its float64 bits: exact (torch.ldexp goes through pow)
+    # 2^(emax - m + 1) built from its float64 bits: exact (torch.ldexp goes through pow);
+    # codes that check_values refuses may build garbage here, never an error
     power = ((int(p0) - m + 1 + 1023) << 52).view(torch.float64)
     mag = torch.where(m > 0, power, 0.0).to(torch.float32)
-    return torch.where((c >> e) > 0, -mag, mag)
+    v = torch.where((c >> e) > 0, -mag, mag)
+    return v, [(c == 1 << e).any().to(torch.int64), m.max()]
+
+
+def _first_nonfinite(v: torch.Tensor, count: int) -> torch.Tensor:
+    bad = ~torch.isfinite(v)
+    if v.numel() == 0:
+        return torch.tensor(count, dtype=torch.int64, device=v.device)
+    return torch.where(bad.any(), bad.to(torch.uint8).argmax(), count)
+
+
+def check_values(coder, facts: list[int], v: torch.Tensor, count: int, p0: float) -> None:
+    """The numpy decoder's rules on the codes, applied to what decode_values found."""
+    if not facts:
+        return
+    if type(coder) is Float32 or coder.method in ("float16", "bfloat16"):
+        if facts[0] < count:
+            label = "float32" if type(coder) is Float32 else coder.method
+            refuse_nonfinite(label, facts[0], float(v[facts[0]]))
+    else:  # pow2
+        coder.check_pow2_codes(bool(facts[0]), facts[1], p0)
