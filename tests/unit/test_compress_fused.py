@@ -4,12 +4,14 @@ import logging
 
 import numpy as np
 import pytest
+from forgery import (FOCUSED, PAYLOAD_MUTATIONS, VARIANTS, crafted, forge, make_corpus,
+                     mutation_outcomes, same_outcome)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedmpi.compress import build_pipeline, fused, spec_of
-from fedmpi.wire import WireFormatError
+from fedmpi.wire import HEADER_SIZE, WireFormatError
 
 pytestmark = pytest.mark.skipif(fused.K is None, reason="numba is not installed")
 
@@ -140,6 +142,78 @@ def test_decoder_refuses_what_the_reference_refuses():
 def _reference_decode(pipe, payload, spec):
     with fused.disabled():
         return pipe.decode(payload, spec)
+
+
+# ------------------------------------------------- valid-CRC forgeries (tests/forgery.py)
+# The checksums say nothing about a wrong sender: each forged message is refused by
+# both decoders or decoded by both to the same bits.
+
+FUSED_VARIANTS = sorted(v for v, st_ in VARIANTS.items() if fused.applies(build_pipeline(st_)))
+
+
+def _fused(pipe, spec):
+    return lambda payload: fused.decode(pipe, payload, spec)
+
+
+def _numpy(pipe, spec):
+    return lambda payload: _reference_decode(pipe, payload, spec)
+
+
+@pytest.mark.timeout(300)
+def test_valid_crc_mutations_are_refused_or_decoded_alike():
+    assert {"dense", "dense+zstd", "bitmap", "delta", "auto+zstd", "sparse-dense"} <= \
+        set(FUSED_VARIANTS)
+    outcomes = mutation_outcomes(FUSED_VARIANTS, _fused, _numpy)
+    applied = {k: v for k, v in outcomes.items() if sum(v)}  # (k-bit padding: no float32)
+    assert len(applied) >= len(outcomes) - 1 and all(r > 0 for r, _ in applied.values()), \
+        outcomes
+    assert sum(accepted for _, accepted in outcomes.values()) > 0, outcomes
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(variant=st.sampled_from(FUSED_VARIANTS),
+       names=st.lists(st.sampled_from(PAYLOAD_MUTATIONS), min_size=1, max_size=3),
+       seed=st.integers(0, 2**32 - 1))
+def test_valid_crc_mutation_combinations_alike(variant, names, seed):
+    spec, msgs, _ = make_corpus()
+    pipe, buf, _ = msgs[variant]
+    bad = forge(pipe, buf, spec, names, np.random.default_rng(seed))
+    if bad is not None:
+        same_outcome(_fused(pipe, spec), _numpy(pipe, spec), bad[HEADER_SIZE:])
+
+
+@pytest.mark.parametrize("stages, edit, match, model",
+                         [c for c in FOCUSED if fused.applies(build_pipeline(c[0]))])
+def test_each_strict_rule_holds_on_the_fused_decoder(stages, edit, match, model):
+    """The focused one-rule messages of the fuzz, with the reference's error."""
+    pipe, spec, buf = crafted(stages, edit, model)
+    for decode in (_fused(pipe, spec), _numpy(pipe, spec)):
+        with pytest.raises(WireFormatError, match=match):
+            decode(buf[HEADER_SIZE:])
+
+
+@pytest.mark.parametrize("where", ["pruned", "unpruned", "tiny-rate", "dense"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("n", [100, 300_001])  # exact band; sampled band (the scan's max)
+def test_encoder_refuses_nan_and_inf_like_the_reference(where, bad, n):
+    """The fused encoder sees NaN/inf in the pruning scan (or, for tensors it does not
+    scan, in a separate one) and raises the reference's ValueError for that tensor."""
+    rng = np.random.default_rng(n)
+    t = {"w": rng.laplace(size=(n // 100, 100)).astype(np.float32),
+         "b": rng.laplace(size=n % 1000 + 9).astype(np.float32)}
+    rate, tensors, fmt = {"pruned": (0.5, "all", "auto"), "unpruned": (0.5, "weights", "auto"),
+                          "tiny-rate": (1e-9, "all", "delta"),
+                          "dense": (None, "all", "dense")}[where]
+    name = "w" if where != "unpruned" else "b"  # "b" is a vector: not pruned with weights
+    t[name].reshape(-1)[[5, -1][int(rng.integers(2))]] = bad
+    pipe = build_pipeline(stages(rate, tensors=tensors, fmt=fmt))
+    assert fused.applies(pipe)
+    with pytest.raises(ValueError, match=f"tensor '{name}' holds NaN or inf") as got:
+        fused.encode(pipe, t)
+    with fused.disabled(), pytest.raises(ValueError) as want:
+        pipe.encode(t)
+    assert str(got.value) == str(want.value)
 
 
 def test_pipeline_dispatches_and_env_disables():
