@@ -8,13 +8,15 @@ import copy
 import numpy as np
 import pytest
 import torch
+from forgery import (FOCUSED, PAYLOAD_MUTATIONS, VARIANTS, crafted, forge, make_corpus,
+                     mutation_outcomes, same_outcome)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedmpi.compress import Memory, build_pipeline, fused, ondevice_batched, spec_of
 from fedmpi.compress import torchops as ops
-from fedmpi.wire import WireFormatError
+from fedmpi.wire import HEADER_SIZE, WireFormatError
 
 finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 tied32 = st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 2.0, -2.0, 3e-39, -1e-45])
@@ -190,3 +192,96 @@ def test_batched_encoder_equals_the_per_tensor_one(fmt, rate, monkeypatch):
         want = pipe.encode({f"t{i}": a for i, a in enumerate(arrays)})
     assert np.array_equal(enc.payload, want.payload)
     assert ondevice is not None
+
+
+# ------------------------------------------------- valid-CRC forgeries (tests/forgery.py)
+# Every pipeline variant of the decoder fuzz: the on-device decoder (here on CPU
+# tensors; tests/gpu runs it on a GPU) refuses what the numpy reference refuses and
+# otherwise returns the same bits.
+
+
+def on_device(device):
+    def make(pipe, spec):
+        return lambda payload: pipe.decode(payload, spec, device=device)
+    return make
+
+
+def numpy_reference(pipe, spec):
+    def decode(payload):
+        with fused.disabled():
+            return pipe.decode(payload, spec)
+    return decode
+
+
+@pytest.mark.timeout(600)
+def test_valid_crc_mutations_are_refused_or_decoded_alike():
+    outcomes = mutation_outcomes(sorted(VARIANTS), on_device("cpu"), numpy_reference, reps=6)
+    assert all(refused > 0 for refused, _ in outcomes.values()), outcomes
+    assert sum(accepted for _, accepted in outcomes.values()) > 0, outcomes
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(variant=st.sampled_from(sorted(VARIANTS)),
+       names=st.lists(st.sampled_from(PAYLOAD_MUTATIONS), min_size=1, max_size=3),
+       seed=st.integers(0, 2**32 - 1))
+def test_valid_crc_mutation_combinations_alike(variant, names, seed):
+    spec, msgs, _ = make_corpus()
+    pipe, buf, _ = msgs[variant]
+    bad = forge(pipe, buf, spec, names, np.random.default_rng(seed))
+    if bad is not None:
+        same_outcome(on_device("cpu")(pipe, spec), numpy_reference(pipe, spec),
+                     bad[HEADER_SIZE:])
+
+
+@pytest.mark.parametrize("stages, edit, match, model", FOCUSED)
+def test_each_strict_rule_holds_on_the_device_decoder(stages, edit, match, model):
+    pipe, spec, buf = crafted(stages, edit, model)
+    for decode in (on_device("cpu")(pipe, spec), numpy_reference(pipe, spec)):
+        with pytest.raises(WireFormatError, match=match):
+            decode(buf[HEADER_SIZE:])
+
+
+PIPES_FOR_NAN = [[], [{"prune": {"rate": 0.5}}, {"sparse": {}}],
+                 [{"prune": {"rate": 0.5, "tensors": "weights"}}, {"memory": {}}, {"sparse": {}}],
+                 [{"quantize": {"bits": 4}}], [{"quantize": {"method": "pow2"}}, {"sparse": {}}],
+                 [{"quantize": {"method": "float16"}}], [{"quantize": {"method": "bfloat16"}}]]
+
+
+@pytest.mark.parametrize("stages, batched", [
+    (s, b) for s in PIPES_FOR_NAN for b in (False, True)
+    if not b or ondevice_batched.applies(build_pipeline(s), torch.device("cuda"))])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_encoders_refuse_nan_and_inf_like_the_reference(stages, bad, batched, monkeypatch):
+    """The tensor-by-tensor encoder and the batched one (the GPU's hot path)."""
+    pipe = build_pipeline(stages)
+    monkeypatch.setattr(ondevice_batched, "FORCE", batched)
+    x = {"w": np.ones((3, 4), np.float32), "v": np.arange(5, dtype=np.float32)}
+    x["v"][3] = bad
+    with fused.disabled(), pytest.raises(ValueError, match="'v' holds NaN or inf") as want:
+        pipe.encode(x, memory=pipe.new_memory())
+    with pytest.raises(ValueError) as got:
+        pipe.encode({k: torch.from_numpy(v) for k, v in x.items()}, memory=pipe.new_memory())
+    assert str(got.value) == str(want.value)
+
+
+BIG = np.finfo(np.float32).max
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 7, 9, 16])
+def test_uniform_extremes_give_the_numpy_bytes(k):
+    """±3.4e38: the step one ulp below the rounded one (k > 1), or the refusal of a
+    1-bit step wider than float32 - exactly as the numpy encoder."""
+    pipe = build_pipeline([{"quantize": {"bits": k}}])
+    v = np.array([-BIG, BIG, 0.0, 1.0], np.float32)
+    if k == 1:
+        for x in (v, torch.from_numpy(v)):
+            with pytest.raises(ValueError, match="cannot span"):
+                pipe.encode({"w": x})
+        return
+    check_same(pipe, [v])
+
+
+def test_bfloat16_clamp_gives_the_numpy_bytes():
+    check_same(build_pipeline([{"quantize": {"method": "bfloat16"}}]),
+               [np.array([BIG, -BIG, 3.39e38, -3.395e38, 1.0], np.float32)])
