@@ -88,3 +88,63 @@ def test_cuda_awareness_is_reported():
 
     aware, how = cuda_mpi.query()
     assert aware in (True, False, None) and how
+
+
+# ------------------------------------------------- strictness on the GPU (tests/forgery.py)
+
+
+def _numpy_reference(pipe, spec):
+    def decode(payload):
+        with fused.disabled():
+            return pipe.decode(payload, spec)
+    return decode
+
+
+def test_valid_crc_forgeries_are_judged_on_the_gpu_as_by_the_reference():
+    """Every payload mutation of every pipeline variant, decoded on the GPU: refused
+    where the numpy decoder refuses it, else the same bits (CUDA's reductions find
+    what the host-side rules judge)."""
+    from forgery import VARIANTS, mutation_outcomes
+
+    outcomes = mutation_outcomes(
+        sorted(VARIANTS), lambda pipe, spec: lambda b: pipe.decode(b, spec, device="cuda"),
+        _numpy_reference, reps=4)
+    assert all(refused > 0 for refused, _ in outcomes.values()), outcomes
+    assert sum(accepted for _, accepted in outcomes.values()) > 0, outcomes
+
+
+def test_each_strict_rule_holds_on_the_gpu():
+    from forgery import FOCUSED, crafted
+
+    from fedmpi.wire import HEADER_SIZE, WireFormatError
+
+    for stages, edit, match, model in FOCUSED:
+        pipe, spec, buf = crafted(stages, edit, model)
+        with pytest.raises(WireFormatError, match=match):
+            pipe.decode(buf[HEADER_SIZE:], spec, device="cuda")
+
+
+@pytest.mark.parametrize("stages", [[{"prune": {"rate": 0.5}}, {"sparse": {}}],
+                                    [{"quantize": {"bits": 4}}, {"memory": {}}]])
+def test_gpu_encoders_refuse_nan_like_the_reference(stages):
+    pipe = build_pipeline(stages)
+    x = {"w": np.ones((30, 40), np.float32), "v": np.arange(50, dtype=np.float32)}
+    x["v"][7] = np.nan
+    with fused.disabled(), pytest.raises(ValueError) as want:
+        pipe.encode(x, memory=pipe.new_memory())
+    with pytest.raises(ValueError) as got:
+        pipe.encode({k: torch.from_numpy(v).cuda() for k, v in x.items()},
+                    memory=pipe.new_memory())
+    assert str(got.value) == str(want.value)
+
+
+@pytest.mark.parametrize("stages", [[{"quantize": {"bits": 5}}],
+                                    [{"quantize": {"method": "bfloat16"}}]])
+def test_extreme_values_give_the_cpu_bytes_on_the_gpu(stages):
+    big = np.finfo(np.float32).max
+    x = {"w": np.array([-big, big, 3.39e38, 0.0, 1.0], np.float32)}
+    pipe = build_pipeline(stages)
+    with fused.disabled():
+        want = pipe.encode(x)
+    got = pipe.encode({"w": torch.from_numpy(x["w"]).cuda()})
+    assert np.array_equal(got.payload, want.payload)
