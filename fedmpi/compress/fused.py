@@ -7,7 +7,11 @@ twice (one scan that locates the pruning cut, one that writes bitmap or gaps
 and the kept values straight into the payload) and the decoder writes each
 output value once. The numpy path (`Pipeline.encode`/`decode` below the
 dispatch) stays the reference: the payload bytes are identical, which the tests
-check with hypothesis, ties and zeros included.
+check with hypothesis, ties and zeros included. Both refuse NaN/inf on encode
+(here the pruning scan finds the largest |x| on the way) and refuse the same
+messages on decode: the fused decoder starts from the reference's
+`Pipeline.read` and judges what its kernels find with the reference's rule
+functions (tests: every valid-CRC forgery of tests/forgery.py, both decoders).
 
 The exact cut (the m-th smallest |x| over the pruned tensors, ties by position):
 |x| as float32 bits is an integer ordered like |x|, so

@@ -7,8 +7,12 @@ index and value sections are concatenated there and copied to the host once,
 into pinned (page-locked) memory, which is what MPI sends. The payload is
 byte-for-byte the numpy path's (the tests compare them on CPU tensors, and
 jobs/gpu-check.sh on a GPU); the container (zstd) and the wire checksums stay
-on the host. Decoding copies the received sections to the device and rebuilds
-the tensors there, with the numpy path's checks.
+on the host. Encoding refuses NaN/inf as the numpy path does. Decoding starts
+from the numpy path's `Pipeline.read` (every check that needs no pass over the
+data), copies the sections to the device, rebuilds the tensors there and judges
+what the device found (popcounts, gaps, non-finite values, pow2 codes) with the
+numpy path's rule functions: it refuses exactly the messages the numpy decoder
+refuses (tests: every valid-CRC forgery of tests/forgery.py, both decoders).
 
 Host staging is used even where the MPI library is CUDA-aware (see
 cuda_mpi.py): the frame's CRC-32 and zstd are computed on the host, so the
@@ -16,7 +20,7 @@ payload has to be there anyway; what matters is that it is the compact one.
 
 Synchronisation: the per-tensor support counts (and the largest delta gaps,
 where a delta layout is possible) are read back in one transfer each, not one
-per tensor.
+per tensor; so are the decoder's findings.
 """
 
 from __future__ import annotations
