@@ -26,7 +26,7 @@ HAVE_OPENMPI    := $(shell command -v $(OPENMPI_MPICC) 2>/dev/null)
 OPENMPI_ENV     := $(if $(filter 0,$(shell id -u)),OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
 
 .PHONY: install install-openmpi run test test-unit test-mpi test-integration test-slurm \
-	test-openmpi bench paper-cpu clean
+	test-openmpi test-gpu bench paper-cpu clean
 
 install: $(STAMP)
 
@@ -94,6 +94,10 @@ export OPENMPI_CHECK
 
 test-slurm: install
 	$(PY) -m pytest -q -rs tests/slurm
+
+# GPU checks (skipped with a message without CUDA); jobs/gpu-check.sh runs them on a GPU.
+test-gpu: install
+	$(PY) -m pytest -q -rs tests/gpu
 
 bench: install
 	$(PY) -m fedmpi bench codec

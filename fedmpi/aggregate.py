@@ -4,6 +4,9 @@ The server never holds all updates of a round at once, only a float64 running
 sum. Summation order is the caller's choice: in deterministic mode the server
 receives clients in a fixed order, so the float64 sums (and the float32 result)
 are bit-identical whatever the number of worker ranks.
+
+The tensors may be numpy arrays or torch tensors (a server with a GPU decodes
+updates there and aggregates on the device); the arithmetic is the same.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ class StreamingFedAvg:
         for name, value in tensors.items():
             acc = self.sums.get(name)
             if acc is None:
-                self.sums[name] = value.astype(np.float64) * weight
+                self.sums[name] = _f64(value) * weight
             else:
-                acc += value.astype(np.float64) * weight
+                acc += _f64(value) * weight
         self.total_weight += weight
         self.count += 1
 
@@ -48,6 +51,11 @@ class StreamingFedAvg:
         for name, acc in self.sums.items():
             mean = acc / self.total_weight
             if self.reference is not None:
-                mean = self.reference[name].astype(np.float64) + mean
-            out[name] = mean.astype(np.float32)
+                mean = _f64(self.reference[name]) + mean
+            out[name] = mean.astype(np.float32) if isinstance(mean, np.ndarray) else mean.float()
         return out
+
+
+def _f64(value):
+    """float64 copy of a numpy array or torch tensor (on its device)."""
+    return value.astype(np.float64) if isinstance(value, np.ndarray) else value.double()

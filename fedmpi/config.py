@@ -98,6 +98,8 @@ class TrainConfig:
     lr: float = num(0.05, 0, 100, lo_open=True)
     momentum: float = num(0.0, 0, 1, hi_open=True)
     weight_decay: float = num(0.0, 0, 1)
+    amp: str = "off"  # off | bf16 | fp16: autocast mixed precision (fp16 needs a GPU)
+    compile: str = "off"  # off | default | reduce-overhead | max-autotune: torch.compile mode
 
 
 @dataclass
@@ -113,6 +115,9 @@ class RunConfig:
     # torch threads per rank; null: $SLURM_CPUS_PER_TASK (capped at the cores), else 1
     threads: int | None = num(None, 1, MAX_THREADS)
     device: str = "auto"  # auto | cpu | cuda
+    # null: one GPU per worker rank; k: k worker ranks share one
+    ranks_per_gpu: int | None = num(None, 1, MAX_THREADS)
+    codec: str = "auto"  # auto (torch on GPU ranks, numpy/numba on CPU ones) | numpy | torch
     eval_every: int = num(1, 1, MAX_COUNT)
     checkpoint_every: int = num(1, 1, MAX_COUNT)
     eval_batch_size: int = num(1000, 1, MAX_COUNT)
@@ -157,6 +162,9 @@ CHOICES = {
     "data.partition.method": ("iid", "lda", "shards"),
     "compression.target": ("weights", "update"),
     "run.device": ("auto", "cpu", "cuda"),
+    "run.codec": ("auto", "numpy", "torch"),
+    "train.amp": ("off", "bf16", "fp16"),
+    "train.compile": ("off", "default", "reduce-overhead", "max-autotune"),
 }
 
 

@@ -17,7 +17,9 @@ from fedmpi import data as datasets
 from fedmpi import models
 from fedmpi.compress import ModelSpec, Pipeline, build_pipeline, spec_of
 from fedmpi.config import Config
-from fedmpi.train import get_state
+from fedmpi.devices import Node, Placement, label, select
+from fedmpi.errors import ConfigError
+from fedmpi.train import device_state, get_state
 
 
 def worker_of(client: int, num_workers: int) -> int:
@@ -63,17 +65,16 @@ def effective_threads(configured: int | None, environ=os.environ) -> int:
     return min(int(raw), os.cpu_count() or 1)
 
 
-def select_device(choice: str, rank: int, local_rank: int) -> torch.device:
-    """One GPU per worker rank from the node-local rank; the server shares the first."""
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        from fedmpi.errors import ConfigError
-
-        raise ConfigError("run.device", choice, "auto or cpu (no CUDA device is visible)")
-    n = torch.cuda.device_count()
-    index = 0 if rank == 0 else (local_rank - 1) % n  # same rule as jobs/gpu-bind.sh
-    return torch.device(f"cuda:{index}")
+def select_device(cfg: Config, rank: int, node: Node) -> tuple[torch.device, Placement]:
+    """The rank's device by the rule in devices.py; amp/compile settings the device allows."""
+    placement = select(cfg.run, rank=rank, node=node)
+    device = torch.device(placement.device)
+    if device.type == "cpu" and cfg.train.amp == "fp16":
+        raise ConfigError("train.amp", "fp16", f"off or bf16 on rank {rank}, which runs on the "
+                          "CPU (float16 autocast needs a GPU)")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # kernels, pinned staging and NCCL-free MPI use this GPU
+    return device, placement
 
 
 @dataclass
@@ -90,6 +91,26 @@ class Experiment:
     test: datasets.Dataset
     parts: list[np.ndarray]
     histogram: np.ndarray
+    placement: Placement | None = None
+
+    @property
+    def codec_device(self) -> torch.device | None:
+        """Where messages are encoded and decoded (`run.codec`): this rank's device with the
+        torch codec, or None for the numpy/numba codec on the host."""
+        codec = self.cfg.run.codec
+        if codec == "torch" or (codec == "auto" and self.device.type == "cuda"):
+            return self.device
+        return None
+
+    def model_state(self) -> dict:
+        """The model's state for encoding: device tensors on a GPU (only the encoded
+        bytes then leave it), float32 numpy arrays on the CPU."""
+        return device_state(self.model) if self.codec_device is not None else get_state(self.model)
+
+    @property
+    def device_label(self) -> str:
+        """This rank's entry in the result file's `devices`."""
+        return label(self.placement) if self.placement else str(self.device)
 
     @property
     def samples(self) -> np.ndarray:
@@ -103,12 +124,16 @@ class Experiment:
         return get_state(self.model)
 
 
-def build(cfg: Config, *, rank: int, world_size: int, local_rank: int) -> Experiment:
+def build(cfg: Config, *, rank: int, world_size: int, node: Node | int | None = None
+          ) -> Experiment:
+    """`node`: this rank's Node (devices.node_of), or a node-local rank for one node."""
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(effective_threads(cfg.run.threads))
-    device = select_device(cfg.run.device, rank, local_rank)
+    if not isinstance(node, Node):
+        node = Node(rank if node is None else node, world_size, True, "one node assumed")
+    device, placement = select_device(cfg, rank, node)
     d = cfg.data
     train, test = datasets.load(d.dataset, path=d.path, train_subset=d.train_subset,
                                 test_subset=d.test_subset, seed=cfg.seed)
@@ -120,7 +145,11 @@ def build(cfg: Config, *, rank: int, world_size: int, local_rank: int) -> Experi
     torch.manual_seed(cfg.seed)  # identical initial model on every rank
     model = models.build(cfg.train.model, input_shape=train.input_shape,
                          num_classes=train.num_classes).to(device)
+    spec = spec_of(get_state(model))
+    if cfg.train.compile != "off":  # in place: parameters and state_dict names stay the same
+        model.compile(mode=cfg.train.compile)
     up, down = build_pipelines(cfg)
     return Experiment(cfg=cfg, rank=rank, num_workers=world_size - 1, device=device,
-                      model=model, spec=spec_of(get_state(model)), uplink=up, downlink=down,
-                      train=train, test=test, parts=parts, histogram=histogram)
+                      model=model, spec=spec, uplink=up, downlink=down,
+                      train=train, test=test, parts=parts, histogram=histogram,
+                      placement=placement)

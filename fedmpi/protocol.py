@@ -181,7 +181,7 @@ def read_hello(buf, *, src: int) -> dict[str, str]:
 
 
 def read_update(buf, *, src: int, round: int, expected: Collection[int],
-                hosted: Collection[int], pipeline, spec) -> tuple[int, dict, float]:
+                hosted: Collection[int], pipeline, spec, device=None) -> tuple[int, dict, float]:
     """An UPDATE of this round from rank `src`: (client, tensors, decode seconds)."""
     with context(_server("update", round, src, claimed_client(buf))):
         h, payload = wire.parse(buf, expect_kind=Kind.UPDATE, round=round, client=expected,
@@ -189,7 +189,7 @@ def read_update(buf, *, src: int, round: int, expected: Collection[int],
         if h.client not in hosted:
             raise WireFormatError(f"client {h.client} is not hosted by rank {src}")
         t0 = time.perf_counter()
-        tensors = pipeline.decode(payload, spec)
+        tensors = pipeline.decode(payload, spec, device=device)
         return h.client, tensors, time.perf_counter() - t0
 
 
@@ -231,13 +231,14 @@ def read_control(buf, *, rank: int, hosted: Collection[int], rounds: int, last: 
         return Control(Kind.ASSIGN, h.round, flags=flags, clients=clients)
 
 
-def read_model(buf, *, rank: int, round: int, client: int, pipeline, spec) -> tuple[dict, float]:
+def read_model(buf, *, rank: int, round: int, client: int, pipeline, spec,
+               device=None) -> tuple[dict, float]:
     """The MODEL of `round` for `client`: (tensors, decode seconds)."""
     with context(f"rank {rank}, round {round} client {client}"):
         _, payload = wire.parse(buf, expect_kind=Kind.MODEL, round=round, client=client,
                                 codec_id=pipeline.codec_id, n_tensors=len(spec))
         t0 = time.perf_counter()
-        tensors = pipeline.decode(payload, spec)
+        tensors = pipeline.decode(payload, spec, device=device)
         return tensors, time.perf_counter() - t0
 
 

@@ -46,7 +46,9 @@ def main(args) -> int:
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     stop = StopFlag.install(rank)  # already installed by `fedmpi run`; now rank 0 may report
-    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+    from fedmpi.devices import node_of
+
+    local_rank = node_of(comm)  # node-local rank, ranks on the node, does it host rank 0
 
     from fedmpi.transport import Transport
 
@@ -407,7 +409,7 @@ def _run(comm, net, rank, size, local_rank, plan, stop) -> int:
             data.prepare(cfg.data.dataset, path=cfg.data.path)
         net.barrier("the start-up barrier (rank 0 prepares the data set)")
         try:  # data-dependent checks (subset sizes, partition feasibility) live in build
-            exp, error = build(cfg, rank=rank, world_size=size, local_rank=local_rank), None
+            exp, error = build(cfg, rank=rank, world_size=size, node=local_rank), None
         except ConfigError as exc:
             exp, error = None, exc
         if not net.all_ok(error is None, what="the experiment build check"):
@@ -490,8 +492,12 @@ def _serve(exp, net, writer, state, stop) -> int:
     progress = Progress(cfg.rounds, initial=0 if state is None else state.round + 1)
     server = Server(exp, net, writer, progress, stop)
     hellos = server.hellos()
+    devices = [exp.device_label] + [h["device"] for h in hellos]
     writer.set_attrs(hosts=json.dumps([socket.gethostname()] + [h["host"] for h in hellos]),
-                     devices=json.dumps([str(exp.device)] + [h["device"] for h in hellos]))
+                     devices=json.dumps(devices))
+    from fedmpi.devices import announce
+
+    announce(devices)
     writer.write_clients(client=list(range(cfg.clients.num_clients)),
                          worker=[1 + c % exp.num_workers for c in range(cfg.clients.num_clients)],
                          samples=exp.samples, class_histogram=exp.histogram)

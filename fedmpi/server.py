@@ -125,6 +125,9 @@ class Server:
         """Run rounds after `state.round`; returns 'completed' or 'interrupted'."""
         # A checkpoint stores tensors by name; the wire format wants the model's order.
         state.global_state = {name: state.global_state[name] for name, _ in self.exp.spec}
+        if self.exp.codec_device is not None:  # decode, aggregate, encode on the GPU
+            state.global_state = {k: torch.from_numpy(np.ascontiguousarray(v)).to(
+                self.exp.codec_device) for k, v in state.global_state.items()}
         if self.memory is not None and state.memory:
             self.memory.load(state.memory)
         self.cum_bytes = state.cum_bytes
@@ -155,7 +158,7 @@ class Server:
             if interrupted or due:
                 memories = {"server": memory_before}
                 memories.update({f"client_{c}": m for c, m in self.client_memories.items()})
-                self.writer.save_checkpoint(round=rnd, global_state=new_global,
+                self.writer.save_checkpoint(round=rnd, global_state=_host(new_global),
                                             memories=memories, rng={})
             self.writer.flush()
             self.net.liveness.observe_round(time.perf_counter() - t_round)
@@ -208,7 +211,8 @@ class Server:
             # deterministic: this very client's update (fixed summation order)
             client, tensors, decode_s = protocol.read_update(
                 buf, src=src, round=rnd, hosted=self.hosted[src], pipeline=exp.uplink,
-                spec=exp.spec, expected={order[i]} if cfg.run.deterministic else expected)
+                spec=exp.spec, device=exp.codec_device,
+                expected={order[i]} if cfg.run.deterministic else expected)
             expected.discard(client)
             times.decode_s += decode_s
             t0 = time.perf_counter()
@@ -298,7 +302,7 @@ class Server:
         t0 = time.perf_counter()
         set_state(self.exp.model, state)
         acc, loss = evaluate(self.exp.model, self.x_test, self.y_test,
-                             self.cfg.run.eval_batch_size)
+                             self.cfg.run.eval_batch_size, amp=self.cfg.train.amp)
         times.evaluate_s += time.perf_counter() - t0
         return acc, loss
 
@@ -364,3 +368,9 @@ def _owing(expected: set[int], num_workers: int) -> str:
     ranks = sorted({worker_of(c, num_workers) for c in expected})
     return (f"UPDATE of client(s) {', '.join(map(str, sorted(expected)))} from rank(s) "
             f"{', '.join(map(str, ranks))}")
+
+
+def _host(state: dict) -> dict[str, np.ndarray]:
+    """numpy copies of device tensors (checkpoints are written from the host)."""
+    return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+            for k, v in state.items()}

@@ -6,6 +6,7 @@ every model in the registry keeps all of its state in float tensors.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -22,50 +23,78 @@ def get_state(model: nn.Module) -> dict[str, np.ndarray]:
     }
 
 
-def set_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
+def device_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The floating-point state as float32 tensors where the model lives (no copy when
+    already float32): what the on-device codec encodes, so only its output leaves the GPU."""
+    return {name: t.detach().to(torch.float32)
+            for name, t in model.state_dict().items() if t.is_floating_point()}
+
+
+def set_state(model: nn.Module, state: dict[str, np.ndarray | torch.Tensor]) -> None:
     current = model.state_dict()
     with torch.no_grad():
         for name, value in state.items():
-            current[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+            if not isinstance(value, torch.Tensor):
+                value = torch.from_numpy(np.ascontiguousarray(value))
+            current[name].copy_(value)
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed precision for the forward pass (`train.amp`); a no-op when off."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
                 batch_size: int, lr: float, momentum: float, weight_decay: float,
-                generator: torch.Generator) -> tuple[float, float]:
+                generator: torch.Generator, amp: str = "off") -> tuple[float, float]:
     """SGD for `epochs` over (x, y); a fresh optimizer per call, as a new FL client would.
 
-    Returns (mean training loss over all batches, seconds).
+    Returns (mean training loss over all batches, seconds). The loss is summed on
+    the device in float64 (the same sum as Python floats) and read once at the end:
+    reading it per batch would stall a GPU after every step.
     """
     t0 = time.perf_counter()
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                           weight_decay=weight_decay)
+    scaler = torch.amp.GradScaler(x.device.type) if amp == "fp16" else None
     loss_fn = nn.CrossEntropyLoss()
     n = len(y)
-    total, batches = 0.0, 0
+    total, batches = torch.zeros((), dtype=torch.float64, device=x.device), 0
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator).to(x.device)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
+            with autocast(x.device, amp):
+                loss = loss_fn(model(x[idx]), y[idx])
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:  # float16 gradients underflow without loss scaling
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            total += loss.detach()
             batches += 1
-    return total / max(batches, 1), time.perf_counter() - t0
+    mean = float(total) / max(batches, 1)  # synchronizes: the time below is the real one
+    return mean, time.perf_counter() - t0
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int) -> tuple[float, float]:
+             batch_size: int, amp: str = "off") -> tuple[float, float]:
     """(accuracy in [0, 1], mean cross-entropy loss)."""
     model.eval()
-    correct, loss_sum = 0, 0.0
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     for start in range(0, len(y), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        out = model(xb)
-        loss_sum += float(loss_fn(out, yb))
-        correct += int((out.argmax(1) == yb).sum())
-    return correct / len(y), loss_sum / len(y)
+        with autocast(x.device, amp):
+            out = model(xb)
+        loss_sum += loss_fn(out.float(), yb)
+        correct += (out.argmax(1) == yb).sum()
+    return int(correct) / len(y), float(loss_sum) / len(y)

@@ -18,7 +18,7 @@ from fedmpi import accounting, protocol, wire
 from fedmpi.compress import build_pipeline
 from fedmpi.experiment import Experiment, client_generator
 from fedmpi.faults import maybe_corrupt, maybe_fail
-from fedmpi.train import get_state, set_state, train_local
+from fedmpi.train import set_state, train_local
 from fedmpi.transport import (
     TAG_CONTROL,
     TAG_HELLO,
@@ -79,7 +79,7 @@ class ClientWorker:
 
         Logged as round -1 ("startup") so that even this message is accounted.
         """
-        payload = protocol.hello_payload(socket.gethostname(), _device_name(self.exp.device))
+        payload = protocol.hello_payload(socket.gethostname(), self.exp.device_label)
         buf = wire.frame(Kind.REPORT, round=0, client=-1, payload=payload)
         sent = self.net.send(buf, SERVER, TAG_HELLO, what="hello")
         self.ledger.log(round=-1, kind=Kind.REPORT, client=-1, worker=self.rank,
@@ -120,7 +120,8 @@ class ClientWorker:
         buf, _, waited = self.net.recv(SERVER, TAG_MODEL, what=f"MODEL of client {client}",
                                        round=rnd)
         start, decode_s = protocol.read_model(buf, rank=self.rank, round=rnd, client=client,
-                                              pipeline=exp.downlink, spec=exp.spec)
+                                              pipeline=exp.downlink, spec=exp.spec,
+                                              device=exp.codec_device)
         self.ledger.log(round=rnd, kind=Kind.MODEL, client=client, worker=self.rank,
                         nbytes=len(buf), codec_s=decode_s, xfer_s=waited)
 
@@ -130,8 +131,9 @@ class ClientWorker:
         loss, compute_s = train_local(
             exp.model, self.x[self.parts[client]], self.y[self.parts[client]],
             epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
-            weight_decay=t.weight_decay, generator=client_generator(cfg.seed, rnd, client))
-        local = get_state(exp.model)
+            weight_decay=t.weight_decay, generator=client_generator(cfg.seed, rnd, client),
+            amp=t.amp)
+        local = exp.model_state()  # on a GPU: device tensors, encoded there
         if cfg.compression.target == "update":
             local = {k: local[k] - start[k] for k in local}
 
@@ -159,8 +161,3 @@ class ClientWorker:
         assert len(buf) == size, (len(buf), size)
         self.net.send(buf, SERVER, TAG_REPORT, what="REPORT", round=rnd)
 
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)

@@ -143,11 +143,18 @@ class ValueCoder(Stage):
         """float32 values -> (uint8 codes, two float32 per-tensor parameters)."""
         raise NotImplementedError
 
+    def check_side(self, codes: np.ndarray, count: int, p0: float, p1: float) -> None:
+        """The decode checks that need no pass over the codes (WireFormatError): they
+        fill exactly `nbytes(count)` bytes, the unused bits of the last byte are 0, and
+        both parameters are what this coder can have written. Every decoder (numpy,
+        fused, on-device) runs exactly these, through `Pipeline.read`."""
+        raise NotImplementedError
+
     def decode(self, codes: np.ndarray, count: int, p0: float, p1: float) -> np.ndarray:
         """Inverse of encode: a new array of `count` finite float32 values.
 
-        Strict: WireFormatError unless the codes fill exactly `nbytes(count)` bytes
-        with unused bits 0 and both parameters are what this coder can have written.
+        Strict: `check_side`, then the rules on the codes themselves (every value
+        finite; the coder's canonical codes).
         """
         raise NotImplementedError
 

@@ -50,7 +50,9 @@ class Memory:
         self.residual[name] = (compensated - reconstructed).reshape(shape)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self.residual.items()}
+        # residuals of the on-device codec are torch tensors on their device
+        return {k: v.detach().cpu().numpy().copy() if hasattr(v, "detach") else v.copy()
+                for k, v in self.residual.items()}
 
     def load(self, state: dict[str, np.ndarray]) -> None:
         self.residual = {k: np.array(v, dtype=np.float32, copy=True) for k, v in state.items()}

@@ -58,6 +58,24 @@ def spec_crc(spec: ModelSpec) -> int:
     return zlib.crc32(json.dumps([[n, list(s)] for n, s in spec]).encode())
 
 
+@dataclass(frozen=True)
+class Span:
+    """One tensor of a received payload whose table row passed `Pipeline.read`: where
+    its index and value bytes lie in their sections, and its two parameters."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    layout: int
+    count: int
+    p0: float
+    p1: float
+    ipos: int
+    ilen: int
+    vpos: int
+    vlen: int
+
+
 @dataclass
 class Encoded:
     payload: np.ndarray  # uint8; frame with codec_id=pipeline.codec_id, n_tensors=len(tensors)
@@ -118,6 +136,9 @@ class Pipeline:
                              "memory=pipeline.new_memory() (one per sender)")
         if memory is not None and not self.feedback:
             raise ValueError(f"pipeline {self.name} has no memory stage; pass memory=None")
+        fast = _fast_path(self, tensors)
+        if fast is not None:  # torch tensors (on their device) or the fused CPU codec
+            return fast.encode(self, tensors, memory=memory)
         names = list(tensors)
         shapes = [tuple(np.shape(tensors[k])) for k in names]
         flats = [np.ascontiguousarray(tensors[k], dtype=np.float32).reshape(-1) for k in names]
@@ -125,8 +146,7 @@ class Pipeline:
             flats = [memory.compensate(k, f) for k, f in zip(names, flats)]
         for name, flat in zip(names, flats):
             if not np.isfinite(flat).all():
-                raise ValueError(f"tensor {name!r} holds NaN or inf values, which are never "
-                                 f"sent (pipeline {self.name}; the decoder refuses them)")
+                raise nonfinite_input(self, name)
         masks = self.pruner.masks(flats, shapes) if self.pruner else [None] * len(flats)
 
         table = np.zeros(len(names), dtype=TABLE)
@@ -164,9 +184,34 @@ class Pipeline:
 
     # ------------------------------------------------------------------ decode
 
-    def decode(self, payload, spec: ModelSpec) -> dict[str, np.ndarray]:
+    def decode(self, payload, spec: ModelSpec, *, device=None) -> dict[str, np.ndarray]:
         """Payload -> finite float32 tensors in `spec` order; WireFormatError on anything
-        malformed, and no other exception."""
+        malformed, and no other exception. With a torch `device` the tensors are decoded
+        there (torch tensors)."""
+        fast = _fast_path(self, None, device)
+        if fast is not None:
+            return fast.decode(self, payload, spec, **({"device": device} if device else {}))
+        index, values, spans = self.read(payload, spec)
+        out = {}
+        for s in spans:
+            try:
+                where = sp.positions(s.layout, index[s.ipos: s.ipos + s.ilen], s.numel, s.count)
+                v = self.coder.decode(values[s.vpos: s.vpos + s.vlen], s.count, s.p0, s.p1)
+            except WireFormatError as exc:
+                raise WireFormatError(f"{s.name}: {exc}") from None
+            out[s.name] = sp.scatter(s.numel, where, v).reshape(s.shape)
+        return out
+
+    def read(self, payload, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray, list[Span]]:
+        """(index section, value section, one Span per tensor): every decode check that
+        needs no pass over the index or value bytes.
+
+        Why one function: the numpy decoder above, the fused and the on-device ones
+        all start here, so they refuse the same messages; what is left to each is the
+        bulk work and the few rules on the data itself, which they check through the
+        same functions (sparse.check_marked / check_gaps, the coder's finite and code
+        rules).
+        """
         buf = np.frombuffer(payload, dtype=np.uint8) if not isinstance(payload, np.ndarray) \
             else payload.reshape(-1).view(np.uint8)
         n = len(spec)
@@ -191,7 +236,7 @@ class Pipeline:
             raise WireFormatError(f"reserved meta word is {reserved:#x}, expected 0")
         table = np.frombuffer(meta[_PRELUDE.size:].tobytes(), dtype=TABLE)
         layouts = self.layout.layouts()
-        out, ipos, vpos = {}, 0, 0
+        spans, ipos, vpos = [], 0, 0
         for (name, shape), numel, row in zip(spec, numels, table):
             layout, k = int(row["layout"]), int(row["count"])
             if layout not in layouts:
@@ -205,15 +250,39 @@ class Pipeline:
             ilen, vlen = sp.index_nbytes(layout, numel, k), self.coder.nbytes(k)
             if ipos + ilen > index.nbytes or vpos + vlen > values.nbytes:
                 raise WireFormatError(f"{name}: sections end before this tensor's data")
+            span = Span(name, tuple(shape), numel, layout, k, float(row["p0"]),
+                        float(row["p1"]), ipos, ilen, vpos, vlen)
             try:
-                where = sp.positions(layout, index[ipos: ipos + ilen], numel, k)
-                v = self.coder.decode(values[vpos: vpos + vlen], k, float(row["p0"]),
-                                      float(row["p1"]))
+                sp.check_header(layout, index[ipos: ipos + ilen], numel, k)
+                self.coder.check_side(values[vpos: vpos + vlen], k, span.p0, span.p1)
             except WireFormatError as exc:
                 raise WireFormatError(f"{name}: {exc}") from None
-            out[name] = sp.scatter(numel, where, v).reshape(shape)
+            spans.append(span)
             ipos, vpos = ipos + ilen, vpos + vlen
         if ipos != index.nbytes or vpos != values.nbytes:
             raise WireFormatError(f"{index.nbytes - ipos} index and {values.nbytes - vpos} "
                                   "value bytes left over after the last tensor")
-        return out
+        return index, values, spans
+
+
+def nonfinite_input(pipe: Pipeline, name: str) -> ValueError:
+    """What every encoder (numpy, fused, on-device) raises for a tensor holding NaN or
+    inf, after error-feedback compensation: such values are never sent."""
+    return ValueError(f"tensor {name!r} holds NaN or inf values, which are never sent "
+                      f"(pipeline {pipe.name}; the decoder refuses them)")
+
+
+def _fast_path(pipe: Pipeline, tensors, device=None):
+    """The module that encodes/decodes faster with the same bytes, or None (numpy here).
+
+    torch tensors (or a torch `device` to decode to) go to `ondevice`; numpy ones
+    to the fused numba codec when it supports the pipeline.
+    """
+    if device is not None or (tensors and type(next(iter(tensors.values()))).__module__
+                              == "torch"):
+        from fedmpi.compress import ondevice
+
+        return ondevice
+    from fedmpi.compress import fused
+
+    return fused if fused.applies(pipe) else None

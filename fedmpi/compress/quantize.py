@@ -42,6 +42,7 @@ from fedmpi.wire import WireFormatError
 # tie rounds to the even 2^128): the bound of a uniform tensor's largest decoded value.
 F32_OVERFLOW = 2.0**128 - 2.0**103
 EMIN_F32 = -149  # 2^-149: the smallest float32 magnitude
+BF16_MAX = 0x7F7F  # bits of the largest finite bfloat16 (~3.39e38)
 
 
 def pack_bits(codes: np.ndarray, k: int) -> np.ndarray:
@@ -75,11 +76,16 @@ def check_unused(label: str, count: int, **params: float) -> None:
             raise WireFormatError(f"parameter {name} is {p!r}, expected +0.0 ({why})")
 
 
+def refuse_nonfinite(label: str, index: int, value: float) -> None:
+    """The rule every decoder (numpy, fused, on-device) applies to a non-finite value."""
+    raise WireFormatError(f"{label} value {index} decodes to {value} (only finite "
+                          "values are sent)")
+
+
 def check_finite(values: np.ndarray, label: str) -> np.ndarray:
     if not np.isfinite(values).all():
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
-        raise WireFormatError(f"{label} value {bad} decodes to {values[bad]} (only finite "
-                              "values are sent)")
+        refuse_nonfinite(label, bad, values[bad])
     return values
 
 
@@ -94,10 +100,13 @@ class Float32(ValueCoder):
     def encode(self, values):
         return np.ascontiguousarray(values, dtype="<f4").view(np.uint8), 0.0, 0.0
 
-    def decode(self, codes, count, p0, p1):
+    def check_side(self, codes, count, p0, p1):
         check_unused("float32", count, p0=p0, p1=p1)
         if codes.nbytes != 4 * count:
             raise WireFormatError(f"{codes.nbytes} bytes of float32 values for {count} values")
+
+    def decode(self, codes, count, p0, p1):
+        self.check_side(codes, count, p0, p1)
         # astype copies: the caller owns it
         return check_finite(codes.view("<f4").astype(np.float32), "float32")
 
@@ -153,7 +162,7 @@ class Quantize(ValueCoder):
     def encode(self, values):
         return getattr(self, f"_enc_{self.method}")(np.asarray(values, dtype=np.float32))
 
-    def decode(self, codes, count, p0, p1):
+    def check_side(self, codes, count, p0, p1):
         if codes.nbytes != self.nbytes(count):
             raise WireFormatError(f"{codes.nbytes} bytes of {self.label()} codes for "
                                   f"{count} values")
@@ -163,27 +172,67 @@ class Quantize(ValueCoder):
                                   f"({int(codes[-1]):#04x}, {tail} bits used)")
         if count == 0:
             check_unused(self.label(), 0, p0=p0, p1=p1)
+        elif self.method == "uniform":
+            lo, scale = p0, p1
+            if not (math.isfinite(lo) and math.isfinite(scale)
+                    and (scale > 0 or _positive_zero(scale))):
+                raise WireFormatError(f"bad uniform parameters offset={lo} scale={scale} "
+                                      "(finite, scale >= +0.0)")
+            top = lo + ((1 << self.k) - 1) * scale  # largest decodable value (codes <= 2^k - 1)
+            if top >= F32_OVERFLOW:
+                raise WireFormatError(f"uniform parameters offset={lo} scale={scale} decode "
+                                      f"{self.k}-bit codes up to {top:.4g}, beyond float32")
+        elif self.method == "pow2":
+            check_unused(self.label(), count, p1=p1)
+            emax = p0
+            if not (math.isfinite(emax) and emax == int(emax) and EMIN_F32 <= emax <= 127):
+                raise WireFormatError(f"bad pow2 exponent {emax} (an integer in "
+                                      f"{EMIN_F32}..127)")
+        else:  # float16, bfloat16
+            check_unused(self.label(), count, p0=p0, p1=p1)
+
+    def decode(self, codes, count, p0, p1):
+        self.check_side(codes, count, p0, p1)
+        if count == 0:
             return np.empty(0, np.float32)
         return getattr(self, f"_dec_{self.method}")(codes, count, p0, p1)
 
+    def check_pow2_codes(self, signed_zero: bool, m_max: int, emax: float) -> None:
+        """The pow2 rules on the codes themselves, given what a pass over them found:
+        whether a code has a sign and no magnitude, and the largest magnitude code."""
+        if signed_zero:
+            raise WireFormatError("pow2 code with a sign and no magnitude (-0 is sent as 0)")
+        if m_max > int(emax) - EMIN_F32 + 1:  # 2^(emax - m + 1) < 2^-149: not a float32
+            raise WireFormatError(f"pow2 magnitude code {m_max} is below float32's "
+                                  f"smallest value for emax {int(emax)}")
+
     # uniform: p0 = offset (min), p1 = scale
+    def uniform_scale(self, lo: np.float32, hi: np.float32) -> np.float32:
+        """The float32 step of k-bit codes over [lo, hi] (the torch encoder uses it too).
+
+        ValueError where one step would exceed float32 (1 bit over a range wider than
+        float32's); near +-3.4e38 one ulp less than the rounded step, so that the top
+        level stays a float32 (what the decoder demands) and within the bound.
+        """
+        levels = (1 << self.k) - 1
+        step = (np.float64(hi) - np.float64(lo)) / levels
+        if step >= F32_OVERFLOW:
+            raise ValueError(f"uniform {self.k}-bit quantization cannot span the range "
+                             f"[{lo}, {hi}]: its step is not a float32")
+        scale = np.float32(step)
+        if scale == 0 and hi > lo:  # range below float32 resolution: smallest step
+            scale = np.nextafter(np.float32(0), np.float32(1))
+        while float(lo) + levels * float(scale) >= F32_OVERFLOW:
+            scale = np.nextafter(scale, np.float32(0))
+        return scale
+
     def _enc_uniform(self, v):
         if v.size == 0:
             return np.empty(0, np.uint8), 0.0, 0.0
         _finite(v, "uniform")
         lo, hi = np.float32(v.min()), np.float32(v.max())
         levels = (1 << self.k) - 1
-        step = (np.float64(hi) - np.float64(lo)) / levels
-        if step >= F32_OVERFLOW:  # only 1 bit over a range wider than float32's
-            raise ValueError(f"uniform {self.k}-bit quantization cannot span the range "
-                             f"[{lo}, {hi}]: its step is not a float32")
-        scale = np.float32(step)
-        if scale == 0 and hi > lo:  # range below float32 resolution: smallest step
-            scale = np.nextafter(np.float32(0), np.float32(1))
-        # Near +-3.4e38 the rounded scale can carry the top level past float32: one ulp
-        # less keeps every decoded value finite (what the decoder demands) and the bound.
-        while float(lo) + levels * float(scale) >= F32_OVERFLOW:
-            scale = np.nextafter(scale, np.float32(0))
+        scale = self.uniform_scale(lo, hi)
         if scale > 0:
             codes = np.rint((v.astype(np.float64) - np.float64(lo)) / np.float64(scale))
             codes = np.clip(codes, 0, levels).astype(np.uint32)
@@ -191,15 +240,7 @@ class Quantize(ValueCoder):
             codes = np.zeros(v.size, np.uint32)
         return pack_bits(codes, self.k), float(lo), float(scale)
 
-    def _dec_uniform(self, buf, count, lo, scale):
-        if not (math.isfinite(lo) and math.isfinite(scale)
-                and (scale > 0 or _positive_zero(scale))):
-            raise WireFormatError(f"bad uniform parameters offset={lo} scale={scale} "
-                                  "(finite, scale >= +0.0)")
-        top = lo + ((1 << self.k) - 1) * scale  # largest decodable value (codes are <= 2^k - 1)
-        if top >= F32_OVERFLOW:
-            raise WireFormatError(f"uniform parameters offset={lo} scale={scale} decode "
-                                  f"{self.k}-bit codes up to {top:.4g}, beyond float32")
+    def _dec_uniform(self, buf, count, lo, scale):  # parameters checked by check_side
         codes = unpack_bits(buf, count, self.k)
         return (np.float64(lo) + codes * np.float64(scale)).astype(np.float32)
 
@@ -220,19 +261,11 @@ class Quantize(ValueCoder):
         codes = (m | (np.signbit(v) & (m > 0)).astype(np.int64) << e).astype(np.uint32)
         return pack_bits(codes, self.k), float(emax), 0.0
 
-    def _dec_pow2(self, buf, count, emax, p1):
-        check_unused(self.label(), count, p1=p1)
-        if not (math.isfinite(emax) and emax == int(emax) and EMIN_F32 <= emax <= 127):
-            raise WireFormatError(f"bad pow2 exponent {emax} (an integer in "
-                                  f"{EMIN_F32}..127)")
+    def _dec_pow2(self, buf, count, emax, p1):  # emax and p1 checked by check_side
         e = self.k - 1
         codes = unpack_bits(buf, count, self.k)
         m = (codes & ((1 << e) - 1)).astype(np.int64)
-        if np.any(codes == 1 << e):
-            raise WireFormatError("pow2 code with a sign and no magnitude (-0 is sent as 0)")
-        if int(m.max()) > int(emax) - EMIN_F32 + 1:  # 2^(emax - m + 1) < 2^-149: not a float32
-            raise WireFormatError(f"pow2 magnitude code {int(m.max())} is below float32's "
-                                  f"smallest value for emax {int(emax)}")
+        self.check_pow2_codes(bool(np.any(codes == 1 << e)), int(m.max()), emax)
         mag = np.where(m > 0, np.ldexp(1.0, int(emax) - m + 1), 0.0).astype(np.float32)
         return np.where(codes >> e, -mag, mag)
 
@@ -240,8 +273,7 @@ class Quantize(ValueCoder):
         _finite(v, "float16")
         return np.clip(v, -65504, 65504).astype("<f2").view(np.uint8), 0.0, 0.0
 
-    def _dec_float16(self, buf, count, p0, p1):
-        check_unused(self.label(), count, p0=p0, p1=p1)
+    def _dec_float16(self, buf, count, p0, p1):  # p0, p1 checked by check_side
         return check_finite(buf.view("<f2").astype(np.float32), "float16")
 
     def _enc_bfloat16(self, v):
@@ -249,11 +281,11 @@ class Quantize(ValueCoder):
         b = np.ascontiguousarray(v).view(np.uint32)
         rounded = ((b + np.uint32(0x7FFF) + ((b >> 16) & 1)) >> 16).astype("<u2")
         # rounding can carry the largest float32 values into inf: the largest bfloat16
+        # (BF16_MAX) with the sign kept
         overflow = (rounded & 0x7F80) == 0x7F80
-        rounded[overflow] = (rounded[overflow] & 0x8000) | 0x7F7F
+        rounded[overflow] = (rounded[overflow] & 0x8000) | BF16_MAX
         return rounded.view(np.uint8), 0.0, 0.0
 
-    def _dec_bfloat16(self, buf, count, p0, p1):
-        check_unused(self.label(), count, p0=p0, p1=p1)
+    def _dec_bfloat16(self, buf, count, p0, p1):  # p0, p1 checked by check_side
         return check_finite((buf.view("<u2").astype(np.uint32) << 16).view(np.float32),
                             "bfloat16")

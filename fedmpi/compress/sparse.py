@@ -66,36 +66,54 @@ def masked(flat: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.multiply(flat.view(np.uint32), mask, dtype=np.uint32).view(np.float32)
 
 
-def positions(layout: int, buf: np.ndarray, numel: int, count: int) -> np.ndarray | None:
-    """Decode-side inverse of the index bytes, validated.
+def check_header(layout: int, buf: np.ndarray, numel: int, count: int) -> None:
+    """The index checks that need no pass over the index bytes: a dense tensor carries
+    every entry, a bitmap's padding bits (in its last byte) are 0. Every decoder
+    (numpy, fused, on-device) runs these through `Pipeline.read`."""
+    if layout == DENSE and count != numel:
+        raise WireFormatError(f"dense tensor carries {count} values, expected {numel}")
+    if layout == BITMAP and numel % 8 and int(buf[-1]) >> (numel % 8):
+        raise WireFormatError(f"bitmap padding bits are set (last byte {int(buf[-1]):#04x} "
+                              f"for {numel} entries)")
 
-    Every index list is canonical: a bitmap's padding bits are 0 and its
-    popcount is `count`; delta gaps are unsigned (so indices are strictly
-    increasing: never unsorted or repeated), end inside the tensor and use the
-    narrowest width that fits the largest gap, as the encoder does.
-    """
-    if layout == DENSE:
-        if count != numel:
-            raise WireFormatError(f"dense tensor carries {count} values, expected {numel}")
-        return None
-    if layout == BITMAP:
-        if numel % 8 and int(buf[-1]) >> (numel % 8):
-            raise WireFormatError(f"bitmap padding bits are set (last byte {int(buf[-1]):#04x} "
-                                  f"for {numel} entries)")
-        mask = np.unpackbits(buf, count=numel, bitorder="little").view(bool)
-        marked = int(np.count_nonzero(mask))
-        if marked != count:
-            raise WireFormatError(f"bitmap marks {marked} entries, header says {count}")
-        return np.flatnonzero(mask)
-    gaps = buf.view(_GAP[layout])
-    big = int(gaps.max()) if count else 0
+
+def check_marked(marked: int, count: int) -> None:
+    """A bitmap marks exactly as many entries as the header has values."""
+    if marked != count:
+        raise WireFormatError(f"bitmap marks {marked} entries, header says {count}")
+
+
+def check_gaps(layout: int, big: int, last: int, numel: int, count: int) -> None:
+    """Delta gaps given what a pass over them found (the largest gap, the last index):
+    the narrowest width that fits the largest gap, the last index inside the tensor.
+    Gaps are unsigned, so indices strictly increase (never unsorted or repeated)."""
     narrowest = DELTA8 if big < 1 << 8 else DELTA16 if big < 1 << 16 else DELTA32
     if layout != narrowest:
         raise WireFormatError(f"{NAMES[layout]} index gaps whose largest ({big}) fits "
                               f"{NAMES[narrowest]} (the narrowest width is required)")
+    if count and last >= numel:
+        raise WireFormatError(f"delta index {last} out of range for {numel} entries")
+
+
+def positions(layout: int, buf: np.ndarray, numel: int, count: int) -> np.ndarray | None:
+    """Decode-side inverse of the index bytes, validated.
+
+    Every index list is canonical: a bitmap's padding bits are 0 and its
+    popcount is `count`; delta gaps end inside the tensor and use the narrowest
+    width that fits the largest gap, as the encoder does (check_header,
+    check_marked, check_gaps: the rules the fast decoders share).
+    """
+    check_header(layout, buf, numel, count)
+    if layout == DENSE:
+        return None
+    if layout == BITMAP:
+        mask = np.unpackbits(buf, count=numel, bitorder="little").view(bool)
+        check_marked(int(np.count_nonzero(mask)), count)
+        return np.flatnonzero(mask)
+    gaps = buf.view(_GAP[layout])
     idx = np.cumsum(gaps.astype(np.int64) + 1) - 1
-    if count and idx[-1] >= numel:
-        raise WireFormatError(f"delta index {idx[-1]} out of range for {numel} entries")
+    check_gaps(layout, int(gaps.max()) if count else 0, int(idx[-1]) if count else -1,
+               numel, count)
     return idx
 
 

@@ -79,7 +79,7 @@ def test_workstation_rejects_one_rank():
     assert res.returncode == 2 and ">= 2" in res.stderr
 
 
-@pytest.mark.parametrize("script", ["jobs/workstation.sh", "jobs/gpu-bind.sh",
+@pytest.mark.parametrize("script", ["jobs/workstation.sh", "jobs/gpu-bind.sh", "jobs/gpu-check.sh",
                                     "jobs/slurm/run.sbatch", "jobs/slurm/sweep.sbatch"])
 def test_user_facing_scripts_are_executable(script):
     assert os.access(ROOT / script, os.X_OK), f"chmod +x {script}"

@@ -199,7 +199,7 @@ def test_any_other_decoder_error_still_names_the_message():
     class Broken:
         codec_id = PIPE.codec_id
 
-        def decode(self, payload, spec):
+        def decode(self, payload, spec, device=None):  # Pipeline.decode's signature
             return {}["missing"]
 
     with pytest.raises(WireFormatError, match="rank 1, round 2 client 3: undecodable "
