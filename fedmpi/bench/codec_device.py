@@ -77,6 +77,8 @@ def run(args: argparse.Namespace, host_tensors: dict[str, np.ndarray], pipelines
         raise SystemExit(f"fedmpi bench codec: --device {args.device}, but no CUDA device is "
                          "visible to torch")
     if device.type == "cuda":
+        if device.index is None:  # plain "cuda": the current device (set_device needs an index)
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     tensors = {k: torch.from_numpy(v).to(device) for k, v in host_tensors.items()}
     flat = torch.cat([t.reshape(-1) for t in tensors.values()])
