@@ -14,10 +14,14 @@
 # node-local rank L: GPU (L-1) mod G, so worker ranks 1..G get GPUs 0..G-1 (the same
 # mapping fedmpi run uses, cuda:(local_rank-1) % ngpus). FEDMPI_GPU_BIND=0 turns it off.
 #
-# The exit status is the run's: 0 completed, 75 interrupted by SIGUSR1 or SIGTERM
-# (SIGUSR1/SIGTERM to mpiexec are forwarded to every rank; rank 0 checkpoints) and
-# resumable with: jobs/workstation.sh --resume FILE.h5 ; anything else failed. (CONFIG
-# and --set may come along with --resume only if they repeat the stored config.)
+# The exit status is the run's: 0 completed, 75 interrupted and resumable with
+# jobs/workstation.sh --resume FILE.h5 ; anything else failed. (CONFIG and --set may come
+# along with --resume only if they repeat the stored config.) SIGTERM, SIGINT (Ctrl-C)
+# or SIGUSR1 to this script is a graceful stop with any launcher: the script runs the
+# launcher in its own session and sends it SIGUSR1, which every launcher forwards to
+# every rank (Open MPI's mpirun would abort the job on TERM/INT, exit 1); rank 0
+# finishes the round, checkpoints and exits 75. A second TERM/INT aborts the run.
+# The ranks' Python: FEDMPI_PYTHON, else .venv/bin/python, else python3.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -51,6 +55,7 @@ fi
 
 python=python3
 [ -x "$root/.venv/bin/python" ] && python=$root/.venv/bin/python
+python=${FEDMPI_PYTHON:-$python}
 if [ -z "${MPIEXEC:-}" ]; then
     if [ -x "$root/.venv/bin/mpiexec" ]; then MPIEXEC=$root/.venv/bin/mpiexec
     elif command -v mpiexec >/dev/null; then MPIEXEC=$(command -v mpiexec)
@@ -66,6 +71,32 @@ if [ "${FEDMPI_GPU_BIND:-1}" != 0 ] && { [ "$ngpus" -gt 0 ] || [ -n "${CUDA_VISI
     bind=(bash "$here/gpu-bind.sh")
 fi
 
-set -x
 # shellcheck disable=SC2086  # MPIEXEC_ARGS is a word list on purpose
-exec "$MPIEXEC" -n "$ranks" ${MPIEXEC_ARGS:-} "${bind[@]}" "$python" -m fedmpi run "$config" "${args[@]}"
+cmd=("$MPIEXEC" -n "$ranks" ${MPIEXEC_ARGS:-} "${bind[@]}" "$python" -m fedmpi run "$config" "${args[@]}")
+echo "+ ${cmd[*]}" >&2
+# Own session: a terminal's Ctrl-C reaches this script only, which turns it into SIGUSR1.
+setsid "${cmd[@]}" &
+child=$!
+stops=0
+forward() {
+    stops=$((stops + 1))
+    if [ "$stops" = 1 ] || [ "$1" = USR1 ]; then
+        echo "$0: got SIG$1: the run checkpoints after this round and stops (again to abort)" >&2
+        kill -USR1 "$child" 2>/dev/null || true
+    else
+        echo "$0: got SIG$1 again: aborting the run" >&2
+        kill -TERM "$child" 2>/dev/null || true
+    fi
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+trap 'forward USR1' USR1
+set +e
+while :; do
+    wait "$child"
+    rc=$?
+    kill -0 "$child" 2>/dev/null && continue  # a trap interrupted `wait`: keep waiting
+    [ "$rc" -gt 128 ] && { wait "$child"; rc=$?; }  # the child's own status
+    break
+done
+exit "$rc"

@@ -76,6 +76,24 @@ def test_graceful_stop_and_resume(tmp_path, sig, target):
     assert attrs(out)["status"] == "completed" and attrs(out)["completed_rounds"] == ROUNDS
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_workstation_script_makes_term_and_ctrl_c_graceful_with_any_launcher(tmp_path, sig):
+    """jobs/workstation.sh turns TERM/INT into SIGUSR1 for the launcher: exit 75 and an
+    `interrupted` file under Open MPI's mpirun too, whose own answer to TERM is exit 1."""
+    out = tmp_path / "ws.h5"
+    env = {"MPIEXEC": MPIEXEC[0], "MPIEXEC_ARGS": " ".join(MPIEXEC[1:]),
+           "FEDMPI_PYTHON": PYTHON, "FEDMPI_GPU_BIND": "0"}
+    proc = start(["bash", "jobs/workstation.sh", str(QUICK), "-n", "3", "--out", str(out), *SET],
+                 env=env)
+    wait_for_rounds(out, 2, proc)
+    os.kill(proc.pid, sig)
+    res = finish(proc, 120)
+    assert res.returncode == 75, res.stderr
+    a = attrs(out)
+    assert a["status"] == "interrupted" and a["failure_reason"] == "stopped by SIGUSR1"
+    assert 2 <= a["completed_rounds"] < ROUNDS
+
+
 def test_second_sigint_aborts(tmp_path):
     out = tmp_path / "abort.h5"
     # Rounds of about 5 s (2.5 s at 150 epochs on this 2-core VM): the first Ctrl-C comes
