@@ -10,6 +10,8 @@ import time
 
 import h5py
 import pytest
+
+from fedmpi.results.schema import SCHEMA_VERSION
 from mpijobs import QUICK, attrs, fedmpi_cmd, run
 
 EXIT = "fedmpi-test-exit"
@@ -126,7 +128,8 @@ def test_resume_with_config_set_and_out_is_refused(tmp_path, interrupted):
         {**json.loads(f.attrs["config_json"]),
          "train": {**json.loads(f.attrs["config_json"])["train"], "model": "cnn"}})),
      "the model its checkpoint holds"),
-    (lambda f: f.attrs.__setitem__("schema_version", 2), "schema_version 1 (this one has 2"),
+    (lambda f: f.attrs.__setitem__("schema_version", 99),
+     f"schema_version {SCHEMA_VERSION} (this one has 99"),
 ], ids=["edited-model", "newer-schema"])
 def test_resume_of_an_incompatible_file_leaves_it_untouched(tmp_path, interrupted, edit, fragment):
     h5 = _copy(interrupted, tmp_path / "r.h5")
