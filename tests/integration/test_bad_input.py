@@ -5,14 +5,13 @@ rank starts work, and no result file left behind (or, for --resume, the file unt
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import h5py
 import pytest
 
 from fedmpi.results.schema import SCHEMA_VERSION
-from mpijobs import QUICK, attrs, fedmpi_cmd, run
+from mpijobs import PYTHON, QUICK, attrs, fedmpi_cmd, run
 
 EXIT = "fedmpi-test-exit"
 
@@ -20,7 +19,7 @@ EXIT = "fedmpi-test-exit"
 def every_rank(n: int, *args) -> list[str]:
     """fedmpi_cmd with each rank's exit status printed: `mpiexec`'s own is only one number."""
     cmd = fedmpi_cmd(n, *args)
-    i = cmd.index(sys.executable)
+    i = cmd.index(PYTHON)
     return [*cmd[:i], "sh", "-c", f'"$@"; echo "{EXIT} $?" >&2', "sh", *cmd[i:]]
 
 
