@@ -272,6 +272,10 @@ class ResultsWriter:
             except Exception:  # noqa: BLE001 - the original error matters more
                 pass
             self._file = None
+        self._release()
+
+    def _release(self) -> None:
+        """Drop an unsealed temporary and release the writer lock (each at most once)."""
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
@@ -484,12 +488,7 @@ class ResultsWriter:
         finally:
             self._file.close()
             self._file = None
-            if self._tmp is not None:
-                self._tmp.unlink(missing_ok=True)
-                self._tmp = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            self._release()
 
     @property
     def closed(self) -> bool:
