@@ -48,8 +48,13 @@ def autocast(device: torch.device, amp: str):
 
 def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
                 batch_size: int, lr: float, momentum: float, weight_decay: float,
-                generator: torch.Generator, amp: str = "off") -> tuple[float, float]:
+                generator: torch.Generator, amp: str = "off",
+                prox_mu: float = 0.0) -> tuple[float, float]:
     """SGD for `epochs` over (x, y); a fresh optimizer per call, as a new FL client would.
+
+    `prox_mu` > 0 adds FedProx's proximal term (mu/2)·||w − w_start||² to the loss
+    (Li et al. 2020), w_start being the parameters at the call: it keeps a client
+    near the global model it received on heterogeneous data.
 
     Returns (mean training loss over all batches, seconds). The loss is summed on
     the device in float64 (the same sum as Python floats) and read once at the end:
@@ -61,6 +66,7 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: i
                           weight_decay=weight_decay)
     scaler = torch.amp.GradScaler(x.device.type) if amp == "fp16" else None
     loss_fn = nn.CrossEntropyLoss()
+    anchor = ([p.detach().clone() for p in model.parameters()] if prox_mu > 0 else None)
     n = len(y)
     total, batches = torch.zeros((), dtype=torch.float64, device=x.device), 0
     for _ in range(epochs):
@@ -70,6 +76,9 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: i
             opt.zero_grad(set_to_none=True)
             with autocast(x.device, amp):
                 loss = loss_fn(model(x[idx]), y[idx])
+            if anchor is not None:
+                loss = loss + 0.5 * prox_mu * sum(
+                    (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
             if scaler is None:
                 loss.backward()
                 opt.step()

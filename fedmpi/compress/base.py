@@ -18,15 +18,14 @@ Adding a stage = one file whose name is the registry key, decorated with
 from __future__ import annotations
 
 import dataclasses
-import math
 import struct
-import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from fedmpi.errors import ConfigError
+from fedmpi.params import BadParam, instantiate, type_ok  # noqa: F401  (re-exported)
 from fedmpi.wire import WireFormatError
 
 REGISTRY: dict[str, type[Stage]] = {}
@@ -41,14 +40,6 @@ def register(name: str):
         REGISTRY[name] = cls
         return cls
     return deco
-
-
-class BadParam(Exception):
-    """Raised by `Stage.check`; `build` turns it into a ConfigError naming the full field."""
-
-    def __init__(self, param: str, value: object, allowed: str):
-        super().__init__(param)
-        self.param, self.value, self.allowed = param, value, allowed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,52 +66,11 @@ class Stage:
         return {self.key: dataclasses.asdict(self)}
 
 
-def _type_ok(value: object, hint: object) -> bool:
-    if typing.get_args(hint):  # a union such as `int | None`
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:  # YAML writes 0 for 0.0
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
 def build(name: str, params: dict | None = None, *, field: str = "stage") -> Stage:
     """Instantiate stage `name` from its config params; ConfigError names `field.name.param`."""
     if name not in REGISTRY:
         raise ConfigError(field, name, f"one of the stages {', '.join(sorted(REGISTRY))}")
-    cls = REGISTRY[name]
-    where = f"{field}.{name}"
-    if params is None:
-        params = {}
-    if not isinstance(params, dict):
-        raise ConfigError(where, params, "a mapping of parameters (use {} for defaults)")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for p, value in params.items():
-        if p not in names:
-            raise ConfigError(f"{where}.{p}", value,
-                              f"one of the parameters {', '.join(names) or '(none)'}")
-        if not _type_ok(value, hints[p]):
-            kind = getattr(hints[p], "__name__", str(hints[p]))
-            raise ConfigError(f"{where}.{p}", value, f"a value of type {kind}")
-        if p in cls.choices and value not in cls.choices[p]:
-            raise ConfigError(f"{where}.{p}", value, " | ".join(cls.choices[p]))
-    try:
-        params = {p: float(v) if hints[p] is float else v for p, v in params.items()}
-    except OverflowError:  # an integer beyond float range
-        raise ConfigError(where, params, "finite numbers as parameters") from None
-    stage = cls(**params)
-    try:
-        stage.check()
-    except BadParam as bad:
-        raise ConfigError(f"{where}.{bad.param}", bad.value, bad.allowed) from None
-    for p, value in params.items():  # backstop for a stage whose check forgets NaN or inf
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{where}.{p}", value, "a finite number")
-    return stage
+    return instantiate(REGISTRY[name], params, f"{field}.{name}")
 
 
 # ----------------------------------------------------------------------------- roles

@@ -1,0 +1,12 @@
+"""Compression methods behind one interface (see base.py); one file per method.
+
+A method is chosen per link in config: `compression.uplink: {topk: {fraction: 0.01}}`,
+or a list of stages for the paper's pipeline (`fedmpi.compress`).
+"""
+
+from fedmpi.compressors import stages  # noqa: F401
+from fedmpi.compressors.base import REGISTRY, Compressor, Context, Fold, build_compressor
+
+# One line per method (its file registers it under its key):
+
+__all__ = ["REGISTRY", "Compressor", "Context", "Fold", "build_compressor"]
