@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from fedmpi.data import cifar10, digits  # noqa: F401  (registers the datasets)
-from fedmpi.data.dataset import Dataset, stratified_indices
+from fedmpi.data.dataset import Dataset, stratified_indices, subset_seed
 from fedmpi.data.partition import METHODS, class_histogram, partition
 from fedmpi.data.registry import loader, preparer
 
@@ -60,16 +60,16 @@ def load(
     test_subset: int | None = None,
     seed: int = 0,
 ) -> tuple[Dataset, Dataset]:
-    """(train, test), each optionally cut to a class-balanced subset chosen by `seed`."""
+    """(train, test), each optionally cut to a class-balanced subset: the training one
+    chosen by `seed`, the test one the same for every seed (`subset_seed`)."""
     fn = loader(name)
     subsets = {"train_subset": train_subset, "test_subset": test_subset}
     # Loaders that can skip decoding images outside the subsets (cifar10) take them.
     if getattr(fn, "takes_subsets", False):
         return fn(path, seed=seed, **subsets)
     train, test = fn(path)
-    return _cut(train, train_subset, seed, "data.train_subset"), _cut(
-        test, test_subset, seed, "data.test_subset"
-    )
+    return (_cut(train, train_subset, subset_seed("train", seed), "data.train_subset"),
+            _cut(test, test_subset, subset_seed("test", seed), "data.test_subset"))
 
 
 def _cut(ds: Dataset, n: int | None, seed: int, field: str) -> Dataset:

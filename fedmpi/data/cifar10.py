@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmpi.data import cache
-from fedmpi.data.dataset import Dataset, stratified_indices
+from fedmpi.data.dataset import Dataset, stratified_indices, subset_seed
 from fedmpi.data.imagefolder import read_splits
 from fedmpi.data.registry import register, register_prepare
 from fedmpi.errors import ConfigError
@@ -104,7 +104,8 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 def _subset_indices(labels: np.ndarray, n: int | None, seed: int, split: str) -> np.ndarray | None:
     if n is None or n == len(labels):
         return None
-    return stratified_indices(labels, n, seed=seed, field=f"data.{split}_subset")
+    return stratified_indices(labels, n, seed=subset_seed(split, seed),
+                              field=f"data.{split}_subset")
 
 
 def _is_torchvision(source: Path) -> bool:
@@ -175,7 +176,7 @@ def _cached_splits(source: Path, wanted: dict, seed: int) -> dict:
 
 
 def _subset_path(base: Path, split: str, n: int, seed: int) -> Path:
-    return Path(f"{base}-{split}-n{n}-seed{seed}.npz")
+    return Path(f"{base}-{split}-n{n}-seed{subset_seed(split, seed)}.npz")
 
 
 def _from_cache(full: dict, wanted: dict, seed: int) -> dict:

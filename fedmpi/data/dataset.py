@@ -33,6 +33,17 @@ class Dataset:
         return Dataset(self.x[indices], self.y[indices], self.num_classes, self.name)
 
 
+TEST_SUBSET_SEED = 0
+
+
+def subset_seed(split: str, seed: int) -> int:
+    """The seed that picks a split's subset: the run's for the training split, a fixed
+    one for the test split, so that runs of different seeds are evaluated on the same
+    test images (their accuracies are then comparable, and a mean over seeds means
+    something)."""
+    return seed if split == "train" else TEST_SUBSET_SEED
+
+
 def stratified_indices(
     labels: np.ndarray, n: int, *, seed: int, field: str = "data.subset"
 ) -> np.ndarray:

@@ -235,3 +235,31 @@ def test_cifar10_images_of_another_size_are_a_config_error(tmp_path, monkeypatch
     with pytest.raises(ConfigError) as e:
         data.load("cifar10", path=str(root))
     assert e.value.field == "data.path" and "(3, 32, 32)" in e.value.allowed
+
+
+# --- the test subset does not depend on the run seed ---------------------------------------
+
+
+def test_test_subset_is_the_same_for_every_seed_and_the_train_subset_is_not():
+    """Seeds are compared on the same test images (issue 14): only training data varies."""
+    (tr0, te0), (tr1, te1) = (data.load("digits", train_subset=300, test_subset=200, seed=s)
+                              for s in (0, 1))
+    assert np.array_equal(te0.x, te1.x) and np.array_equal(te0.y, te1.y)
+    assert not np.array_equal(tr0.x, tr1.x)
+
+
+def test_cifar10_test_subset_is_the_same_for_every_seed(tmp_path, monkeypatch):
+    """Through the loader that cuts while decoding (and caches subsets by seed)."""
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            n = 40 if train else 30
+            rng = np.random.default_rng(1 if train else 2)
+            self.data = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+            self.targets = [i % 10 for i in range(n)]
+
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    monkeypatch.setattr(cifar10, "_torchvision_cifar10", lambda: FakeCIFAR10)
+    runs = [data.load("cifar10", path=str(tmp_path), train_subset=20, test_subset=10, seed=s)
+            for s in (0, 1, 2)]
+    assert all(np.array_equal(runs[0][1].x, r[1].x) for r in runs[1:])
+    assert not all(np.array_equal(runs[0][0].x, r[0].x) for r in runs[1:])
