@@ -52,7 +52,7 @@ from fedmpi.compressors.base import (Compressor, Context, Sections, check_finite
 from fedmpi.params import BadParam
 from fedmpi.wire import WireFormatError
 
-STATE_PREFIX = "powersgd.q/"  # ctx.state key of a tensor's warm-start Q (m x r)
+STATE_PREFIX = "powersgd.q:"  # ctx.state key of a tensor's warm-start Q (m x r); no "/" (HDF5 paths)
 
 
 def factor_shape(shape: tuple[int, ...], rank: int) -> tuple[int, int, int] | None:
