@@ -71,24 +71,43 @@ def sq_error(values: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> f
     return float(d @ d)
 
 
+def _segments(sorted_values: np.ndarray, centroids: np.ndarray):
+    """Nearest-centroid assignment of sorted values as contiguous runs: (centroid order,
+    run lengths), the same choice as `nearest` (a value on a midpoint goes to the lower)."""
+    order = np.argsort(centroids, kind="stable")
+    sc = centroids[order].astype(np.float64)
+    ends = np.searchsorted(sorted_values, (sc[1:] + sc[:-1]) / 2, side="right")
+    return order, np.diff(ends, prepend=0, append=sorted_values.size)
+
+
 def kmeans(values: np.ndarray, clusters: int) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 centroids, uint8 labels) of 1-D k-means, Lloyd from `initial_centroids`."""
+    """(float32 centroids, uint8 labels) of 1-D k-means, Lloyd from `initial_centroids`.
+
+    In 1-D every cluster is a run of the sorted values, so a Lloyd step is a few binary
+    searches and one pass (no per-value search)."""
     cent = initial_centroids(values, clusters)
     if cent.size == 0:
         return cent, np.empty(0, np.uint8)
-    v = values.astype(np.float64)
-    labels = nearest(v, cent)
-    err = sq_error(v, cent, labels)
+    by_value = np.argsort(values, kind="stable")
+    v = values[by_value].astype(np.float64)
+
+    def error(cent):
+        order, sizes = _segments(v, cent)
+        d = v - np.repeat(cent[order].astype(np.float64), sizes)
+        return order, sizes, float(d @ d)
+
+    order, sizes, err = error(cent)
     for _ in range(ITERATIONS):
-        sums = np.bincount(labels, weights=v, minlength=cent.size)
-        sizes = np.bincount(labels, minlength=cent.size)
         new = cent.copy()  # an empty cluster keeps its centroid
-        new[sizes > 0] = (sums[sizes > 0] / sizes[sizes > 0]).astype(np.float32)
-        new_labels = nearest(v, new)
-        new_err = sq_error(v, new, new_labels)
+        full = sizes > 0
+        sums = np.add.reduceat(v, (np.cumsum(sizes) - sizes)[full])
+        new[order[full]] = (sums / sizes[full]).astype(np.float32)
+        new_order, new_sizes, new_err = error(new)
         if not new_err < err:  # converged (or float32 rounding would undo the step)
             break
-        cent, labels, err = new, new_labels, new_err
+        cent, order, sizes, err = new, new_order, new_sizes, new_err
+    labels = np.empty(values.size, np.uint8)
+    labels[by_value] = np.repeat(order.astype(np.uint8), sizes)
     return cent, labels
 
 
