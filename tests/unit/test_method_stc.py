@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from method_wire import (assert_model, check_damaged_frames, context, fuzz_payload,
+from method_wire import (check_damaged_frames, context, fuzz_payload,
                          fuzz_sections, repack, same_bits, sections_of, wire_round_trip)
 
 from fedmpi.bench.codec import make_model
