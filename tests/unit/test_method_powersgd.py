@@ -125,6 +125,24 @@ def test_the_first_q_is_a_pure_function_of_seed_round_client_and_link():
                 payload(link="down", client=-1)}) == 5
 
 
+def test_the_state_is_plain_arrays_so_a_restored_copy_continues_bit_identically():
+    """What a checkpoint needs: the residuals and the warm starts are the whole state."""
+    comp = PowerSGD(rank=2)
+    rng = np.random.default_rng(6)
+    shapes = {k: v.shape for k, v in make_model(20_000).items()}
+    state = comp.new_state()
+    comp.encode({k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()},
+                Context(1, 0, 2, "up", state))
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in state.values())
+    assert {k for k in state if k.startswith(STATE_PREFIX)} == {
+        STATE_PREFIX + k for k, s in shapes.items() if factor_shape(s, 2)}
+    restored = {k: v.copy() for k, v in state.items()}
+    nxt = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    a = comp.encode(nxt, Context(1, 1, 2, "up", state))
+    b = comp.encode(nxt, Context(1, 1, 2, "up", restored))
+    assert np.array_equal(a.payload, b.payload) and same_bits(state, restored)
+
+
 # -------------------------------------------------------------------------- error feedback
 
 
