@@ -8,9 +8,9 @@ from fedmpi.compressors import stages  # noqa: F401
 from fedmpi.compressors.base import REGISTRY, Compressor, Context, Fold, build_compressor
 
 # One line per method (its file registers it under its key):
-from fedmpi.compressors import qsgd  # noqa: F401
-from fedmpi.compressors import terngrad  # noqa: F401
-from fedmpi.compressors import signsgd  # noqa: F401
 from fedmpi.compressors import efsignsgd  # noqa: F401
+from fedmpi.compressors import qsgd  # noqa: F401
+from fedmpi.compressors import signsgd  # noqa: F401
+from fedmpi.compressors import terngrad  # noqa: F401
 
 __all__ = ["REGISTRY", "Compressor", "Context", "Fold", "build_compressor"]

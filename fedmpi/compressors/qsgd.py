@@ -58,7 +58,8 @@ def bucket_norms(flat: np.ndarray, bucket: int) -> np.ndarray:
     padded = np.zeros(nb * bucket, np.float64)
     padded[:flat.size] = flat
     exact = np.sqrt(np.square(padded).reshape(nb, bucket).sum(axis=1))
-    norms = exact.astype(np.float32)
+    with np.errstate(over="ignore"):  # refused below
+        norms = exact.astype(np.float32)
     low = norms.astype(np.float64) < exact
     norms[low] = np.nextafter(norms[low], np.float32(np.inf))
     if not np.isfinite(norms).all():
