@@ -148,11 +148,13 @@ class QSGD(Compressor):
         if counts.nbytes != 8 * len(spec) or norms.nbytes != 4 * sum(nbs):
             raise WireFormatError(f"qsgd: {counts.nbytes // 8} counts and {norms.nbytes // 4} "
                                   f"norms, expected {len(spec)} and {sum(nbs)}")
-        counts = counts.view("<u8").astype(np.int64)
-        if np.any(counts > np.asarray(numels, np.int64)):
-            bad = int(np.flatnonzero(counts > np.asarray(numels, np.int64))[0])
+        counts = counts.view("<u8")
+        over = counts > np.asarray(numels, np.uint64)  # compared unsigned: no wrap-around
+        if over.any():
+            bad = int(np.flatnonzero(over)[0])
             raise WireFormatError(f"qsgd: tensor {spec[bad][0]!r} declares {counts[bad]} "
                                   f"non-zero levels, it has {numels[bad]} entries")
+        counts = counts.astype(np.int64)
         norms = norms.view("<f4")
         if not np.isfinite(norms).all() or np.any(np.signbit(norms)):
             raise WireFormatError("qsgd: a bucket norm is not finite or is negative "

@@ -193,6 +193,7 @@ def _raw(counts, data):
     ("elias", lambda p: _f32(p, 2, np.inf), "finite and >= \\+0.0"),
     ("elias", lambda p: _f32(p, 2, np.nan), "finite and >= \\+0.0"),
     ("elias", lambda p: _count(p, 0, 6), "declares 6 non-zero levels"),
+    ("elias", lambda p: _count(p, 1, 2**64 - 1), "declares 18446744073709551615 non-zero"),
     ("elias", lambda p: _count(p, 1, 1), "Elias codes, expected|sign bits"),
     ("elias", _codes([2, 0], [1, 1, 1, 1], "elias", b""), "sign bits: 0 bytes"),
     ("elias", _codes([2, 0], [1, 1, 1, 1], "elias", b"\x04"), "padding bits"),
