@@ -133,3 +133,46 @@ def sections(comp, payload, spec, bounds):
 def repack(comp, spec, parts, sizes):
     """Sections -> payload, as a sender would write them (valid header)."""
     return Sections().pack(comp, spec, [([p], s) for p, s in zip(parts, sizes)])
+
+
+def fuzz_sections(comp, tensors, ctx, bounds, sizes, n: int = 1500, seed: int = 3):
+    """Valid-header mode: change the bytes of one section (random bytes, bit flips, a
+    truncation or an extension, a u64/f32 field set to an extreme) and repack it as a
+    sender would, so that only the decoder's field checks stand in the way. Returns
+    (refused, accepted); accepted messages must decode to a sane model."""
+    spec = spec_of(tensors)
+    parts0 = sections(comp, comp.encode(tensors, ctx).payload, spec, bounds)
+    extremes = [b"\xff" * 8, b"\x00\x00\x80\xff", b"\x00\x00\xc0\x7f", b"\x00\x00\x00\x80",
+                b"\xff\xff\x7f\x7f", b"\x00" * 8, b"\x80\x80\x80\x80\x01"]
+    rng = np.random.default_rng(seed)
+    refused = accepted = 0
+    for _ in range(n):
+        parts = [p.copy() for p in parts0]
+        i = int(rng.integers(len(parts)))
+        p = parts[i]
+        kind = rng.integers(4)
+        if kind == 0 and p.nbytes:
+            pos = rng.integers(0, p.nbytes, size=rng.integers(1, 4))
+            p[pos] = rng.integers(0, 256, size=pos.size)
+        elif kind == 1 and p.nbytes:
+            bit = int(rng.integers(p.nbytes * 8))
+            p[bit // 8] ^= np.uint8(1 << (bit % 8))
+        elif kind == 2:
+            cut = int(rng.integers(0, p.nbytes + 1))
+            extra = rng.integers(0, 256, int(rng.integers(0, 4))).astype(np.uint8)
+            p = np.concatenate([p[:cut], extra])
+        else:
+            e = np.frombuffer(extremes[rng.integers(len(extremes))], np.uint8)
+            at = int(rng.integers(0, max(1, p.nbytes - e.nbytes + 1)))
+            p = np.concatenate([p[:at], e, p[at + e.nbytes:]])
+        parts[i] = p
+        if all(np.array_equal(a, b) for a, b in zip(parts, parts0)):
+            continue
+        try:
+            out = comp.decode(repack(comp, spec, parts, sizes), spec, ctx.for_decode())
+        except WireFormatError:
+            refused += 1
+            continue
+        assert_model(out, spec)
+        accepted += 1
+    return refused, accepted

@@ -20,8 +20,8 @@ What differs from the paper:
   levels with Elias recursive (omega) codes and a sign bit each. Here, per tensor,
   the non-zero entries in order, each as (d, l) with d = its distance from the
   previous one (from position -1 for the first) and l its level, both >= 1:
-  `elias` = Elias gamma codes (classic size, stored as two streams, see
-  coding.py), `varint` = LEB128 bytes (byte-aligned, cheaper to decode, larger);
+  `elias` = Elias gamma codes (the classic size, plus at most one byte of padding:
+  stored as two streams, see coding.py), `varint` = LEB128 bytes (byte-aligned, cheaper to decode, larger);
   the signs are a bit section of their own, one bit per non-zero (1 = negative);
 - reconstruction: float64 norm * l / s rounded once to float32, the same function
   on both sides (`Encoded.reconstructed` == decode, bit for bit); unbiased up to
@@ -32,6 +32,7 @@ Payload (after the 12-byte method header, sections of base.Sections):
   [2] sign bits, one per non-zero, little-endian bit order, zero padding;
   elias: [3] unary length parts, [4] mantissa bits (both little-endian bit order);
   varint: [3] the varints d_0, l_0, d_1, l_1, ... of every tensor in spec order.
+`Encoded.nnz` is the number of non-zero levels sent.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from method_checks import assert_wire_round_trip, fuzz, fuzz_framed, model
+from method_checks import assert_wire_round_trip, fuzz, fuzz_framed, fuzz_sections, model
 
 from fedmpi.compress.pipeline import spec_of
 from fedmpi.compressors import Context, build_compressor
@@ -93,3 +93,10 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError) as err:
         build_compressor({"efsignsgd": {"feedback": False}}, field=FIELD)
     assert err.value.field == f"{FIELD}.efsignsgd.feedback"
+
+
+def test_section_fuzz():
+    comp, ts = efsign(), model()
+    refused, accepted = fuzz_sections(comp, ts, Context(1, 2, 3, "up", {}), [(4, 24), (1, 1000)],
+                                      [4, 1])
+    assert refused > 500 and accepted > 0

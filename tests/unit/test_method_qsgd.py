@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from method_checks import (assert_wire_round_trip, fuzz, fuzz_framed, model, repack,
-                           same_bits, sections)
+from method_checks import (assert_wire_round_trip, fuzz, fuzz_framed, fuzz_sections, model,
+                           repack, same_bits, sections)
 
 from fedmpi.compress.pipeline import spec_of
 from fedmpi.compressors import Context, build_compressor, coding
@@ -258,3 +258,14 @@ def test_varint_round_trip_and_size(values):
     buf = coding.varint_encode(np.asarray(values, np.int64))
     assert buf.nbytes == sum(max(1, -(-int(x).bit_length() // 7)) for x in values)
     assert coding.varint_decode(buf, len(values), max(values, default=0), "t").tolist() == values
+
+
+@pytest.mark.parametrize("coding_", ["elias", "varint"])
+def test_section_fuzz(coding_):
+    """Fields changed behind a valid header: refused, or a sane model."""
+    comp, ts = qsgd(levels=5, bucket=16, coding=coding_), model()
+    n = sum(t.size for t in ts.values())
+    stream = [(1, 1 << 16)] * (2 if coding_ == "elias" else 1)
+    refused, accepted = fuzz_sections(comp, ts, ctx(), [(8, 48), (4, 4 * 100), (1, n), *stream],
+                                      [8, 4, 1, 1, 1][:3 + len(stream)])
+    assert refused > 800 and accepted > 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from method_checks import assert_wire_round_trip, fuzz, fuzz_framed, model, repack, sections
+from method_checks import (assert_wire_round_trip, fuzz, fuzz_framed, fuzz_sections, model,
+                           repack, sections)
 
 from fedmpi.compress.pipeline import spec_of
 from fedmpi.compressors import Context, build_compressor
@@ -152,3 +153,9 @@ def test_padding_bits_are_refused():
     parts[1][0] |= 0x08
     with pytest.raises(WireFormatError, match="padding bits"):
         comp.decode(repack(comp, spec, parts, [4, 1]), spec, ctx())
+
+
+def test_section_fuzz():
+    comp, ts = signsgd(), model()
+    refused, accepted = fuzz_sections(comp, ts, ctx(), [(4, 24), (1, 1000)], [4, 1])
+    assert refused > 500 and accepted > 0
