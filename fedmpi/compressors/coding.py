@@ -27,7 +27,8 @@ from fedmpi.compress.quantize import unpack_bits as _unpack_bits
 from fedmpi.wire import WireFormatError
 
 __all__ = ["pack_bits", "unpack_bits", "bit_length", "gamma_encode", "gamma_decode",
-           "varint_encode", "varint_decode", "gamma_bytes_most", "varint_bytes_most"]
+           "varint_encode", "varint_decode", "gamma_bytes_most", "varint_bytes_most",
+           "bucket_starts", "per_entry"]
 
 MAX_BITS = 52  # values below 2^53: exact in float64 (bit_length uses frexp)
 
@@ -63,6 +64,20 @@ def bit_length(values: np.ndarray) -> np.ndarray:
     if v.size and (int(v.min()) < 0 or int(v.max()) >= 1 << (MAX_BITS + 1)):
         raise ValueError(f"values outside 0..2^{MAX_BITS + 1} - 1 cannot be coded")
     return np.frexp(v.astype(np.float64))[1].astype(np.int64)
+
+
+# ------------------------------------------------------------------------ buckets
+
+
+def bucket_starts(n: int, bucket: int) -> np.ndarray:
+    """First index of each bucket of `bucket` consecutive entries (the last one shorter):
+    for `np.ufunc.reduceat`, so a bucket larger than the tensor costs nothing extra."""
+    return np.arange(0, n, bucket, dtype=np.int64)
+
+
+def per_entry(values: np.ndarray, n: int, bucket: int) -> np.ndarray:
+    """Each bucket's value repeated over its entries (n of them)."""
+    return values[np.arange(n, dtype=np.int64) // bucket]
 
 
 # ------------------------------------------------------------------------ Elias gamma

@@ -55,10 +55,10 @@ MAX_BUCKET = 1 << 24
 
 def bucket_norms(flat: np.ndarray, bucket: int) -> np.ndarray:
     """float32 L2 norm of each bucket, rounded up (never below the float64 norm)."""
-    nb = -(-flat.size // bucket)
-    padded = np.zeros(nb * bucket, np.float64)
-    padded[:flat.size] = flat
-    exact = np.sqrt(np.square(padded).reshape(nb, bucket).sum(axis=1))
+    if flat.size == 0:
+        return np.empty(0, np.float32)
+    exact = np.sqrt(np.add.reduceat(np.square(flat.astype(np.float64)),
+                                    coding.bucket_starts(flat.size, bucket)))
     with np.errstate(over="ignore"):  # refused below
         norms = exact.astype(np.float32)
     low = norms.astype(np.float64) < exact
@@ -99,7 +99,7 @@ class QSGD(Compressor):
     def quantize(self, flat: np.ndarray, rng: np.random.Generator):
         """(norms, levels) of one flat float32 tensor: the stochastic rounding."""
         norms = bucket_norms(flat, self.bucket)
-        per = np.repeat(norms.astype(np.float64), self.bucket)[:flat.size]
+        per = coding.per_entry(norms.astype(np.float64), flat.size, self.bucket)
         with np.errstate(invalid="ignore", divide="ignore"):
             r = np.where(per > 0, np.abs(flat.astype(np.float64)) / per, 0.0) * self.levels
         low = np.floor(r)
@@ -115,7 +115,7 @@ class QSGD(Compressor):
             norms, lev = self.quantize(flat, ctx.rng(i))
             pos = np.flatnonzero(lev)
             neg = flat < 0
-            per = np.repeat(norms, self.bucket)[:flat.size]
+            per = coding.per_entry(norms, flat.size, self.bucket)
             recon[name] = dequantize(per, lev, neg & (lev > 0), self.levels).reshape(x.shape)
             norms_all.append(norms)
             counts.append(pos.size)

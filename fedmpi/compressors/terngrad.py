@@ -61,10 +61,9 @@ class TernGrad(Compressor):
             raise BadParam("bucket", self.bucket, f"an integer in 1..{MAX_BUCKET}")
 
     def scales(self, flat: np.ndarray) -> np.ndarray:
-        nb = -(-flat.size // self.bucket)
-        padded = np.zeros(nb * self.bucket, np.float32)
-        padded[:flat.size] = np.abs(flat)
-        return padded.reshape(nb, self.bucket).max(axis=1, initial=np.float32(0))
+        if flat.size == 0:
+            return np.empty(0, np.float32)
+        return np.maximum.reduceat(np.abs(flat), coding.bucket_starts(flat.size, self.bucket))
 
     def encode(self, tensors: Mapping[str, np.ndarray], ctx: Context) -> Encoded:
         check_finite(self, tensors)
@@ -73,7 +72,7 @@ class TernGrad(Compressor):
             x = np.asarray(x, dtype=np.float32)
             flat = x.reshape(-1)
             sc = self.scales(flat)
-            per = np.repeat(sc, self.bucket)[:flat.size]
+            per = coding.per_entry(sc, flat.size, self.bucket)
             with np.errstate(invalid="ignore", divide="ignore"):
                 p = np.where(per > 0, np.abs(flat.astype(np.float64)) / per, 0.0)
             keep = ctx.rng(i).random(flat.size) < p
@@ -104,7 +103,7 @@ class TernGrad(Compressor):
             raise WireFormatError("terngrad: code 3 (codes are 0, 1 = +scale, 2 = -scale)")
         out, e0, b0 = {}, 0, 0
         for (name, shape), n, nb in zip(spec, numels, nbs):
-            per = np.repeat(scales[b0: b0 + nb], self.bucket)[:n]
+            per = coding.per_entry(scales[b0: b0 + nb], n, self.bucket)
             code = codes[e0: e0 + n]
             if np.any((code != 0) & (per == 0)):
                 raise WireFormatError(f"terngrad: tensor {name!r} has a non-zero code in a "
