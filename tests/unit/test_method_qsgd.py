@@ -3,6 +3,8 @@ reproducible randomness from the context, strict decoding, both level codings.""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -269,3 +271,16 @@ def test_section_fuzz(coding_):
     refused, accepted = fuzz_sections(comp, ts, ctx(), [(8, 48), (4, 4 * 100), (1, n), *stream],
                                       [8, 4, 1, 1, 1][:3 + len(stream)])
     assert refused > 800 and accepted > 0
+
+
+def test_a_bucket_larger_than_the_tensor_costs_nothing_extra():
+    """Encoding padded each tensor to the bucket size: 128 MiB for 10 entries at 2^24."""
+    comp, ts = qsgd(bucket=1 << 24), {"w": np.ones(10, np.float32)}
+    tracemalloc.start()
+    try:
+        enc = comp.encode(ts, ctx())
+        comp.decode(enc.payload, spec_of(ts), ctx())
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 4 << 20

@@ -3,6 +3,8 @@ unbiased, reproducible from the context, 2 bits per entry, strict decoding."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from method_checks import (assert_wire_round_trip, fuzz, fuzz_framed, fuzz_sections, model,
@@ -143,3 +145,17 @@ def test_section_fuzz():
     comp, ts = terngrad(bucket=16), model()
     refused, accepted = fuzz_sections(comp, ts, ctx(), [(4, 400), (1, 1000)], [4, 1])
     assert refused > 500 and accepted > 0
+
+
+def test_a_bucket_larger_than_the_tensor_costs_nothing_extra():
+    """Encoding padded each tensor to the bucket size: 64 MiB for 10 entries at 2^24."""
+    comp, ts = terngrad(bucket=1 << 24), {"w": np.ones(10, np.float32)}
+    tracemalloc.start()
+    try:
+        enc = comp.encode(ts, ctx())
+        comp.decode(enc.payload, spec_of(ts), ctx())
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 4 << 20
+    assert np.array_equal(enc.reconstructed["w"], ts["w"])  # max |x| = 1: every entry sent
