@@ -11,5 +11,9 @@ from fedmpi.compressors.base import REGISTRY, Compressor, Context, Fold, build_c
 from fedmpi.compressors import stc  # noqa: F401
 from fedmpi.compressors import fedzip  # noqa: F401
 from fedmpi.compressors import powersgd  # noqa: F401
+from fedmpi.compressors import efsignsgd  # noqa: F401
+from fedmpi.compressors import qsgd  # noqa: F401
+from fedmpi.compressors import signsgd  # noqa: F401
+from fedmpi.compressors import terngrad  # noqa: F401
 
 __all__ = ["REGISTRY", "Compressor", "Context", "Fold", "build_compressor"]
