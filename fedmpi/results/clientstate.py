@@ -108,8 +108,11 @@ def generations(result: str | os.PathLike, rank: int) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def _digest(run: str, rank: int, round: int, arrays: Iterable[tuple[str, np.ndarray]]) -> str:
-    h = hashlib.sha256(f"{FORMAT}:{VERSION}:{run}:{int(rank)}:{int(round)}:".encode())
+def _digest(run: str, rank: int, round: int, clients: Iterable[int],
+            arrays: Iterable[tuple[str, np.ndarray]]) -> str:
+    """sha256 of a file's identity, its clients (also those without state) and arrays."""
+    h = hashlib.sha256(f"{FORMAT}:{VERSION}:{run}:{int(rank)}:{int(round)}:"
+                       f"{sorted(int(c) for c in clients)}:".encode())
     for path, arr in sorted(arrays, key=lambda item: item[0]):
         h.update(f"{path}|{arr.dtype.str}|{arr.shape}|".encode("utf-8", "surrogatepass"))
         h.update(np.ascontiguousarray(arr).tobytes())
@@ -169,7 +172,7 @@ def _read(path: Path, run: str, rank: int, round: int) -> States:
                 stored.append((f"{cname}/{name}", arr))
                 tensors[unescape(name)] = arr
             states[int(cname)] = tensors
-        if _digest(run, rank, round, stored) != attrs.get("sha256"):
+        if _digest(run, rank, round, states, stored) != attrs.get("sha256"):
             raise ClientStateError(f"{where}: client states do not match their checksum; "
                                    "the file is damaged")
     return states
@@ -269,7 +272,7 @@ class ClientStateStore:
                     stored.append((f"{cname}/{link}", arr))
             f.attrs.update({"format": FORMAT, "version": VERSION, "run": self.run,
                             "rank": self.rank, "round": round,
-                            "sha256": _digest(self.run, self.rank, round, stored)})
+                            "sha256": _digest(self.run, self.rank, round, states, stored)})
             f.flush()
             fsync(f)
 

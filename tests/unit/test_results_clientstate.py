@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -83,6 +85,9 @@ def test_pruning_keeps_exactly_two_generations(tmp_path):
     assert cs.generations(result, 1).keys() == {4, 5}
     assert sorted(os.listdir(tmp_path)) == ["run.h5.rank1.round4.state", "run.h5.rank1.round5.state",
                                             "run.h5.rank2.round9.state"]
+    with ClientStateStore(result, 1, RUN) as store:  # a completed run drops its generations
+        store.discard()
+    assert sorted(os.listdir(tmp_path)) == ["run.h5.rank2.round9.state"]
 
 
 def test_a_file_of_another_run_is_refused(tmp_path):
@@ -131,7 +136,7 @@ _KILLED_WRITER = textwrap.dedent("""
 
 def test_a_crash_while_writing_leaves_the_previous_generation(tmp_path):
     result = tmp_path / "run.h5"
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "PYTHONPATH": str(Path(cs.__file__).parents[2])}  # this checkout
     done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(result), RUN], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 9, done.stderr
@@ -191,6 +196,16 @@ def test_a_corrupted_array_fails_its_checksum(tmp_path):
         with pytest.raises(ClientStateError, match=r"round7\.state: client states do not match "
                                                    "their checksum; the file is damaged"):
             store.load(7)
+
+
+def test_a_lost_client_without_state_fails_the_checksum(tmp_path):
+    result = tmp_path / "run.h5"
+    with ClientStateStore(result, 1, RUN) as store:
+        store.save(2, {4: {}, 6: {"r": np.zeros(2, np.float32)}})
+    with h5py.File(cs.state_path(result, 1, 2), "r+") as f:
+        del f["clients/4"]
+    with pytest.raises(ClientStateError, match="do not match their checksum"):
+        cs.read_states(cs.state_path(result, 1, 2), run=RUN, rank=1, round=2)
 
 
 def test_a_truncated_or_foreign_file_gives_a_clear_error(tmp_path):
