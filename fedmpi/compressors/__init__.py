@@ -8,5 +8,8 @@ from fedmpi.compressors import stages  # noqa: F401
 from fedmpi.compressors.base import REGISTRY, Compressor, Context, Fold, build_compressor
 
 # One line per method (its file registers it under its key):
+from fedmpi.compressors import randk  # noqa: F401
+from fedmpi.compressors import threshold  # noqa: F401
+from fedmpi.compressors import topk  # noqa: F401
 
 __all__ = ["REGISTRY", "Compressor", "Context", "Fold", "build_compressor"]
