@@ -11,6 +11,7 @@ valid zstd frames, so only the decoder's field checks can catch what changed.
 from __future__ import annotations
 
 import struct
+import tracemalloc
 
 import numpy as np
 import zstandard
@@ -157,9 +158,23 @@ def raw_mutation(buf: np.ndarray, rng) -> np.ndarray:
     return bad
 
 
+def _decode_bounded(comp, spec, payload, ctx):
+    """Decode with tracemalloc on: the peak stays within what the model spec allows
+    (64 x the dense model + 1 MiB), whatever the payload declares."""
+    limit = 64 * 4 * sum(int(np.prod(s)) for _, s in spec) + (1 << 20)
+    tracemalloc.start()
+    try:
+        return comp.decode(payload, spec, ctx)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak <= limit, f"decoding allocated {peak} bytes, more than {limit}"
+
+
 def fuzz(comp, spec, payload, ctx, *, container, n=1500, seed=0, extra=None) -> dict:
     """Decode `n` mutated payloads (half raw, half re-packed with 1-3 field mutations):
-    WireFormatError, or a well-formed model (`extra(out)` checks more). Returns counts."""
+    WireFormatError, or a well-formed model (`extra(out)` checks more), with bounded
+    memory (traced for the first 40, tracing is slow). Returns counts."""
     rng = np.random.default_rng(seed)
     counts = {"refused": 0, "accepted": 0, "unchanged": 0}
     for i in range(n):
@@ -174,7 +189,7 @@ def fuzz(comp, spec, payload, ctx, *, container, n=1500, seed=0, extra=None) -> 
             counts["unchanged"] += 1
             continue
         try:
-            out = comp.decode(bad, spec, ctx)
+            out = _decode_bounded(comp, spec, bad, ctx) if i < 40 else comp.decode(bad, spec, ctx)
         except WireFormatError:
             counts["refused"] += 1
             continue

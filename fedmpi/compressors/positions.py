@@ -160,24 +160,10 @@ def unpack(comp: Compressor, payload, spec: ModelSpec, most_values: int
                 raise WireFormatError(f"table padding {row['pad'].tobytes().hex()} is not zero")
             if count > n:
                 raise WireFormatError(f"{count} values for {n} entries")
-            if layout == VARINT:  # ends at this tensor's count-th varint end
-                j = int(np.searchsorted(ends, ipos))
-                if count and j + count > ends.size:
-                    raise WireFormatError(f"{count} varints run past the index section")
-                ilen = int(ends[j + count - 1]) + 1 - ipos if count else 0
-            else:
-                ilen = sp.index_nbytes(layout, n, count)
+            idx, ilen = _positions(layout, index, ipos, ends, n, count)
             vlen = 4 * count
-            if ipos + ilen > index.nbytes or vpos + vlen > values.nbytes:
-                raise WireFormatError("sections end before this tensor's data")
-            buf = index[ipos: ipos + ilen]
-            if layout == VARINT:
-                idx = np.cumsum(varint_decode(buf, count) + 1) - 1
-                if count and idx[-1] >= n:
-                    raise WireFormatError(f"varint index {int(idx[-1])} out of range for "
-                                          f"{n} entries")
-            else:
-                idx = sp.positions(layout, buf, n, count)
+            if vpos + vlen > values.nbytes:
+                raise WireFormatError("the value section ends before this tensor's values")
             canonical = DENSE if idx is None else choose(idx, n)[0]
             if canonical != layout:
                 raise WireFormatError(f"positions coded as {NAMES[layout]} where "
@@ -193,6 +179,28 @@ def unpack(comp: Compressor, payload, spec: ModelSpec, most_values: int
         raise WireFormatError(f"{index.nbytes - ipos} index and {values.nbytes - vpos} value "
                               "bytes left over after the last tensor")
     return out
+
+
+def _positions(layout: int, index: np.ndarray, ipos: int, ends: np.ndarray, n: int,
+               count: int) -> tuple[np.ndarray | None, int]:
+    """One tensor's positions from the index section at `ipos` (None: dense), and the
+    bytes they took; `ends` = where varints end in the section (bytes < 0x80)."""
+    if layout == VARINT:  # this tensor's varints end at its count-th end from ipos
+        j = int(np.searchsorted(ends, ipos))
+        if count and j + count > ends.size:
+            raise WireFormatError(f"{count} varints run past the index section")
+        ilen = int(ends[j + count - 1]) + 1 - ipos if count else 0
+    else:
+        ilen = sp.index_nbytes(layout, n, count)
+        if ipos + ilen > index.nbytes:
+            raise WireFormatError("the index section ends before this tensor's positions")
+    buf = index[ipos: ipos + ilen]
+    if layout != VARINT:
+        return sp.positions(layout, buf, n, count), ilen
+    idx = np.cumsum(varint_decode(buf, count) + 1) - 1
+    if count and idx[-1] >= n:
+        raise WireFormatError(f"varint index {int(idx[-1])} out of range for {n} entries")
+    return idx, ilen
 
 
 def scatter(shape: tuple[int, ...], idx: np.ndarray | None, values: np.ndarray) -> np.ndarray:

@@ -142,7 +142,7 @@ def _first_value(v):
     (_first_value(-0.0), "below the threshold"),
     (_first_value(np.nan), "NaN or inf"),
     (_first_value(-np.inf), "NaN or inf"),
-    (lambda s: s[2].__setitem__(1, s[2][1][:-4]), "sections end|left over"),
+    (lambda s: s[2].__setitem__(1, s[2][1][:-4]), "section ends|left over"),
 ])
 def test_malformed_fields_are_refused(edit, match):
     comp = threshold(tau=0.1)
