@@ -27,12 +27,15 @@ values' sign/exponent bytes and the gap bytes are predictable) and 6 % of random
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fedmpi.compress import sparse as sp
-from fedmpi.compress.pipeline import ModelSpec
+from fedmpi.compress.pipeline import ModelSpec, spec_of
 from fedmpi.compress.zstd import Zstd
-from fedmpi.compressors.base import Compressor, Sections, numel_of
+from fedmpi.compressors import feedback
+from fedmpi.compressors.base import Compressor, Context, Sections, check_finite, numel_of
 from fedmpi.wire import WireFormatError
 
 DENSE, BITMAP, DELTA8, DELTA16, DELTA32 = sp.DENSE, sp.BITMAP, sp.DELTA8, sp.DELTA16, sp.DELTA32
@@ -42,6 +45,21 @@ _WIDTH = {DELTA8: np.dtype("u1"), DELTA16: np.dtype("<u2"), DELTA32: np.dtype("<
 ROW = np.dtype([("layout", "u1"), ("pad", "V3"), ("count", "<u4")])
 MAX_NUMEL = 2**32 - 1  # a count is a u32
 SECTIONS = Sections(Zstd(level=3, shuffle=True))
+
+
+def inputs(comp: Compressor, tensors: Mapping[str, np.ndarray], ctx: Context
+           ) -> tuple[ModelSpec, dict[str, np.ndarray]]:
+    """What a sparsifier selects from: the float32 tensors, plus the residual when
+    `comp.feedback` (a new dict; ctx.state is not changed). ValueError for NaN/inf in
+    the input or in input + residual (an overflow), before any state changes."""
+    check_finite(comp, tensors)
+    if comp.feedback:
+        with np.errstate(over="ignore"):  # refused just below, with the tensor's name
+            x = feedback.compensate(tensors, ctx)
+        check_finite(comp, x)
+    else:
+        x = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+    return spec_of(tensors), x
 
 
 # ------------------------------------------------------------------ varint (LEB128) gaps

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedmpi.compress.pipeline import Encoded, ModelSpec, spec_of
+from fedmpi.compress.pipeline import Encoded, ModelSpec
 from fedmpi.compressors import feedback, positions
-from fedmpi.compressors.base import Compressor, Context, check_finite, encoded, register
+from fedmpi.compressors.base import Compressor, Context, encoded, register
 from fedmpi.compressors.topk import k_of
 from fedmpi.params import BadParam
 from fedmpi.wire import WireFormatError
@@ -72,17 +72,14 @@ class RandK(Compressor):
         return out
 
     def encode(self, tensors: Mapping[str, np.ndarray], ctx: Context) -> Encoded:
-        check_finite(self, tensors)
-        spec = spec_of(tensors)
-        x = feedback.compensate(tensors, ctx) if self.feedback else \
-            {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
-        check_finite(self, x)  # x + residual may overflow
+        spec, x = positions.inputs(self, tensors, ctx)
         idxs = self.draw(spec, ctx)
         values = []
-        for (name, shape), idx in zip(spec, idxs):
+        for (name, _), idx in zip(spec, idxs):
             v = x[name].reshape(-1)[idx]
             if not self.feedback and idx.size:
-                v = v * np.float32(x[name].size / idx.size)
+                with np.errstate(over="ignore"):  # refused just below, with the tensor's name
+                    v = v * np.float32(x[name].size / idx.size)
                 if not np.isfinite(v).all():
                     raise ValueError(f"tensor {name!r}: values scaled by n/k = "
                                      f"{x[name].size / idx.size:g} overflow float32 "

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedmpi.compress.pipeline import Encoded, ModelSpec, spec_of
+from fedmpi.compress.pipeline import Encoded, ModelSpec
 from fedmpi.compressors import feedback, positions
-from fedmpi.compressors.base import (Compressor, Context, check_finite, encoded, numel_of,
-                                     register)
+from fedmpi.compressors.base import Compressor, Context, encoded, numel_of, register
 from fedmpi.params import BadParam
 from fedmpi.wire import WireFormatError
 
@@ -56,11 +55,7 @@ class Threshold(Compressor):
         return np.float32(self.tau)
 
     def encode(self, tensors: Mapping[str, np.ndarray], ctx: Context) -> Encoded:
-        check_finite(self, tensors)
-        spec = spec_of(tensors)
-        x = feedback.compensate(tensors, ctx) if self.feedback else \
-            {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
-        check_finite(self, x)  # x + residual may overflow
+        spec, x = positions.inputs(self, tensors, ctx)
         picks = []
         for name, _ in spec:
             f = x[name].reshape(-1)

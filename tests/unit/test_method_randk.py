@@ -139,7 +139,6 @@ def test_error_feedback_conservation(rounds):
     assert np.allclose(sent + state["w"], total, rtol=0, atol=1e-4)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_encode_refuses_nonfinite_and_overflowing_scale():
     comp = randk(fraction=0.5, feedback=False)
     with pytest.raises(ValueError, match="NaN or inf"):

@@ -91,7 +91,6 @@ def test_small_updates_are_sent_once_accumulated():
         assert got == want
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_encode_refuses_nonfinite():
     comp = threshold()
     state = {"w": np.full(2, 3e38, np.float32)}

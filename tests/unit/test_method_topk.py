@@ -128,7 +128,6 @@ def test_feedback_off_keeps_no_state():
     assert topk().stateful and topk().new_state() == {}
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_encode_refuses_nonfinite_and_keeps_state():
     comp = topk()
     state = {"w": np.ones(4, np.float32)}
