@@ -6,10 +6,10 @@ one width, so a single gap past 255 doubles a top-k index (1 % of a tensor has m
 ~100). Here each tensor's positions take the smallest of (ties to the first):
 
 - BITMAP: ceil(n / 8) bytes, bit i (little-endian bit order) set where entry i is sent;
-- DELTA8 / DELTA16 / DELTA32: per entry the gap to the previous one (index - previous
-  - 1, the first from -1), fixed width, the narrowest that fits the largest gap;
+- DELTA8 / DELTA16 / DELTA32: per entry its gap, index - previous index - 1 (the
+  first from -1), fixed width, the narrowest that fits the largest gap;
 - VARINT: the same gaps as LEB128 (7 bits a byte, high bit = more follows), which
-  costs ~1.1 bytes an entry at 1 % where DELTA16 costs 2;
+  costs ~1.3 bytes an entry at 1 % (random positions) where DELTA16 costs 2;
 
 and DENSE (no positions) when every entry is sent. The bitmap and delta formats are
 `fedmpi.compress.sparse`'s (its decoder and checks are reused). A decoder requires the
