@@ -15,5 +15,8 @@ from fedmpi.compressors import efsignsgd  # noqa: F401
 from fedmpi.compressors import qsgd  # noqa: F401
 from fedmpi.compressors import signsgd  # noqa: F401
 from fedmpi.compressors import terngrad  # noqa: F401
+from fedmpi.compressors import randk  # noqa: F401
+from fedmpi.compressors import threshold  # noqa: F401
+from fedmpi.compressors import topk  # noqa: F401
 
 __all__ = ["REGISTRY", "Compressor", "Context", "Fold", "build_compressor"]
