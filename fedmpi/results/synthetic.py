@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,11 +43,18 @@ def config(*, theta: float, local_epochs: int, seed: int, rounds: int,
 def write_run(path: str | os.PathLike, *, theta: float = 0.0, local_epochs: int = 1,
               seed: int = 0, rounds: int = 5, finish: str | None = "completed",
               workers: int = 2, name: str | None = None, overwrite: bool = False,
-              **extra: Any) -> ResultsWriter | None:
-    """Write a run; with finish=None the open writer is returned (status 'running')."""
+              exact: Exact | None = None, **extra: Any) -> ResultsWriter | None:
+    """Write a run; with finish=None the open writer is returned (status 'running').
+
+    With `exact`, the run's compression config, message sizes, accuracies and codec
+    times are the given ones (no random jitter), so that a test can compute what a
+    report must print by hand from a few constants.
+    """
     name = name or f"theta{theta:g}_e{local_epochs}"
     cfg = config(theta=theta, local_epochs=local_epochs, seed=seed, rounds=rounds,
                  name=name, **extra)
+    if exact is not None:
+        cfg["compression"].update(exact.compression)
     rng = np.random.default_rng([seed, int(theta * 100), local_epochs])
     w = ResultsWriter(path, overwrite=overwrite, attrs=dict(
         name=name, seed=seed, config_json=json.dumps(cfg), config_yaml=f"name: {name}\n",
@@ -59,7 +68,11 @@ def write_run(path: str | os.PathLike, *, theta: float = 0.0, local_epochs: int 
     cum = 0
     for r in range(rounds):
         cols = messages_for_round(r, theta, rng, clients=clients // 2, workers=workers)
+        if exact is not None:
+            exact.apply(cols)
         row = round_row(r, cols, theta, local_epochs, rng, cum)
+        if exact is not None:
+            row["test_accuracy"] = exact.accuracy[r]
         cum = row["cum_wire_bytes"]
         w.append_round(row)
         w.append_messages(cols)
@@ -71,6 +84,29 @@ def write_run(path: str | os.PathLike, *, theta: float = 0.0, local_epochs: int 
     w.append_messages(stop_messages(rounds, workers))  # after the last round, like the server
     w.finish(finish, "" if finish == "completed" else "synthetic failure")
     return None
+
+
+@dataclass(frozen=True)
+class Exact:
+    """What `write_run(exact=...)` fixes: every update (uplink) message is `up` bytes,
+    every model (downlink) message `down` bytes, round r's test accuracy is
+    `accuracy[r]`, and every model message took `encode_s` / `decode_s` seconds.
+    `compression` is merged into the config's `compression` section."""
+
+    up: int
+    down: int
+    accuracy: Sequence[float]
+    compression: dict[str, Any] = field(default_factory=dict)
+    encode_s: float = 0.001
+    decode_s: float = 0.002
+
+    def apply(self, cols: dict[str, np.ndarray]) -> None:
+        up, down = cols["kind"] == 3, cols["kind"] == 2
+        for col in ("sender_bytes", "receiver_bytes"):
+            cols[col][up], cols[col][down] = self.up, self.down
+        model = up | down
+        cols["encode_s"] = np.where(model, self.encode_s, 0.0)
+        cols["decode_s"] = np.where(model, self.decode_s, 0.0)
 
 
 def messages_for_round(r: int, theta: float, rng: np.random.Generator, *, clients: int,
