@@ -100,16 +100,16 @@ def report(files, out: Path, *, all_runs: bool = False, ignore=(),
         write_text(out / "table.csv", tab.to_csv(index=False))
     write_text(out / "runs.csv", runs.to_csv(index=False))
     written += [out / "table.md", out / "table.csv", out / "runs.csv"]
-    written += _zoo(chosen, rounds, res.configs, out, zoo_table)
+    written += _zoo(chosen, rounds, res.messages, res.configs, out, zoo_table)
     return written
 
 
-def _zoo(chosen, rounds, configs, out: Path, zoo_table: Path | None) -> list[Path]:
+def _zoo(chosen, rounds, messages, configs, out: Path, zoo_table: Path | None) -> list[Path]:
     """The compressor-zoo outputs (see fedmpi/report/zoo.py) of the chosen runs."""
     from fedmpi.report import plots, zoo
     from fedmpi.report.output import write_text
 
-    tab = zoo.build(chosen, rounds, configs)
+    tab = zoo.build(chosen, rounds, configs, messages)
     settings = _setting_differences(chosen, configs)
     text = (zoo.NOTE.format(pp=zoo.TARGET_PP) + "\n\n" + zoo.markdown(tab, settings)
             if len(tab) else "No completed runs; use --all-runs to rank them anyway.\n")

@@ -155,7 +155,7 @@ def accuracy_vs_bytes_by_link(table: pd.DataFrame, path: Path) -> Path:
 
     `table` is `fedmpi.report.zoo.build`'s: a `curve` (seed-mean per round) per row.
     """
-    panels = (("cum_wire_bytes", "total (up + down + control)"),
+    panels = (("cum_total_bytes", "total (up + down + control)"),
               ("cum_up_bytes", "uplink (client updates)"),
               ("cum_down_bytes", "downlink (server broadcasts)"))
     fig = Figure(figsize=(15, 5.2))

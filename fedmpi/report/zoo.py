@@ -14,13 +14,18 @@ Per method config (mean over seeds unless said otherwise):
 
 - accuracy: the final test accuracy (mean, std over seeds, in %); Δ = accuracy
   minus the dense run's, in percentage points;
-- bytes: run totals from /messages (up = updates, down = models, total = every
-  message of the run, control and the final STOP exchange included);
-  total_ratio = dense total / method total, uplink_ratio = dense up / method up;
+- bytes: run totals from /messages (up = updates, down = models, total = up +
+  down + control: assign, report and the final STOP exchange included);
+  total_ratio = dense total / method total, uplink_ratio = dense up / method up.
+  Left out of the total: error-feedback checkpoint snapshots (kind `memory`), the
+  residuals workers copy to rank 0 so that a checkpoint can hold them. They are
+  the simulation's bookkeeping -- in a real deployment a client's residual never
+  leaves it -- and counting them would charge every error-feedback method the
+  size of the model per checkpoint. ranking.csv shows them (`snapshot_bytes`);
 - bytes to target: the target is the dense run's accuracy - 1 point; the
   seed-mean accuracy curve (rounds that every seed evaluated) is scanned for the
-  first round at or above it, and the seed-mean cumulative wire bytes at the end of
-  that round (/rounds `cum_wire_bytes`: up + down + control) are the cost;
+  first round at or above it, and the seed-mean cumulative total bytes (as above)
+  at the end of that round are the cost;
   "not reached" when no round gets there;
 - codec cost: encode and decode seconds per round (/rounds `encode_s`, `decode_s`:
   summed over every rank), mean over rounds.
@@ -241,17 +246,36 @@ def dense_for(m: Method, methods: list[Method]) -> Method | None:
 # ------------------------------------------------------------------------- numbers
 
 
-def curve(rounds: pd.DataFrame, runs: list[str]) -> pd.DataFrame:
-    """Seed-mean per round: accuracy and cumulative up / down / total wire bytes.
+SNAPSHOT = "memory"  # kind name of error-feedback checkpoint snapshots
+
+
+def snapshots(messages: pd.DataFrame | None) -> pd.Series:
+    """Bytes of checkpoint snapshots per (run, round); empty when there are none."""
+    if messages is None or not len(messages) or "kind_name" not in messages:
+        return pd.Series(dtype=float)
+    snap = messages[messages["kind_name"].astype(str) == SNAPSHOT]
+    return snap.groupby(["run", "round"])["sender_bytes"].sum().astype(float)
+
+
+def curve(rounds: pd.DataFrame, runs: list[str], snaps: pd.Series | None = None
+          ) -> pd.DataFrame:
+    """Seed-mean per round: accuracy and cumulative up / down / total bytes
+    (total = up + down + control, checkpoint snapshots left out).
 
     Only rounds that every run of the group evaluated count (a run still going, or
     `run.eval_every` > 1, leaves rounds without an accuracy).
     """
     r = rounds[rounds["run"].isin(runs)].sort_values(["run", "round"]).copy()
+    snap = np.zeros(len(r))
+    if snaps is not None and len(snaps):
+        keys = pd.MultiIndex.from_arrays([r["run"], r["round"]])
+        snap = snaps.reindex(keys).fillna(0.0).to_numpy()
+    r["cum_total_bytes"] = (r["up_bytes"] + r["down_bytes"] + r["control_bytes"] - snap
+                            ).groupby(r["run"]).cumsum()
     r["cum_up_bytes"] = r.groupby("run")["up_bytes"].cumsum()
     r["cum_down_bytes"] = r.groupby("run")["down_bytes"].cumsum()
     r = r[r["test_accuracy"].notna()]
-    cols = ["test_accuracy", "cum_wire_bytes", "cum_up_bytes", "cum_down_bytes"]
+    cols = ["test_accuracy", "cum_total_bytes", "cum_up_bytes", "cum_down_bytes"]
     counts = r.groupby("round")["run"].nunique()
     full = counts.index[counts == len(runs)]
     mean = r[r["round"].isin(full)].groupby("round")[cols].mean()
@@ -259,13 +283,13 @@ def curve(rounds: pd.DataFrame, runs: list[str]) -> pd.DataFrame:
 
 
 def bytes_to_target(c: pd.DataFrame, target: float) -> tuple[float, int]:
-    """(cumulative wire bytes, round) at the first round whose mean accuracy reaches
+    """(cumulative total bytes, round) at the first round whose mean accuracy reaches
     `target`; (nan, -1) when none does."""
     hit = c[c["test_accuracy"] >= target - 1e-12]
     if not len(hit):
         return float("nan"), -1
     first = hit.iloc[0]
-    return float(first["cum_wire_bytes"]), int(first["round"])
+    return float(first["cum_total_bytes"]), int(first["round"])
 
 
 def _std(values: pd.Series) -> float:
@@ -276,14 +300,17 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den and not math.isnan(den) and not math.isnan(num) else float("nan")
 
 
-def build(runs: pd.DataFrame, rounds: pd.DataFrame,
-          configs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+def build(runs: pd.DataFrame, rounds: pd.DataFrame, configs: Mapping[str, Mapping[str, Any]],
+          messages: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per method config: the zoo-table columns, then the ranking's extras."""
     methods = group(runs, configs)
     by_run = runs.set_index("run")
+    snaps = snapshots(messages)
+    snap_run = snaps.groupby(level=0).sum() if len(snaps) else pd.Series(dtype=float)
     stats = {}
     for m in methods:
         sub = by_run.loc[m.runs]
+        snap = snap_run.reindex(m.runs).fillna(0.0).to_numpy()
         r = rounds[rounds["run"].isin(m.runs)]
         per_run = r.groupby("run")[["encode_s", "decode_s"]].mean()
         stats[id(m)] = dict(
@@ -291,10 +318,11 @@ def build(runs: pd.DataFrame, rounds: pd.DataFrame,
             accuracy_std=100 * _std(sub["final_accuracy"]),
             up_bytes=float(sub["up_bytes"].mean()),
             down_bytes=float(sub["down_bytes"].mean()),
-            total_bytes=float(sub["wire_bytes"].mean()),
+            total_bytes=float((sub["wire_bytes"].to_numpy(float) - snap).mean()),
+            snapshot_bytes=float(snap.mean()),
             encode_s_per_round=float(per_run["encode_s"].mean()) if len(per_run) else math.nan,
             decode_s_per_round=float(per_run["decode_s"].mean()) if len(per_run) else math.nan,
-            curve=curve(rounds, m.runs),
+            curve=curve(rounds, m.runs, snaps),
         )
     settings = list(dict.fromkeys(m.setting for m in methods))
     rows = []
@@ -320,6 +348,7 @@ def build(runs: pd.DataFrame, rounds: pd.DataFrame,
             round_reached=reached,
             encode_s_per_round=s["encode_s_per_round"],
             decode_s_per_round=s["decode_s_per_round"],
+            snapshot_bytes=s["snapshot_bytes"],
             setting=settings.index(m.setting),
             dense=m.dense,
             has_dense=dense is not None,
@@ -397,6 +426,7 @@ NOTE = (
     "cumulative wire bytes (up + down + control) at the end of the first round whose "
     "seed-mean accuracy reaches the target (\"not reached\": no round does). Accuracy: "
     "final test accuracy, mean ± std over seeds. Total / up / down MB: whole-run wire "
-    "bytes, mean over seeds (total includes control messages); × = dense bytes / method "
-    "bytes (total, uplink). Encode / decode: seconds per round summed over every rank, "
+    "bytes, mean over seeds (total includes control messages, not the error-feedback "
+    "checkpoint snapshots workers copy to rank 0: ranking.csv `snapshot_bytes`); × = "
+    "dense bytes / method bytes (total, uplink). Encode / decode: seconds per round summed over every rank, "
     "mean over rounds and seeds. 1 MB = 10^6 bytes.")

@@ -69,7 +69,7 @@ def write_run(path: str | os.PathLike, *, theta: float = 0.0, local_epochs: int 
     for r in range(rounds):
         cols = messages_for_round(r, theta, rng, clients=clients // 2, workers=workers)
         if exact is not None:
-            exact.apply(cols)
+            cols = exact.apply(cols)
         row = round_row(r, cols, theta, local_epochs, rng, cum)
         if exact is not None:
             row["test_accuracy"] = exact.accuracy[r]
@@ -91,7 +91,10 @@ class Exact:
     """What `write_run(exact=...)` fixes: every update (uplink) message is `up` bytes,
     every model (downlink) message `down` bytes, round r's test accuracy is
     `accuracy[r]`, and every model message took `encode_s` / `decode_s` seconds.
-    `compression` is merged into the config's `compression` section."""
+    `compression` is merged into the config's `compression` section. `snapshot` > 0
+    adds, per round, one error-feedback checkpoint snapshot (kind memory) of that
+    many bytes from worker 1, counted in the round's control bytes as the real
+    accounting does."""
 
     up: int
     down: int
@@ -99,14 +102,24 @@ class Exact:
     compression: dict[str, Any] = field(default_factory=dict)
     encode_s: float = 0.001
     decode_s: float = 0.002
+    snapshot: int = 0
 
-    def apply(self, cols: dict[str, np.ndarray]) -> None:
+    def apply(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         up, down = cols["kind"] == 3, cols["kind"] == 2
         for col in ("sender_bytes", "receiver_bytes"):
             cols[col][up], cols[col][down] = self.up, self.down
         model = up | down
         cols["encode_s"] = np.where(model, self.encode_s, 0.0)
         cols["decode_s"] = np.where(model, self.decode_s, 0.0)
+        if not self.snapshot:
+            return cols
+        extra = {k: v[:1].copy() for k, v in cols.items()}  # a row shaped like the others
+        extra.update(kind=np.array([7]), direction=np.array([1]), client=np.array([-1]),
+                     worker=np.array([1]), sender_bytes=np.array([self.snapshot]),
+                     receiver_bytes=np.array([self.snapshot]), dense_bytes=np.array([0]),
+                     numel=np.array([0]), nnz=np.array([0]), codec_id=np.array([0]),
+                     encode_s=np.array([0.0]), decode_s=np.array([0.0]))
+        return {k: np.concatenate([v, extra[k].astype(v.dtype)]) for k, v in cols.items()}
 
 
 def messages_for_round(r: int, theta: float, rng: np.random.Generator, *, clients: int,

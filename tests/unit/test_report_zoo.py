@@ -19,6 +19,7 @@ DENSE = {"target": "update", "uplink": [], "downlink": []}
 TOPK = {"target": "update", "uplink": {"topk": {"fraction": 0.1}},
         "downlink": {"topk": {"fraction": 0.1}}, "downlink_target": "update"}
 QSGD = {"target": "update", "uplink": {"qsgd": {"levels": 4}}, "downlink": []}
+SNAPSHOT = 30000  # error-feedback checkpoint snapshot bytes per round of the topk runs
 # (file, compression, local epochs, seed, up bytes, down bytes, accuracy per round, encode s)
 RUNS = [
     ("dense-0", DENSE, 1, 0, 40064, 40064, [0.50, 0.70, 0.80, 0.90], 0.001),
@@ -36,7 +37,8 @@ RUNS = [
 
 
 def run_bytes(up: int, down: int) -> tuple[int, int, int]:
-    """(up, down, total) wire bytes of a whole run, control and the final STOP included."""
+    """(up, down, total) wire bytes of a whole run, control and the final STOP included,
+    checkpoint snapshots not."""
     control = ROUNDS * (CLIENTS + WORKERS) * CONTROL + 2 * WORKERS * CONTROL
     return ROUNDS * CLIENTS * up, ROUNDS * CLIENTS * down, ROUNDS * CLIENTS * (up + down) + control
 
@@ -53,7 +55,7 @@ def files(tmp_path_factory):
         synthetic.write_run(d / f"{name}.h5", seed=seed, local_epochs=epochs, rounds=ROUNDS,
                             name=f"zoo-{name}",  # names differ per seed: not what groups runs
                             exact=Exact(up=up, down=down, accuracy=acc, compression=comp,
-                                        encode_s=enc))
+                                        encode_s=enc, snapshot=SNAPSHOT if comp is TOPK else 0))
     synthetic.write_run(d / "topk-3-failed.h5", seed=3, rounds=ROUNDS, finish="failed",
                         exact=Exact(up=4064, down=8064, accuracy=[0.1] * ROUNDS,
                                     compression=TOPK))
@@ -118,6 +120,7 @@ def test_ranking_by_bytes_to_dense_minus_one_point(report):
     assert rk["encode_s_per_round"].iloc[0] == pytest.approx(8 * 0.003)
     assert rk["encode_s_per_round"].iloc[1] == pytest.approx(8 * 0.001)
     assert rk["decode_s_per_round"].iloc[2] == pytest.approx(8 * 0.002)
+    assert list(rk["snapshot_bytes"]) == [ROUNDS * SNAPSHOT, 0, 0, ROUNDS * SNAPSHOT, 0]
     md = (out / "ranking.md").read_text()
     assert "Setting 0: {'train.local_epochs': 1}" in md and "Setting 1" in md
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
