@@ -408,7 +408,10 @@ def markdown(table: pd.DataFrame, settings: list[dict[str, Any]] | None = None) 
             else:
                 cost, at = ("not reached" if r["has_dense"] else "—"), "—"
             name = f"**{r['method']}**" if r["dense"] else r["method"]
-            cells = [str(i), name, r["config"].replace("|", "\\|"), r["seeds"], acc,
+            seeds = r["seeds"].split(",")
+            if len(set(seeds)) < len(seeds):  # e.g. CPU and GPU runs of one config given together
+                seeds.append(" repeated seed: these runs are averaged as if they were distinct")
+            cells = [str(i), name, r["config"].replace("|", "\\|"), ",".join(seeds), acc,
                      _num(r["delta_pp"], "+.2f"), cost, at,
                      _num(r["total_bytes"] / 1e6, ",.3f"), _num(r["up_bytes"] / 1e6, ",.3f"),
                      _num(r["down_bytes"] / 1e6, ",.3f"), _num(r["total_ratio"], ".2f"),

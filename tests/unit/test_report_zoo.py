@@ -164,3 +164,12 @@ def test_method_names_and_texts_from_the_stored_config():
     assert (m.method, m.up, m.down, m.dense) == ("dense/prune", "dense", "prune(rate=0.5)", False)
     assert zoo.identify({**flat, "compression.downlink": "[]"}).dense
     assert not zoo.identify({**flat, "compression.downlink": "[]", "strategy.fedadam.lr": 0.1}).dense
+
+
+def test_a_seed_given_twice_is_flagged(files, tmp_path):
+    again = tmp_path / "again.h5"
+    synthetic.write_run(again, seed=0, rounds=ROUNDS, exact=Exact(
+        up=4064, down=8064, accuracy=[0.6, 0.85, 0.895, 0.9], compression=TOPK))
+    out = tmp_path / "out"
+    assert cli(["report", str(files / "topk-0.h5"), str(again), "--out", str(out)]) == 0
+    assert "0,0, repeated seed" in (out / "ranking.md").read_text()
