@@ -186,7 +186,9 @@ def accuracy_vs_bytes_by_link(table: pd.DataFrame, path: Path) -> Path:
     fig.suptitle("Accuracy vs bytes per link (one line per method config; dense in black, "
                  "dashed: dense accuracy − 1 point)")
     if len(table):
-        fig.legend(loc="lower center", ncol=2, fontsize="x-small", bbox_to_anchor=(0.5, -0.02),
+        # below the panels, outside the figure box: save_figure's tight bounding box grows
+        # to hold it however many method configs there are
+        fig.subplots_adjust(bottom=0.13)
+        fig.legend(loc="upper center", ncol=2, fontsize="x-small", bbox_to_anchor=(0.5, 0.0),
                    frameon=False)
-        fig.subplots_adjust(bottom=0.14 + 0.022 * ((len(table) + 1) // 2))
     return save_figure(fig, path)

@@ -196,12 +196,9 @@ def identify(flat: Mapping[str, Any]) -> Method:
     strategy = subtree(flat, "strategy")
     up_name, up = describe_link(comp.get("uplink"))
     down_name, down = describe_link(comp.get("downlink"))
-    if up_name == DENSE and down_name != DENSE:
-        method = f"{DENSE}/{down_name}"
-    elif down_name in (DENSE, up_name):
-        method = up_name
-    else:
-        method = f"{up_name}/{down_name}"
+    # named by its uplink method (the config column says what the downlink does); a run
+    # that compresses only the downlink is "dense/<downlink method>"
+    method = f"{DENSE}/{down_name}" if up_name == DENSE and down_name != DENSE else up_name
     extras = {k: v for k, v in comp.items() if k not in ("uplink", "downlink")}
     return Method(
         setting=json.dumps(setting_of(flat), sort_keys=True, default=str),
