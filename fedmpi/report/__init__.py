@@ -6,7 +6,7 @@ atomically. The table and the Pareto plot use completed runs only unless
 --all-runs; the curves show every run given, so a job still running can be
 compared with finished ones.
 
-The compressor zoo (`zoo.py`), from the same runs: accuracy_vs_bytes.png
+The compressor zoo (`zoo.py`, `methods.py`), from the same runs: accuracy_vs_bytes.png
 (accuracy vs cumulative total, uplink and downlink bytes, one line per method
 config), ranking.md / ranking.csv (methods ranked by the bytes to reach the dense
 run's accuracy - 1 point, with codec seconds per round) and zoo-table.csv (one
@@ -125,11 +125,11 @@ def _zoo(chosen, rounds, messages, configs, out: Path, zoo_table: Path | None) -
 
 def _setting_differences(chosen, configs) -> list[dict]:
     """Per zoo setting index, the setting keys whose values differ between settings."""
-    from fedmpi.report import zoo
+    from fedmpi.report.methods import setting_of
 
     seen: dict[str, dict] = {}
     for run in chosen["run"]:
-        flat = zoo.setting_of(configs[run])
+        flat = setting_of(configs[run])
         seen.setdefault(json.dumps(flat, sort_keys=True, default=str), flat)
     settings = list(seen.values())
     keys = {k for s in settings for k in s}

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fedmpi.cli import main as cli
-from fedmpi.report import zoo
+from fedmpi.report import methods, zoo
 from fedmpi.results import synthetic
 from fedmpi.results.synthetic import CONTROL, Exact
 
@@ -148,22 +148,22 @@ def test_without_a_dense_run_there_is_no_target_and_no_ratio(files, tmp_path):
 
 
 def test_method_names_and_texts_from_the_stored_config():
-    assert zoo.describe_link([]) == ("dense", "dense")
+    assert methods.describe_link([]) == ("dense", "dense")
     stages = [{"prune": {"rate": 0.9, "scope": "global", "tensors": "all"}},
               {"sparse": {"format": "auto"}}, {"zstd": {"level": 3, "shuffle": True}}]
-    assert zoo.describe_link(stages) == ("prune", "prune(rate=0.9)+sparse+zstd")  # defaults hidden
-    assert zoo.describe_link([{"zstd": {"level": 9}}]) == ("stages", "zstd(level=9)")
-    assert zoo.describe_link({"stc": {"fraction": 0.01}}) == ("stc", "stc(fraction=0.01)")
+    assert methods.describe_link(stages) == ("prune", "prune(rate=0.9)+sparse+zstd")  # defaults hidden
+    assert methods.describe_link([{"zstd": {"level": 9}}]) == ("stages", "zstd(level=9)")
+    assert methods.describe_link({"stc": {"fraction": 0.01}}) == ("stc", "stc(fraction=0.01)")
     flat = {"compression.uplink": "[]", "compression.downlink.0.prune.rate": 0.5,
             "compression.target": "weights", "seed": 3, "name": "x", "rounds": 9,
             "run.threads": 2, "data.path": "/a", "data.dataset": "cifar10"}
-    assert zoo.subtree(flat, "compression") == {"uplink": [], "downlink": [{"prune": {"rate": 0.5}}],
+    assert methods.subtree(flat, "compression") == {"uplink": [], "downlink": [{"prune": {"rate": 0.5}}],
                                                 "target": "weights"}
-    assert zoo.setting_of(flat) == {"rounds": 9, "data.dataset": "cifar10"}
-    m = zoo.identify(flat)
+    assert methods.setting_of(flat) == {"rounds": 9, "data.dataset": "cifar10"}
+    m = methods.identify(flat)
     assert (m.method, m.up, m.down, m.dense) == ("dense/prune", "dense", "prune(rate=0.5)", False)
-    assert zoo.identify({**flat, "compression.downlink": "[]"}).dense
-    assert not zoo.identify({**flat, "compression.downlink": "[]", "strategy.fedadam.lr": 0.1}).dense
+    assert methods.identify({**flat, "compression.downlink": "[]"}).dense
+    assert not methods.identify({**flat, "compression.downlink": "[]", "strategy.fedadam.lr": 0.1}).dense
 
 
 def test_a_seed_given_twice_is_flagged(files, tmp_path):
