@@ -29,7 +29,6 @@ _METHOD_PREFIXES = ("compression", "strategy")
 _EXECUTION_PREFIXES = ("run",)
 
 
-
 def _under(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".")
 
