@@ -173,3 +173,9 @@ def test_a_seed_given_twice_is_flagged(files, tmp_path):
     out = tmp_path / "out"
     assert cli(["report", str(files / "topk-0.h5"), str(again), "--out", str(out)]) == 0
     assert "0,0, repeated seed" in (out / "ranking.md").read_text()
+
+
+def test_no_completed_run_gives_an_empty_table_with_its_header(files, tmp_path):
+    assert cli(["report", str(files / "topk-3-failed.h5"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "zoo-table.csv").read_text() == ",".join(zoo.TABLE_COLUMNS) + "\n"
+    assert "No completed runs" in (tmp_path / "ranking.md").read_text()
