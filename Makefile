@@ -26,7 +26,7 @@ HAVE_OPENMPI    := $(shell command -v $(OPENMPI_MPICC) 2>/dev/null)
 OPENMPI_ENV     := $(if $(filter 0,$(shell id -u)),OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
 
 .PHONY: install install-openmpi run test test-unit test-mpi test-integration test-slurm \
-	test-openmpi test-gpu bench paper-cpu clean
+	test-openmpi test-gpu bench paper-cpu zoo list clean
 
 install: $(STAMP)
 
@@ -111,6 +111,26 @@ paper-cpu: install
 	  $(PY) -m fedmpi sweep $(PAPER_SWEEP) --task $$i --launch "$(MPIEXEC) -n $(RANKS)" || exit $$?; \
 	done
 	$(PY) -m fedmpi report results/paper-cpu/*.h5 --out results/paper-cpu/report
+
+# The compressor zoo (configs/zoo/sweep.yaml: 17 method configs x 3 seeds on CPU-scale
+# CIFAR-10 with ResNet-12), task after task, then the report and the zoo table. Finished
+# tasks are skipped, interrupted ones resumed. ZOO_SWEEP=configs/zoo/quick.yaml is the
+# CI-sized one; its table goes to its own report folder, not to results/zoo-table.csv.
+ZOO_SWEEP ?= configs/zoo/sweep.yaml
+ZOO_TABLE ?= $(if $(filter configs/zoo/sweep.yaml,$(ZOO_SWEEP)),results/zoo-table.csv)
+zoo: install
+	n=$$($(PY) -m fedmpi sweep $(ZOO_SWEEP) --count) && \
+	for i in $$(seq 0 $$((n - 1))); do \
+	  $(PY) -m fedmpi sweep $(ZOO_SWEEP) --task $$i --launch "$(MPIEXEC) -n $(RANKS)" || exit $$?; \
+	done && \
+	dir=$$(dirname "$$($(PY) -m fedmpi sweep $(ZOO_SWEEP) --task 0 --path)") && \
+	$(PY) -m fedmpi report "$$dir"/*.h5 --out "$$dir/report" \
+	  $(if $(ZOO_TABLE),--zoo-table $(ZOO_TABLE)) && \
+	cat "$$dir/report/ranking.md"
+
+# What can be named in a config: compressors, stages, strategies, datasets, models.
+list: install
+	$(PY) -m fedmpi list
 
 clean:
 	rm -rf $(VENV) $(OPENMPI_VENV) .pytest_cache

@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("fedmpi.inspect", "human summary of one result file"),
     "watch": ("fedmpi.watch", "follow a running job's result file"),
     "bench": ("fedmpi.bench", "benchmarks (codec, ...)"),
+    "list": ("fedmpi.listing", "what is registered: compressors, stages, strategies, datasets, "
+             "models"),
 }
 
 

@@ -75,6 +75,13 @@ def describe(cls: type) -> str:
     """`name=default, ...` for `fedmpi list`."""
     out = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else "?"
+        if not f.init:  # not a config parameter (e.g. Strategy.info, set at setup)
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "?"
         out.append(f"{f.name}={default}")
     return ", ".join(out)

@@ -12,7 +12,10 @@ A sweep file::
       "compression.uplink.0.prune.rate,compression.downlink.0.prune.rate": theta
 
 A grid key may join several dotted paths with commas: they take the same value
-together (the paper applies θ to both links). Tasks are the Cartesian product in
+together (the paper applies θ to both links). A grid key's values may also be a
+mapping from a short name to a value, for values that are themselves mappings or
+lists (a whole `compression` section per method, see configs/zoo/sweep.yaml): the
+name stands for the value in task names (``method=topk-0.1_seed=0``). Tasks are the Cartesian product in
 file order, the last key varying fastest, so task indices are stable for a given
 file. A task's name is built from its values only (``theta=0.5_seed=1``), so the
 result file of a grid point keeps its name when values are added to the grid.
@@ -88,14 +91,15 @@ def expand(sweep: dict) -> list[Task]:
     fixed = _fixed_overrides(sweep.get("set"))
     grid = _grid(sweep)
     labels = _labels(sweep.get("labels"), grid)
-    axes = [(paths, values, labels[key]) for key, (paths, values) in grid.items()]
+    axes = [(paths, list(zip(values, names)), labels[key])
+            for key, (paths, values, names) in grid.items()]
     tasks: list[Task] = []
-    for index, combo in enumerate(itertools.product(*(values for _, values, _ in axes))):
+    for index, combo in enumerate(itertools.product(*(pairs for _, pairs, _ in axes))):
         overrides = list(fixed)
         parts = []
-        for (paths, _, label), value in zip(axes, combo, strict=True):
+        for (paths, _, label), (value, named) in zip(axes, combo, strict=True):
             overrides += [(p, value) for p in paths]
-            parts.append(f"{label}={_format_value(value)}")
+            parts.append(f"{label}={named or _format_value(value)}")
         name = "_".join(parts) or "base"
         tasks.append(Task(index=index, name=name, overrides=tuple(overrides)))
     _check_unique_names(tasks)
@@ -112,8 +116,9 @@ def _fixed_overrides(raw: Any) -> list[tuple[str, Any]]:
     return [(str(k), v) for k, v in raw.items()]
 
 
-def _grid(sweep: dict) -> dict[str, tuple[list[str], list[Any]]]:
-    """Grid key -> (dotted paths, values), in file order; `seeds` is sugar for `seed`."""
+def _grid(sweep: dict) -> dict[str, tuple[list[str], list[Any], list[str | None]]]:
+    """Grid key -> (dotted paths, values, names), in file order; `seeds` is sugar for
+    `seed`. A name is given for values listed as a {name: value} mapping, else None."""
     raw = sweep.get("grid", {})
     if raw is None:
         raw = {}
@@ -124,7 +129,7 @@ def _grid(sweep: dict) -> dict[str, tuple[list[str], list[Any]]]:
         if "seed" in raw:
             raise ConfigError("sweep.seeds", sweep["seeds"], "either `seeds` or a `seed` grid key")
         raw["seed"] = sweep["seeds"]
-    grid: dict[str, tuple[list[str], list[Any]]] = {}
+    grid: dict[str, tuple[list[str], list[Any], list[str | None]]] = {}
     seen_paths: set[str] = set()
     for key, values in raw.items():
         where = f"sweep.grid.{key}"
@@ -136,12 +141,24 @@ def _grid(sweep: dict) -> dict[str, tuple[list[str], list[Any]]]:
             if p in seen_paths:
                 raise ConfigError(where, p, "each dotted path in at most one grid key")
             seen_paths.add(p)
-        if not isinstance(values, list) or not values:
-            raise ConfigError(where, values, "a non-empty list of values")
+        names: list[str | None]
+        if isinstance(values, dict) and values:
+            names = list(values)
+            for name in names:
+                if not isinstance(name, str) or not name or _UNSAFE.search(name) \
+                        or len(name) > MAX_VALUE_CHARS:
+                    raise ConfigError(f"{where}.{name}", name, "a value name of at most "
+                                      f"{MAX_VALUE_CHARS} letters, digits, . _ + -")
+            values = list(values.values())
+        elif isinstance(values, list) and values:
+            names = [None] * len(values)
+        else:
+            raise ConfigError(where, values, "a non-empty list of values, or a mapping of "
+                              "short names to values")
         canon = [_canonical(v) for v in values]
         if len(set(canon)) != len(canon):
-            raise ConfigError(where, values, "a list without repeated values")
-        grid[key] = (paths, values)
+            raise ConfigError(where, values, "values without repeats")
+        grid[key] = (paths, values, names)
     return grid
 
 
@@ -162,7 +179,7 @@ def _labels(raw: Any, grid: dict) -> dict[str, str]:
         if not isinstance(label, str) or not label or _UNSAFE.search(label):
             raise ConfigError(f"sweep.labels.{key}", label, "a name of letters, digits, . _ + -")
     labels = {}
-    firsts = {key: paths[0].split(".") for key, (paths, _) in grid.items()}
+    firsts = {key: paths[0].split(".") for key, (paths, *_) in grid.items()}
     for key, parts in firsts.items():
         if key in raw:
             labels[key] = raw[key]

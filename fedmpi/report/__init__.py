@@ -5,11 +5,18 @@ table.md, table.csv (Table II: theta x E) and runs.csv (one row per file), each
 atomically. The table and the Pareto plot use completed runs only unless
 --all-runs; the curves show every run given, so a job still running can be
 compared with finished ones.
+
+The compressor zoo (`zoo.py`, `methods.py`), from the same runs: accuracy_vs_bytes.png
+(accuracy vs cumulative total, uplink and downlink bytes, one line per method
+config), ranking.md / ranking.csv (methods ranked by the bytes to reach the dense
+run's accuracy - 1 point, with codec seconds per round) and zoo-table.csv (one
+row per method config; `--zoo-table PATH` writes it to PATH as well).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -24,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also put running/failed/interrupted runs in the table")
     parser.add_argument("--ignore", action="append", default=[], metavar="KEY",
                         help="config key (or prefix) never to split table rows on; repeatable")
+    parser.add_argument("--zoo-table", metavar="PATH",
+                        help="also write the zoo table (one row per method config, ratios vs "
+                             "the dense run) to PATH, e.g. results/zoo-table.csv")
 
 
 def _labels(table_runs, configs, others) -> tuple[dict[str, str], dict[str, int]]:
@@ -56,7 +66,8 @@ def _in_order(runs, rounds, configs):
     return runs, rounds
 
 
-def report(files, out: Path, *, all_runs: bool = False, ignore=()) -> list[Path]:
+def report(files, out: Path, *, all_runs: bool = False, ignore=(),
+           zoo_table: Path | None = None) -> list[Path]:
     from fedmpi.report import plots, table
     from fedmpi.report.output import write_text
 
@@ -89,12 +100,47 @@ def report(files, out: Path, *, all_runs: bool = False, ignore=()) -> list[Path]
         write_text(out / "table.csv", tab.to_csv(index=False))
     write_text(out / "runs.csv", runs.to_csv(index=False))
     written += [out / "table.md", out / "table.csv", out / "runs.csv"]
+    written += _zoo(chosen, rounds, res.messages, res.configs, out, zoo_table)
     return written
+
+
+def _zoo(chosen, rounds, messages, configs, out: Path, zoo_table: Path | None) -> list[Path]:
+    """The compressor-zoo outputs (see fedmpi/report/zoo.py) of the chosen runs."""
+    from fedmpi.report import plots, zoo
+    from fedmpi.report.output import write_text
+
+    tab = zoo.build(chosen, rounds, configs, messages)
+    settings = _setting_differences(chosen, configs)
+    text = (zoo.NOTE.format(pp=zoo.TARGET_PP) + "\n\n" + zoo.markdown(tab, settings)
+            if len(tab) else "No completed runs; use --all-runs to rank them anyway.\n")
+    csv = zoo.zoo_csv(tab) if len(tab) else ",".join(zoo.TABLE_COLUMNS) + "\n"
+    written = [plots.accuracy_vs_bytes_by_link(tab, out / "accuracy_vs_bytes.png"),
+               write_text(out / "ranking.md", text),
+               write_text(out / "ranking.csv", zoo.ranking_csv(tab) if len(tab) else ""),
+               write_text(out / "zoo-table.csv", csv)]
+    if zoo_table is not None:
+        written.append(write_text(Path(zoo_table), csv))
+    return written
+
+
+def _setting_differences(chosen, configs) -> list[dict]:
+    """Per zoo setting index, the setting keys whose values differ between settings."""
+    from fedmpi.report.methods import setting_of
+
+    seen: dict[str, dict] = {}
+    for run in chosen["run"]:
+        flat = setting_of(configs[run])
+        seen.setdefault(json.dumps(flat, sort_keys=True, default=str), flat)
+    settings = list(seen.values())
+    keys = {k for s in settings for k in s}
+    varying = sorted(k for k in keys if len({repr(s.get(k)) for s in settings}) > 1)
+    return [{k: s.get(k) for k in varying} for s in settings]
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        written = report(args.files, Path(args.out), all_runs=args.all_runs, ignore=args.ignore)
+        written = report(args.files, Path(args.out), all_runs=args.all_runs, ignore=args.ignore,
+                         zoo_table=args.zoo_table)
     except ResultsError as exc:
         print(f"fedmpi report: {exc}", file=sys.stderr)
         return 2

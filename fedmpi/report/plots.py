@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from fedmpi.report.output import save_figure
 
@@ -144,4 +145,50 @@ def time_split(rounds: pd.DataFrame, labels, path: Path) -> Path:
            title="Time split: server wall time (left) | worker work (right, hatched)")
     ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
     ax.legend(fontsize="x-small", ncol=2, loc="upper center")
+    return save_figure(fig, path)
+
+
+def accuracy_vs_bytes_by_link(table: pd.DataFrame, path: Path) -> Path:
+    """The zoo figure: one line per method config (mean over seeds), accuracy against
+    cumulative wire bytes -- all of them (up + down + control), uplink only, downlink
+    only -- so a method that saves on one link and not the other shows it.
+
+    `table` is `fedmpi.report.zoo.build`'s: a `curve` (seed-mean per round) per row.
+    """
+    panels = (("cum_total_bytes", "total (up + down + control)"),
+              ("cum_up_bytes", "uplink (client updates)"),
+              ("cum_down_bytes", "downlink (server broadcasts)"))
+    fig = Figure(figsize=(15, 5.2))
+    axes = fig.subplots(1, 3, sharey=True)
+    several = table["setting"].nunique() > 1 if len(table) else False
+    for i, (_, row) in enumerate(table.iterrows()):
+        c = row["curve"]
+        label = f"{row['method']}: {row['config']}"
+        if several:
+            label = f"[{row['setting']}] {label}"
+        style = dict(color="k", lw=2.2, ls="-") if row["dense"] else dict(
+            color=f"C{i % 10}", lw=1.2, ls=_STYLES[(i // 10) % len(_STYLES)])
+        for ax, (col, _) in zip(axes, panels):
+            x = c[col].to_numpy(float) / 1e6
+            ok = x > 0
+            ax.plot(x[ok], 100 * c["test_accuracy"].to_numpy(float)[ok],
+                    marker="." if len(c) < 30 else None, label=label if ax is axes[0] else None,
+                    **style)
+        if row["dense"]:
+            for ax in axes:
+                ax.axhline(row["target_accuracy"], color="0.5", lw=0.8, ls="--")
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^-1 labels overlap
+        ax.set(xlabel="cumulative MB on the wire", title=title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%), mean over seeds")
+    fig.suptitle("Accuracy vs bytes per link (one line per method config; dense in black, "
+                 "dashed: dense accuracy − 1 point)")
+    if len(table):
+        # below the panels, outside the figure box: save_figure's tight bounding box grows
+        # to hold it however many method configs there are
+        fig.subplots_adjust(bottom=0.13)
+        fig.legend(loc="upper center", ncol=2, fontsize="x-small", bbox_to_anchor=(0.5, 0.0),
+                   frameon=False)
     return save_figure(fig, path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,11 +43,18 @@ def config(*, theta: float, local_epochs: int, seed: int, rounds: int,
 def write_run(path: str | os.PathLike, *, theta: float = 0.0, local_epochs: int = 1,
               seed: int = 0, rounds: int = 5, finish: str | None = "completed",
               workers: int = 2, name: str | None = None, overwrite: bool = False,
-              **extra: Any) -> ResultsWriter | None:
-    """Write a run; with finish=None the open writer is returned (status 'running')."""
+              exact: Exact | None = None, **extra: Any) -> ResultsWriter | None:
+    """Write a run; with finish=None the open writer is returned (status 'running').
+
+    With `exact`, the run's compression config, message sizes, accuracies and codec
+    times are the given ones (no random jitter), so that a test can compute what a
+    report must print by hand from a few constants.
+    """
     name = name or f"theta{theta:g}_e{local_epochs}"
     cfg = config(theta=theta, local_epochs=local_epochs, seed=seed, rounds=rounds,
                  name=name, **extra)
+    if exact is not None:
+        cfg["compression"].update(exact.compression)
     rng = np.random.default_rng([seed, int(theta * 100), local_epochs])
     w = ResultsWriter(path, overwrite=overwrite, attrs=dict(
         name=name, seed=seed, config_json=json.dumps(cfg), config_yaml=f"name: {name}\n",
@@ -59,7 +68,11 @@ def write_run(path: str | os.PathLike, *, theta: float = 0.0, local_epochs: int 
     cum = 0
     for r in range(rounds):
         cols = messages_for_round(r, theta, rng, clients=clients // 2, workers=workers)
+        if exact is not None:
+            cols = exact.apply(cols)
         row = round_row(r, cols, theta, local_epochs, rng, cum)
+        if exact is not None:
+            row["test_accuracy"] = exact.accuracy[r]
         cum = row["cum_wire_bytes"]
         w.append_round(row)
         w.append_messages(cols)
@@ -71,6 +84,42 @@ def write_run(path: str | os.PathLike, *, theta: float = 0.0, local_epochs: int 
     w.append_messages(stop_messages(rounds, workers))  # after the last round, like the server
     w.finish(finish, "" if finish == "completed" else "synthetic failure")
     return None
+
+
+@dataclass(frozen=True)
+class Exact:
+    """What `write_run(exact=...)` fixes: every update (uplink) message is `up` bytes,
+    every model (downlink) message `down` bytes, round r's test accuracy is
+    `accuracy[r]`, and every model message took `encode_s` / `decode_s` seconds.
+    `compression` is merged into the config's `compression` section. `snapshot` > 0
+    adds, per round, one error-feedback checkpoint snapshot (kind memory) of that
+    many bytes from worker 1, counted in the round's control bytes as the real
+    accounting does."""
+
+    up: int
+    down: int
+    accuracy: Sequence[float]
+    compression: dict[str, Any] = field(default_factory=dict)
+    encode_s: float = 0.001
+    decode_s: float = 0.002
+    snapshot: int = 0
+
+    def apply(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        up, down = cols["kind"] == 3, cols["kind"] == 2
+        for col in ("sender_bytes", "receiver_bytes"):
+            cols[col][up], cols[col][down] = self.up, self.down
+        model = up | down
+        cols["encode_s"] = np.where(model, self.encode_s, 0.0)
+        cols["decode_s"] = np.where(model, self.decode_s, 0.0)
+        if not self.snapshot:
+            return cols
+        extra = {k: v[:1].copy() for k, v in cols.items()}  # a row shaped like the others
+        extra.update(kind=np.array([7]), direction=np.array([1]), client=np.array([-1]),
+                     worker=np.array([1]), sender_bytes=np.array([self.snapshot]),
+                     receiver_bytes=np.array([self.snapshot]), dense_bytes=np.array([0]),
+                     numel=np.array([0]), nnz=np.array([0]), codec_id=np.array([0]),
+                     encode_s=np.array([0.0]), decode_s=np.array([0.0]))
+        return {k: np.concatenate([v, extra[k].astype(v.dtype)]) for k, v in cols.items()}
 
 
 def messages_for_round(r: int, theta: float, rng: np.random.Generator, *, clients: int,

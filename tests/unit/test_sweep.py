@@ -84,10 +84,23 @@ def test_unsafe_or_long_values_get_a_stable_hash():
                                                 "name": ["a/b"]}})[0].name
 
 
+def test_named_values_stand_for_mappings_in_task_names():
+    methods = {"dense": {"uplink": [], "downlink": []},
+               "topk-0.1": {"uplink": {"topk": {"fraction": 0.1}}, "downlink": []}}
+    tasks = sw.expand({"grid": {"compression": methods, "seed": [0, 1]},
+                       "labels": {"compression": "method"}})
+    assert [t.name for t in tasks] == ["method=dense_seed=0", "method=dense_seed=1",
+                                       "method=topk-0.1_seed=0", "method=topk-0.1_seed=1"]
+    assert tasks[2].overrides == (("compression", methods["topk-0.1"]), ("seed", 0))
+
+
 @pytest.mark.parametrize(
     ("sweep", "field"),
     [
         ([], "sweep"),
+        ({"grid": {"seed": {}}}, "sweep.grid.seed"),
+        ({"grid": {"compression": {"a/b": {}}}}, "sweep.grid.compression.a/b"),
+        ({"grid": {"compression": {"a": [], "b": []}}}, "sweep.grid.compression"),
         ({"grid": {}, "seedz": [1]}, "sweep.seedz"),
         ({"grid": [1, 2]}, "sweep.grid"),
         ({"grid": {"seed": []}}, "sweep.grid.seed"),
