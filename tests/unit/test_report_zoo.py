@@ -153,7 +153,8 @@ def test_method_names_and_texts_from_the_stored_config():
               {"sparse": {"format": "auto"}}, {"zstd": {"level": 3, "shuffle": True}}]
     assert methods.describe_link(stages) == ("prune", "prune(rate=0.9)+sparse+zstd")  # defaults hidden
     assert methods.describe_link([{"zstd": {"level": 9}}]) == ("stages", "zstd(level=9)")
-    assert methods.describe_link({"stc": {"fraction": 0.01}}) == ("stc", "stc(fraction=0.01)")
+    assert methods.describe_link({"stc": {"fraction": 0.05}}) == ("stc", "stc(fraction=0.05)")
+    assert methods.describe_link({"stc": {"fraction": 0.01}}) == ("stc", "stc")  # the default
     flat = {"compression.uplink": "[]", "compression.downlink.0.prune.rate": 0.5,
             "compression.target": "weights", "seed": 3, "name": "x", "rounds": 9,
             "run.threads": 2, "data.path": "/a", "data.dataset": "cifar10"}
