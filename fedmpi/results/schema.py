@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from fedmpi.messages import kind_names
+
 SCHEMA_VERSION = 2
 
 
@@ -33,7 +35,7 @@ class Field:
 
 # --------------------------------------------------------------------------- codes
 
-KIND_NAMES = {1: "assign", 2: "model", 3: "update", 4: "report", 5: "stop", 6: "fail", 7: "memory"}
+KIND_NAMES = kind_names()  # from the protocol table (fedmpi.messages)
 DIRECTION_NAMES = {0: "down", 1: "up"}  # down = server -> worker, up = worker -> server
 STATUSES = ("running", "completed", "failed", "interrupted")
 
