@@ -43,7 +43,7 @@ def instantiate(cls: type, params: object, where: str):
     if not isinstance(params, dict):
         raise ConfigError(where, params, "a mapping of parameters (use {} for defaults)")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # not set by config: no
     choices = getattr(cls, "choices", {})
     for p, value in params.items():
         if p not in names:
@@ -74,7 +74,7 @@ def instantiate(cls: type, params: object, where: str):
 def describe(cls: type) -> str:
     """`name=default, ...` for `fedmpi list`."""
     out = []
-    for f in dataclasses.fields(cls):
+    for f in (f for f in dataclasses.fields(cls) if f.init):
         default = f.default if f.default is not dataclasses.MISSING else "?"
         out.append(f"{f.name}={default}")
     return ", ".join(out)
