@@ -22,7 +22,11 @@ import numpy as np
 import pytest
 from inprocess import run_recorded, shared_tmp
 
+from fedmpi.compress import spec_of
+from fedmpi.compressors import base as compressors
+from fedmpi.compressors import feedback
 from fedmpi.strategies import base as strategies
+from fedmpi.wire import WireFormatError
 
 pytestmark = pytest.mark.mpi(min_size=3)
 QUICK = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -61,6 +65,43 @@ class ServerMomentum(strategies.Strategy):
 
 if "test_momentum" not in strategies.REGISTRY:
     strategies.register("test_momentum")(ServerMomentum)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HalfEF(compressors.Compressor):
+    """Test compressor: float16 values with error feedback, and a state entry that is no
+    tensor of the model (an encode counter), as any stateful method may keep."""
+
+    stateful = True
+
+    def encode(self, tensors, ctx):
+        compressors.check_finite(self, tensors)
+        c = feedback.compensate(tensors, ctx)
+        half = {k: v.astype(np.float16) for k, v in c.items()}
+        recon = {k: v.astype(np.float32) for k, v in half.items()}
+        feedback.keep(ctx, c, recon)
+        ctx.state["encodes"] = ctx.state.get("encodes", np.zeros(1, np.float32)) + 1
+        payload = np.concatenate([compressors.write_header(self, spec_of(c))]
+                                 + [v.reshape(-1).view(np.uint8) for v in half.values()])
+        return compressors.encoded(payload, recon, nnz=sum(v.size for v in recon.values()))
+
+    def decode(self, payload, spec, ctx):
+        rest = compressors.read_header(self, payload, spec)
+        sizes = compressors.numel_of(spec)
+        if rest.nbytes != 2 * sum(sizes):
+            raise WireFormatError(f"{rest.nbytes} value bytes for {sum(sizes)} values")
+        values = np.frombuffer(rest.tobytes(), "<f2").astype(np.float32)
+        if not np.isfinite(values).all():
+            raise WireFormatError("values are not finite")
+        out, at = {}, 0
+        for (name, shape), n in zip(spec, sizes):
+            out[name] = values[at:at + n].reshape(shape)
+            at += n
+        return out
+
+
+if "test_half_ef" not in compressors.REGISTRY:
+    compressors.register("test_half_ef")(HalfEF)
 
 
 def _digest(state: dict) -> str:
@@ -140,8 +181,10 @@ def _run(monkeypatch, comm, out, overrides, *, resume=False):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("uplink", ["[{prune: {rate: 0.5}}, {memory: {}}, {sparse: {}}]",
+                                    "{test_half_ef: {}}"], ids=["stages", "registered"])
 def test_resume_is_bit_identical_with_stateful_strategy_and_compressors(
-        monkeypatch, tmp_path_factory):
+        monkeypatch, tmp_path_factory, uplink):
     from mpi4py import MPI
 
     from fedmpi import server, signals, train, worker
@@ -149,7 +192,7 @@ def test_resume_is_bit_identical_with_stateful_strategy_and_compressors(
     comm = MPI.COMM_WORLD
     d = shared_tmp(comm, tmp_path_factory)
     overrides = SETTINGS + [
-        "strategy={test_momentum: {momentum: 0.5}}",
+        "strategy={test_momentum: {momentum: 0.5}}", f"compression.uplink={uplink}",
         "compression.downlink=[{prune: {rate: 0.8}}, {memory: {}}, {sparse: {}}]"]
     mus = []
     orig_train = train.train_local
@@ -173,7 +216,7 @@ def test_resume_is_bit_identical_with_stateful_strategy_and_compressors(
     monkeypatch.setattr(server.Server, "_log_round", log_round)
     assert _run(monkeypatch, comm, d / "cut.h5", overrides) == signals.EXIT_INTERRUPTED
     monkeypatch.setattr(server.Server, "_log_round", orig_log)
-    monkeypatch.setattr(signals, "_flag", None)  # a fresh process: no stop requested
+    signals.install().requested = False  # as in a fresh process (later tests share this one)
     assert _run(monkeypatch, comm, d / "cut.h5", overrides, resume=True) == 0
 
     with h5py.File(d / "full.h5", "r", locking=False) as a, \
@@ -189,6 +232,9 @@ def test_resume_is_bit_identical_with_stateful_strategy_and_compressors(
         np.testing.assert_array_equal(full.global_state[k], cut.global_state[k], err_msg=k)
     assert set(full.memories) >= {"server", "strategy", "replica", "client_0"}
     assert full.memories["strategy"]  # the velocity is checkpointed
+    if "test_half_ef" in uplink:  # any state entry, not only residuals of model tensors
+        assert sum(int(m["encodes"][0]) for o, m in full.memories.items()
+                   if o.startswith("client_") and m) == 6 * 2
     for owner in full.memories:
         for k in full.memories[owner]:
             np.testing.assert_array_equal(full.memories[owner][k], cut.memories[owner][k],
