@@ -278,7 +278,6 @@ class Server:
             for w in self.workers:
                 self.channel.send(replica, w, post=True, log_round=-1)
 
-    restore_client_memories = restore  # the name before compressors were pluggable
 
     # ------------------------------------------------------------------ helpers
 

@@ -116,7 +116,6 @@ class ClientWorker:
             self.replica = _on(self.exp.codec_device,
                                {name: got[name] for name, _ in self.exp.spec})
 
-    restore_memories = restore  # the name before compressors were pluggable
 
     # -------------------------------------------------- one client
 
