@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmpi import accounting, wire
+from fedmpi import accounting, protocol, wire
 from fedmpi.transport import TAG_OF, Transport
 from fedmpi.wire import Kind
 
@@ -66,8 +66,6 @@ def encoded(kind: Kind, enc, *, round: int, client: int, codec_id: int, n_tensor
 
 def state_message(state, *, round: int, client: int) -> Outgoing:
     """A MEMORY message: a compressor state (named float32 arrays), dense."""
-    from fedmpi import protocol
-
     payload, numel = protocol.state_payload(state)
     return message(Kind.MEMORY, round=round, client=client, payload=payload,
                    n_tensors=len(state), codec_id=protocol.STATE_CODEC, numel=numel, nnz=numel)

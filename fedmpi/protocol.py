@@ -361,10 +361,18 @@ def read_model(buf, *, rank: int, round: int, client: int, codec, spec, ctx,
         return tensors, time.perf_counter() - t0
 
 
-def read_restore(buf, *, rank: int, client: int) -> dict:
+def read_restore(buf, *, rank: int, client: int, spec=None) -> dict:
     """On --resume: a hosted client's compressor state from the checkpoint (round 0);
-    client -1: the rank's replica of the global model."""
-    with context(f"rank {rank}, resume (round -1), compressor state of client {client}"):
+    client -1: the rank's replica of the global model, whose arrays must be the
+    model's (`spec`: names, order and shapes)."""
+    what = "compressor state" if client >= 0 else "replica"
+    with context(f"rank {rank}, resume (round -1), {what} of client {client}"):
         h, payload = wire.parse(buf, expect_kind=Kind.MEMORY, round=0, client=client,
                                 codec_id=STATE_CODEC)
-        return _counted(h, _state(payload))
+        state = _counted(h, _state(payload))
+        if spec is not None:
+            got = [(name, tuple(v.shape)) for name, v in state.items()]
+            if got != [(name, tuple(shape)) for name, shape in spec]:
+                raise WireFormatError(f"arrays {got[:4]}... are not the model's tensors "
+                                      f"{list(spec)[:4]}...")
+        return state

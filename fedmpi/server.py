@@ -166,36 +166,69 @@ class Server:
     # ------------------------------------------------------------------ one round
 
     def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes, snapshot: bool):
-        exp, cfg = self.exp, self.cfg
+        settings = self._select(rnd)  # client -> its settings, in client order
+        self._assign(rnd, settings, snapshot)
+        self._send_models(rnd, bcast, list(settings))
+        exp = self.exp
+        self.strategy.begin(rnd, bcast.reference, fold=exp.uplink.fold(
+            bcast.reference if self.cfg.compression.target == "update" else None))
+        self._fold_updates(rnd, settings, times)
+        t0 = time.perf_counter()
+        new_global = self._device(self.strategy.finish())
+        times.aggregate_s += time.perf_counter() - t0
+
+        worker_rows = self._collect_reports(rnd, times, snapshot)
+        times.wait_s += self.channel.complete(round=rnd)
+        return new_global, self._account(rnd, worker_rows)
+
+    def _select(self, rnd: int) -> dict[int, dict[str, float]]:
         picks = self.strategy.select(rnd)
-        sampled = [int(c) for c, _ in picks]
-        settings = {int(c): values for c, values in picks}
+        settings = {int(c): dict(values) for c, values in picks}
+        n = self.cfg.clients.num_clients
+        if len(settings) != len(picks) or not picks or not all(0 <= c < n for c in settings):
+            raise ValueError(f"strategy {self.strategy.key} selected clients "
+                             f"{[c for c, _ in picks][:20]} in round {rnd}: expected distinct "
+                             f"ids in 0..{n - 1}, at least one")
+        return dict(sorted(settings.items()))
+
+    def _by_worker(self, clients) -> dict[int, list[int]]:
+        return {w: [c for c in clients if worker_of(c, self.exp.num_workers) == w]
+                for w in self.workers}
+
+    def _assign(self, rnd: int, settings: dict[int, dict[str, float]], snapshot: bool) -> None:
+        """ASSIGN to every worker: its clients of the round and their settings."""
         names = self.strategy.client_settings
-        by_worker = {w: sorted(c for c in sampled if worker_of(c, exp.num_workers) == w)
-                     for w in self.workers}
-        for w, clients in by_worker.items():
+        for w, clients in self._by_worker(settings).items():
             values = [[settings[c][n] for n in names] for c in clients] if names else ()
             payload = protocol.assign_payload(SNAPSHOT if snapshot else 0, clients, values)
             self.channel.send(message(Kind.ASSIGN, round=rnd, payload=payload), w, post=True)
-        for i, c in enumerate(sampled):
-            self.channel.send(bcast.out.to(c), worker_of(c, exp.num_workers), post=True,
-                              tamper=(lambda buf: maybe_corrupt(cfg, 0, rnd, buf,
-                                                                where="corrupt_down"))
-                              if i == 0 else None)
-        if self.update_down:  # ranks with no client keep their replica in step
-            for w in (w for w, clients in by_worker.items() if not clients):
-                self.channel.send(bcast.out, w, post=True)
 
-        reference = bcast.reference
-        self.strategy.begin(rnd, reference, fold=exp.uplink.fold(
-            reference if cfg.compression.target == "update" else None))
+    def _send_models(self, rnd: int, bcast: Broadcast, sampled: list[int]) -> None:
+        """The round's MODEL to each sampled client; with downlink_target update, also to
+        every rank with none, so that its replica keeps in step."""
+        cfg = self.cfg
+        for i, c in enumerate(sampled):
+            tamper = (lambda buf: maybe_corrupt(cfg, 0, rnd, buf, where="corrupt_down")) \
+                if i == 0 else None
+            self.channel.send(bcast.out.to(c), worker_of(c, self.exp.num_workers), post=True,
+                              tamper=tamper)
+        if self.update_down:
+            for w, clients in self._by_worker(sampled).items():
+                if not clients:
+                    self.channel.send(bcast.out, w, post=True)
+
+    def _fold_updates(self, rnd: int, settings: dict, times: RoundTimes) -> None:
+        """Decode each UPDATE and fold it into the strategy as it arrives (deterministic
+        mode: in client order, so the sums do not depend on arrival order)."""
+        exp = self.exp
+        sampled = list(settings)
         expected = set(sampled)
         for i in range(len(sampled)):
-            if cfg.run.deterministic:  # fixed summation order, whatever the arrival order
+            if self.cfg.run.deterministic:
                 source, want = worker_of(sampled[i], exp.num_workers), {sampled[i]}
                 what = f"UPDATE of client {sampled[i]}"
             else:
-                source, want = MPI.ANY_SOURCE, expected
+                source, want = MPI.ANY_SOURCE, set(expected)
                 what = _owing(expected, exp.num_workers)
             got = self.channel.recv(Kind.UPDATE, source, self._update_reader(rnd, want, settings),
                                     what=what, round=rnd)
@@ -204,16 +237,9 @@ class Server:
             times.wait_s += got.waited
             times.decode_s += got.read_s
             t0 = time.perf_counter()
-            maybe_fail(cfg, rank=0, round=rnd, where="aggregate")
+            maybe_fail(self.cfg, rank=0, round=rnd, where="aggregate")
             self.strategy.fold(client, tensors, float(exp.samples[client]))
             times.aggregate_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        new_global = self._device(self.strategy.finish())
-        times.aggregate_s += time.perf_counter() - t0
-
-        worker_rows = self._collect_reports(rnd, times, snapshot)
-        times.wait_s += self.channel.complete(round=rnd)
-        return new_global, self._account(rnd, worker_rows)
 
     def _update_reader(self, rnd: int, expected: set[int], settings: dict):
         exp = self.exp

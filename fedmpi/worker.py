@@ -111,11 +111,9 @@ class ClientWorker:
         if self.replica is not None:
             got = self.channel.recv(
                 Kind.MEMORY, SERVER, lambda buf, _: protocol.read_restore(
-                    buf, rank=self.rank, client=-1), log_round=-1,
+                    buf, rank=self.rank, client=-1, spec=self.exp.spec), log_round=-1,
                 what="replica of the global model").value
-            self.replica = _on(self.exp.codec_device,
-                               {name: got[name] for name, _ in self.exp.spec})
-
+            self.replica = _on(self.exp.codec_device, got)
 
     # -------------------------------------------------- one client
 

@@ -299,7 +299,12 @@ def test_compressor_states_round_trip_and_are_checked():
     restore = state_msg(STATE, round=0)
     assert np.array_equal(protocol.read_restore(restore, rank=1, client=3)["b.q"], STATE["b.q"])
     replica = state_msg(MODEL, round=0, client=-1)
-    assert np.array_equal(protocol.read_restore(replica, rank=1, client=-1)["b"], MODEL["b"])
+    assert np.array_equal(protocol.read_restore(replica, rank=1, client=-1, spec=SPEC)["b"],
+                          MODEL["b"])
+    with pytest.raises(WireFormatError, match="rank 1, resume \\(round -1\\), replica of "
+                                              "client -1: arrays .* are not the model's"):
+        protocol.read_restore(state_msg(STATE, round=0, client=-1), rank=1, client=-1,
+                              spec=SPEC)
     with pytest.raises(WireFormatError, match="rank 1, resume \\(round -1\\), compressor state "
                                               "of client 3: MEMORY for round 4"):
         protocol.read_restore(snap, rank=1, client=3)
