@@ -475,7 +475,10 @@ def _open_results(plan, size):
                            overwrite=plan["overwrite"], lock=lock)
     _say_removed(writer)
     up, down = build_links(cfg)
-    writer.set_codecs({0: "control", up.codec_id: up.name, down.codec_id: down.name})
+    from fedmpi.protocol import STATE_CODEC
+
+    writer.set_codecs({0: "control", STATE_CODEC: "state", up.codec_id: up.name,
+                       down.codec_id: down.name})
     # The file is on disk, readable, from here on (status running, no round). With
     # --overwrite it is still a temporary: the old file is replaced once a round is done.
     return writer, None
