@@ -105,10 +105,18 @@ _STATE_HEAD = struct.Struct("<I")
 
 def state_payload(state: Mapping[str, np.ndarray]) -> tuple[bytes, int]:
     """(payload, entries) of a compressor's state: named float32 arrays, any shapes."""
+    if len(state) > MAX_STATE_ARRAYS:
+        raise ValueError(f"a compressor state of {len(state)} arrays (at most "
+                         f"{MAX_STATE_ARRAYS} travel in a MEMORY message)")
     parts, values, numel = [_STATE_HEAD.pack(len(state))], [], 0
     for name, value in state.items():
         arr = np.ascontiguousarray(_host(value), dtype="<f4")
         raw = name.encode("utf-8")
+        if not name or not name.isprintable() or len(raw) > 0xFFFF or arr.ndim > MAX_NDIM:
+            raise ValueError(f"compressor state array {name[:80]!r} of shape {arr.shape}: "
+                             f"names are printable, 1..65535 bytes, at most {MAX_NDIM} dims")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"compressor state array {name!r} holds NaN or inf values")
         parts.append(struct.pack(f"<H{len(raw)}sB{arr.ndim}I", len(raw), raw, arr.ndim,
                                  *arr.shape))
         values.append(arr.tobytes())

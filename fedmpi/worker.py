@@ -46,7 +46,7 @@ class ClientWorker:
         self.replica = None  # the global model as this rank's clients hold it (update mode)
         if exp.cfg.compression.downlink_target == "update":
             self.replica = _on(exp.codec_device, exp.initial_state())
-        self.broadcast = None  # (round, payload) of the MODEL decoded this round
+        self.broadcast = None  # update mode: (round, payload) of the MODEL decoded last
         # Training data moves to the device once; clients index into it.
         self.x = torch.from_numpy(exp.train.x).to(exp.device)
         self.y = torch.from_numpy(exp.train.y).to(exp.device)
@@ -127,7 +127,7 @@ class ClientWorker:
             tensors, _ = protocol.read_model(
                 buf, rank=self.rank, round=rnd, client=client, codec=exp.downlink,
                 spec=exp.spec, ctx=exp.context(rnd, -1, "down").for_decode(), same_as=same_as)
-            if same_as is None:
+            if same_as is None and self.replica is not None:
                 self.broadcast = (rnd, bytes(buf[wire.HEADER_SIZE:]))
             return tensors
 

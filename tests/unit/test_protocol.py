@@ -332,6 +332,17 @@ def test_malformed_compressor_states_are_refused(payload, n, message):
         protocol.read_snapshot(buf, src=1, round=4, client=3)
 
 
+@pytest.mark.parametrize("state, message", [
+    ({"": np.zeros(1, np.float32)}, "names are printable"),
+    ({"a\n": np.zeros(1, np.float32)}, "names are printable"),
+    ({"a": np.zeros((1,) * 9, np.float32)}, "at most 8 dims"),
+    ({"a": np.array([np.inf], np.float32)}, "NaN or inf"),
+])
+def test_a_sender_never_writes_a_state_the_reader_refuses(state, message):
+    with pytest.raises(ValueError, match=message):
+        protocol.state_payload(state)
+
+
 def test_a_state_of_another_codec_is_refused():
     with pytest.raises(WireFormatError, match="codec id"):
         protocol.read_snapshot(state_msg(STATE, codec_id=7), src=1, round=4, client=3)
