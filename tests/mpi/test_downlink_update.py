@@ -30,7 +30,8 @@ from fedmpi.wire import WireFormatError
 
 pytestmark = pytest.mark.mpi(min_size=3)
 QUICK = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
-LOSSY_DOWN = "compression.downlink=[{prune: {rate: 0.8}}, {quantize: {method: float16}}, {sparse: {}}, {zstd: {}}]"
+LOSSY_DOWN = ("compression.downlink=[{prune: {rate: 0.8}}, {quantize: {method: float16}}, "
+              "{sparse: {}}, {zstd: {}}]")
 SETTINGS = ["rounds=6", "clients.num_clients=6", "clients.per_round=2",
             "compression.target=update", "compression.downlink_target=update",
             "compression.uplink=[{prune: {rate: 0.5}}, {memory: {}}, {sparse: {}}]"]

@@ -155,8 +155,9 @@ def test_assign_carries_per_client_settings():
     (struct.pack("<3i", 0, 1, 5), "ASSIGN payload of 12 bytes \\(int32 flags, then int32 client "
      "ids, then 2 float32 setting\\(s\\) per client\\)"),  # settings missing
     (struct.pack("<2i2f", 0, 1, 0.1, 1.0) + b"\0" * 4, "ASSIGN payload of 20 bytes"),
-    (struct.pack("<2i2f", 0, 1, float("nan"), 1.0), "ASSIGN settings of client 1 are \\[nan, 1.0\\]: "
-     "every value must be finite \\(prox_mu, lr_scale\\)"),
+    (struct.pack("<2i2f", 0, 1, float("nan"), 1.0),
+     "ASSIGN settings of client 1 are \\[nan, 1.0\\]: every value must be finite "
+     "\\(prox_mu, lr_scale\\)"),
     (struct.pack("<3i4f", 0, 1, 5, 0.1, 1.0, 0.2, float("-inf")), "ASSIGN settings of client 5"),
 ])
 def test_malformed_assign_settings_are_refused(payload, message):
