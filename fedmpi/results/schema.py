@@ -109,7 +109,7 @@ ROUNDS: tuple[Field, ...] = (
     Field("down_bytes", "i8", "bytes", "wire bytes of models, server -> worker"),
     Field("control_bytes", "i8", "bytes",
           "wire bytes of control messages both ways (assign, report, stop) and of "
-          "error-feedback checkpoint snapshots (kind memory)"),
+          "compressor-state checkpoint snapshots (kind memory)"),
     Field("dense_up_bytes", "i8", "bytes", "uplink tensors as uncompressed float32"),
     Field("dense_down_bytes", "i8", "bytes", "downlink tensors as uncompressed float32"),
     Field("cum_wire_bytes", "i8", "bytes", "all wire bytes (startup hellos included) through this round"),
@@ -158,7 +158,9 @@ CHECKPOINT: tuple[Field, ...] = (
           "sha256 of the round and of every tensor's path, dtype, shape and bytes"),
     Field("global/<tensor>", "array", "", "server's full-precision global model"),
     Field("memory/<owner>/<tensor>", "array", "",
-          "error-feedback residual; owner server|client_<id>"),
+          "state to continue from; owner server (downlink compressor state), client_<id> "
+          "(that client's uplink compressor state), strategy (Strategy.state()), replica "
+          "(downlink_target update: the model as the clients hold it)"),
     Field("rng/<name>", "u1", "bytes", "opaque RNG state bytes"),
 )
 
