@@ -183,7 +183,9 @@ class Server:
 
     def _select(self, rnd: int) -> dict[int, dict[str, float]]:
         picks = self.strategy.select(rnd)
-        settings = {int(c): dict(values) for c, values in picks}
+        # as the worker reads them from ASSIGN (float32), so both ends' contexts agree
+        settings = {int(c): {k: float(np.float32(v)) for k, v in values.items()}
+                    for c, values in picks}
         n = self.cfg.clients.num_clients
         if len(settings) != len(picks) or not picks or not all(0 <= c < n for c in settings):
             raise ValueError(f"strategy {self.strategy.key} selected clients "
