@@ -71,7 +71,8 @@ if "test_momentum" not in strategies.REGISTRY:
 @dataclass(frozen=True, kw_only=True)
 class HalfEF(compressors.Compressor):
     """Test compressor: float16 values with error feedback, and a state entry that is no
-    tensor of the model (an encode counter), as any stateful method may keep."""
+    tensor of the model (an encode counter), as any stateful method may keep. Its
+    decoder checks that it sees the client's settings the encoder saw."""
 
     stateful = True
 
@@ -82,12 +83,19 @@ class HalfEF(compressors.Compressor):
         recon = {k: v.astype(np.float32) for k, v in half.items()}
         feedback.keep(ctx, c, recon)
         ctx.state["encodes"] = ctx.state.get("encodes", np.zeros(1, np.float32)) + 1
-        payload = np.concatenate([compressors.write_header(self, spec_of(c))]
+        # the client's setting rides along, so the decoder can check its context has it too
+        mu = np.array([ctx.settings.get("prox_mu", 0.0)], "<f8").view(np.uint8)
+        payload = np.concatenate([compressors.write_header(self, spec_of(c)), mu]
                                  + [v.reshape(-1).view(np.uint8) for v in half.values()])
         return compressors.encoded(payload, recon, nnz=sum(v.size for v in recon.values()))
 
     def decode(self, payload, spec, ctx):
         rest = compressors.read_header(self, payload, spec)
+        mu = float(np.frombuffer(rest[:8].tobytes(), "<f8")[0])
+        if mu != ctx.settings.get("prox_mu", 0.0):
+            raise WireFormatError(f"encoded with prox_mu {mu!r}, decoded with "
+                                  f"{ctx.settings.get('prox_mu')!r}")
+        rest = rest[8:]
         sizes = compressors.numel_of(spec)
         if rest.nbytes != 2 * sum(sizes):
             raise WireFormatError(f"{rest.nbytes} value bytes for {sum(sizes)} values")
