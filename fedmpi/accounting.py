@@ -134,13 +134,16 @@ def _checks(rows: np.ndarray, round: int | None, rules: ReportRules | None):
         yield "numel", numel < 0, ">= 0"
         return
     yield "worker", rows["worker"] != rules.worker, f"{rules.worker} (the sending rank)"
+    # MODEL and MEMORY may also be the rank's own (client -1: its replica of the model)
     per_client = np.isin(kind, (Kind.MODEL, Kind.UPDATE, Kind.MEMORY))
     hosted = np.isin(rows["client"], np.fromiter(rules.clients, np.int64, len(rules.clients)))
-    yield "client", np.where(per_client, ~hosted, rows["client"] != -1), \
-        "a client this rank hosts (MODEL, UPDATE, MEMORY) or -1"
-    encoded = update | ((kind == Kind.MEMORY) & (way == UP))  # what the worker encodes
-    yield "numel", numel != np.where(encoded, rules.numel, 0), \
-        f"{rules.numel} for messages the worker encodes, else 0"
+    rank_own = np.isin(kind, (Kind.MODEL, Kind.MEMORY)) & (rows["client"] == -1)
+    yield "client", np.where(per_client, ~hosted & ~rank_own, rows["client"] != -1), \
+        "a client this rank hosts (MODEL, UPDATE, MEMORY), or -1"
+    state = (kind == Kind.MEMORY) & (way == UP)  # a compressor state: any number of entries
+    encoded = update | state  # what the worker encodes
+    yield "numel", np.where(state, numel < 0, numel != np.where(update, rules.numel, 0)), \
+        f"{rules.numel} for UPDATE, >= 0 for compressor states, else 0"
     codec = np.array([rules.codecs.get(int(k), 0) for k in kind], dtype=np.int64)
     yield "codec_id", rows["codec_id"] != np.where(encoded, codec, 0), \
         "the pipeline's codec id for messages the worker encodes, else 0"

@@ -105,8 +105,11 @@ class TrainConfig:
 @dataclass
 class CompressionConfig:
     target: str = "weights"  # weights | update: what the uplink encodes
-    uplink: list = field(default_factory=list)
-    downlink: list = field(default_factory=list)
+    # a list of stages, or a one-key mapping {method: {params}} (fedmpi.compressors)
+    uplink: Any = field(default_factory=list)
+    downlink: Any = field(default_factory=list)
+    # weights | update: what the downlink encodes (update: new global - clients' replica)
+    downlink_target: str = "weights"
 
 
 @dataclass
@@ -137,6 +140,8 @@ class Config:
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    # a name or a one-key mapping {strategy: {params}} (fedmpi.strategies)
+    strategy: Any = "fedavg"
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
@@ -161,6 +166,7 @@ CHOICES = {
     "data.dataset": ("digits", "cifar10"),
     "data.partition.method": ("iid", "lda", "shards"),
     "compression.target": ("weights", "update"),
+    "compression.downlink_target": ("weights", "update"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.codec": ("auto", "numpy", "torch"),
     "train.amp": ("off", "bf16", "fp16"),
@@ -205,6 +211,8 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
+    if tp is Any:  # checked where it is built (compressors, strategies)
+        return copy.deepcopy(value)
     args = typing.get_args(tp)
     optional = type(None) in args
     if optional:
@@ -268,6 +276,12 @@ def validate(cfg: Config) -> Config:
             c.per_round,
             f"an integer in 1..clients.num_clients ({c.num_clients})",
         )
+    from fedmpi.compressors import build_compressor
+    from fedmpi.strategies import build_strategy
+
+    build_strategy(cfg.strategy, field="strategy")
+    for link in ("uplink", "downlink"):
+        build_compressor(getattr(cfg.compression, link), field=f"compression.{link}")
     fail_at = cfg.run.fail_at or {}
     for key in ("rank", "round"):
         value = fail_at.get(key)

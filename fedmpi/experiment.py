@@ -15,7 +15,9 @@ import torch
 
 from fedmpi import data as datasets
 from fedmpi import models
-from fedmpi.compress import ModelSpec, Pipeline, build_pipeline, spec_of
+from fedmpi.compress import ModelSpec, spec_of
+from fedmpi.compressors import Compressor, build_compressor
+from fedmpi.compressors.stages import StagePipeline
 from fedmpi.config import Config
 from fedmpi.devices import Node, Placement, label, select
 from fedmpi.errors import ConfigError
@@ -38,10 +40,35 @@ def client_generator(seed: int, round: int, client: int) -> torch.Generator:
     return g
 
 
-def build_pipelines(cfg: Config) -> tuple[Pipeline, Pipeline]:
-    up = build_pipeline(cfg.compression.uplink, field="compression.uplink")
-    down = build_pipeline(cfg.compression.downlink, field="compression.downlink")
+def build_links(cfg: Config, device: torch.device | None = None
+                ) -> tuple[Compressor, Compressor]:
+    """The uplink and downlink compressors. `device`: where the torch codec of the
+    stage pipeline decodes (only when both links are stage pipelines: registered
+    methods encode and decode numpy arrays on the host)."""
+    up = build_compressor(cfg.compression.uplink, field="compression.uplink")
+    down = build_compressor(cfg.compression.downlink, field="compression.downlink")
+    if device is not None and _stages(up, down):
+        up, down = StagePipeline(up.pipeline, device), StagePipeline(down.pipeline, device)
     return up, down
+
+
+build_pipelines = build_links  # the name before compressors were pluggable
+
+
+def _stages(*links: Compressor) -> bool:
+    return all(isinstance(c, StagePipeline) for c in links)
+
+
+def build_strategy(cfg: Config, samples: np.ndarray):
+    """The strategy, set up identically on every rank (settings are known on both ends)."""
+    from fedmpi.strategies import RunInfo
+    from fedmpi.strategies import build_strategy as build
+
+    strategy = build(cfg.strategy, field="strategy")
+    strategy.setup(RunInfo(seed=cfg.seed, num_clients=cfg.clients.num_clients,
+                           per_round=cfg.clients_per_round(), samples=samples,
+                           target=cfg.compression.target))
+    return strategy
 
 
 def effective_threads(configured: int | None, environ=os.environ) -> int:
@@ -85,26 +112,38 @@ class Experiment:
     device: torch.device
     model: torch.nn.Module
     spec: ModelSpec
-    uplink: Pipeline
-    downlink: Pipeline
+    uplink: Compressor
+    downlink: Compressor
     train: datasets.Dataset
     test: datasets.Dataset
     parts: list[np.ndarray]
     histogram: np.ndarray
     placement: Placement | None = None
+    strategy: object = None  # fedmpi.strategies.Strategy, set up
 
     @property
     def codec_device(self) -> torch.device | None:
         """Where messages are encoded and decoded (`run.codec`): this rank's device with the
-        torch codec, or None for the numpy/numba codec on the host."""
-        codec = self.cfg.run.codec
-        if codec == "torch" or (codec == "auto" and self.device.type == "cuda"):
-            return self.device
-        return None
+        torch codec of the stage pipeline, or None for the host (numpy/numba codec, and
+        every registered method)."""
+        return getattr(self.uplink, "device", None) if _stages(self.uplink) else None
+
+    def context(self, round: int, client: int, link: str, state=None, settings=None):
+        """A compressor context: what (seed, round, client, link) make pure."""
+        from fedmpi.compressors import Context
+
+        return Context(self.cfg.seed, round, client, link,
+                       state if state is not None else {}, settings or {})
+
+    def encode(self, comp: Compressor, tensors: dict, ctx):
+        """`comp.encode`, giving a registered method host numpy arrays."""
+        if not isinstance(comp, StagePipeline):
+            tensors = host(tensors)
+        return comp.encode(tensors, ctx)
 
     def model_state(self) -> dict:
-        """The model's state for encoding: device tensors on a GPU (only the encoded
-        bytes then leave it), float32 numpy arrays on the CPU."""
+        """The model's state for encoding: device tensors with the torch codec (only the
+        encoded bytes then leave the GPU), float32 numpy arrays otherwise."""
         return device_state(self.model) if self.codec_device is not None else get_state(self.model)
 
     @property
@@ -148,8 +187,17 @@ def build(cfg: Config, *, rank: int, world_size: int, node: Node | int | None = 
     spec = spec_of(get_state(model))
     if cfg.train.compile != "off":  # in place: parameters and state_dict names stay the same
         model.compile(mode=cfg.train.compile)
-    up, down = build_pipelines(cfg)
+    codec = cfg.run.codec
+    on_device = codec == "torch" or (codec == "auto" and device.type == "cuda")
+    up, down = build_links(cfg, device if on_device else None)
+    samples = np.array([len(p) for p in parts], dtype=np.int64)
     return Experiment(cfg=cfg, rank=rank, num_workers=world_size - 1, device=device,
                       model=model, spec=spec, uplink=up, downlink=down,
                       train=train, test=test, parts=parts, histogram=histogram,
-                      placement=placement)
+                      placement=placement, strategy=build_strategy(cfg, samples))
+
+
+def host(tensors: dict) -> dict[str, np.ndarray]:
+    """numpy arrays of numpy arrays or torch tensors on any device."""
+    return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+            for k, v in tensors.items()}

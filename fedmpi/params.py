@@ -43,7 +43,7 @@ def instantiate(cls: type, params: object, where: str):
     if not isinstance(params, dict):
         raise ConfigError(where, params, "a mapping of parameters (use {} for defaults)")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # not set by config: no
     choices = getattr(cls, "choices", {})
     for p, value in params.items():
         if p not in names:

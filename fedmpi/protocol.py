@@ -14,7 +14,13 @@ decoders without it).
 The control payloads are also written here, so that each format is defined once:
 
 - ASSIGN: int32 little-endian flags (only SNAPSHOT is defined), then the ids of the
-  clients to run this round, strictly increasing, each hosted by the receiver;
+  clients to run this round, strictly increasing, each hosted by the receiver, then
+  per client (in that order) its settings as float32, one per name of the strategy's
+  `client_settings` (both ends know the names from the config; none: no bytes), each
+  finite;
+- MEMORY: a compressor's state (named float32 arrays): u32 count, then per array
+  u16 name length, the UTF-8 name, u8 ndim, u32 dims; then every array's values in
+  that order (see `state_payload`);
 - STOP: the run status as ASCII, one of STATUSES;
 - hello (kind REPORT, round 0, on TAG_HELLO): a UTF-8 JSON object with exactly
   the string keys "host" and "device" (printable, at most MAX_NAME characters).
@@ -27,7 +33,8 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Collection, Iterator
+import zlib
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -73,8 +80,95 @@ def claimed_client(buf) -> str:
 # ---------------------------------------------------------------- control payloads
 
 
-def assign_payload(flags: int, clients: list[int]) -> bytes:
-    return np.asarray([flags, *clients], dtype="<i4").tobytes()
+def assign_payload(flags: int, clients: list[int],
+                   settings: Sequence[Sequence[float]] = ()) -> bytes:
+    """flags, client ids, then each client's settings (float32, in client order)."""
+    head = np.asarray([flags, *clients], dtype="<i4").tobytes()
+    if not settings:
+        return head
+    if len(settings) != len(clients) or len({len(v) for v in settings}) > 1:
+        raise ValueError(f"ASSIGN settings: {len(settings)} rows of unequal or wrong length "
+                         f"for {len(clients)} clients")
+    values = np.asarray(settings, dtype="<f4").reshape(-1)
+    if not np.isfinite(values).all():
+        raise ValueError(f"ASSIGN settings must be finite, got {values.tolist()}")
+    return head + values.tobytes()
+
+
+# ---------------------------------------------------------------- compressor state (MEMORY)
+
+STATE_CODEC = zlib.crc32(b"fedmpi state v1")  # codec id of MEMORY messages
+MAX_STATE_ARRAYS = 1 << 16
+MAX_NDIM = 8
+_STATE_HEAD = struct.Struct("<I")
+
+
+def state_payload(state: Mapping[str, np.ndarray]) -> tuple[bytes, int]:
+    """(payload, entries) of a compressor's state: named float32 arrays, any shapes."""
+    if len(state) > MAX_STATE_ARRAYS:
+        raise ValueError(f"a compressor state of {len(state)} arrays (at most "
+                         f"{MAX_STATE_ARRAYS} travel in a MEMORY message)")
+    parts, values, numel = [_STATE_HEAD.pack(len(state))], [], 0
+    for name, value in state.items():
+        arr = np.ascontiguousarray(_host(value), dtype="<f4")
+        raw = name.encode("utf-8")
+        if not name or not name.isprintable() or len(raw) > 0xFFFF or arr.ndim > MAX_NDIM:
+            raise ValueError(f"compressor state array {name[:80]!r} of shape {arr.shape}: "
+                             f"names are printable, 1..65535 bytes, at most {MAX_NDIM} dims")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"compressor state array {name!r} holds NaN or inf values")
+        parts.append(struct.pack(f"<H{len(raw)}sB{arr.ndim}I", len(raw), raw, arr.ndim,
+                                 *arr.shape))
+        values.append(arr.tobytes())
+        numel += arr.size
+    return b"".join(parts + values), numel
+
+
+def _state(payload) -> dict[str, np.ndarray]:
+    raw = bytes(payload)
+    if len(raw) < _STATE_HEAD.size:
+        raise WireFormatError(f"state payload of {len(raw)} bytes (u32 count first)")
+    (count,), pos = _STATE_HEAD.unpack_from(raw), _STATE_HEAD.size
+    if count > MAX_STATE_ARRAYS:
+        raise WireFormatError(f"state declares {count} arrays (at most {MAX_STATE_ARRAYS})")
+    shapes = []
+    for i in range(count):
+        if pos + 2 > len(raw):
+            raise WireFormatError(f"state array {i}: truncated name")
+        (n,), pos = struct.unpack_from("<H", raw, pos), pos + 2
+        if pos + n + 1 > len(raw):
+            raise WireFormatError(f"state array {i}: truncated name")
+        try:
+            name = raw[pos:pos + n].decode("utf-8")
+        except UnicodeDecodeError:
+            raise WireFormatError(f"state array {i}: name is not UTF-8") from None
+        if not name or not name.isprintable() or any(name == s for s, _ in shapes):
+            raise WireFormatError(f"state array {i}: name {name[:80]!r} is empty, not "
+                                  "printable or repeated")
+        ndim, pos = raw[pos + n], pos + n + 1
+        if ndim > MAX_NDIM or pos + 4 * ndim > len(raw):
+            raise WireFormatError(f"state array {name!r}: {ndim} dimensions "
+                                  f"(at most {MAX_NDIM}, within the payload)")
+        shape = struct.unpack_from(f"<{ndim}I", raw, pos)
+        pos += 4 * ndim
+        shapes.append((name, shape))
+    sizes = [int(np.prod(shape, dtype=np.int64)) for _, shape in shapes]
+    if 4 * sum(sizes) != len(raw) - pos:
+        raise WireFormatError(f"state arrays hold {sum(sizes)} float32 values, the payload "
+                              f"has {len(raw) - pos} bytes for them")
+    values = np.frombuffer(raw, dtype="<f4", offset=pos)
+    if not np.isfinite(values).all():
+        raise WireFormatError("state holds NaN or inf values")
+    out, at = {}, 0
+    for (name, shape), size in zip(shapes, sizes):
+        out[name] = values[at:at + size].reshape(shape).astype(np.float32)
+        at += size
+    return out
+
+
+def _host(value) -> np.ndarray:
+    """numpy of a numpy array or a torch tensor on any device."""
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
 
 
 def stop_payload(status: str) -> bytes:
@@ -94,33 +188,46 @@ def hello_payload(host: str, device: str) -> bytes:
 
 @dataclass(frozen=True)
 class Control:
-    """An ASSIGN (flags, clients) or a STOP (status) as a worker received it."""
+    """An ASSIGN (flags, clients, their settings) or a STOP (status) as a worker received it."""
 
     kind: Kind
     round: int
     flags: int = 0
     clients: tuple[int, ...] = ()
     status: str = ""
+    settings: tuple[dict[str, float], ...] = ()  # per client, by setting name
 
 
-def _assign(payload, *, hosted: Collection[int], feedback: bool) -> tuple[int, tuple[int, ...]]:
-    if len(payload) % 4 or not len(payload):
+def _assign(payload, *, hosted: Collection[int], feedback: bool, names: Sequence[str] = ()
+            ) -> tuple[int, tuple[int, ...], tuple[dict[str, float], ...]]:
+    k = len(names)
+    words, odd = divmod(len(payload), 4)
+    if odd or not words or (words - 1) % (1 + k):
         raise WireFormatError(f"ASSIGN payload of {len(payload)} bytes (int32 flags, then "
-                              "int32 client ids)")
-    flags, *clients = np.frombuffer(bytes(payload), dtype="<i4").tolist()
+                              f"int32 client ids, then {k} float32 setting(s) per client)")
+    n = (words - 1) // (1 + k)
+    raw = bytes(payload)
+    flags, *clients = np.frombuffer(raw, dtype="<i4", count=1 + n).tolist()
+    values = np.frombuffer(raw, dtype="<f4", offset=4 * (1 + n)).reshape(n, k)
+    if not np.isfinite(values).all():
+        i = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+        raise WireFormatError(f"ASSIGN settings of client {clients[i]} are "
+                              f"{values[i].tolist()}: every value must be finite "
+                              f"({', '.join(names)})")
     if flags & ~FLAGS:
         raise WireFormatError(f"ASSIGN flags {flags:#x} have unknown bits "
                               f"(defined: SNAPSHOT={SNAPSHOT})")
     if flags & SNAPSHOT and not feedback:
-        raise WireFormatError("ASSIGN asks for error-feedback snapshots, but the uplink "
-                              "pipeline has no memory stage")
+        raise WireFormatError("ASSIGN asks for compressor-state snapshots, but the uplink "
+                              "compressor keeps no state (no memory stage)")
     if any(b <= a for a, b in zip(clients, clients[1:])):
         raise WireFormatError(f"assigned clients {clients} are not strictly increasing "
                               "(duplicated or out of order)")
     bad = [c for c in clients if c not in hosted]
     if bad:
         raise WireFormatError(f"assigned clients {bad} it does not host")
-    return flags, tuple(clients)
+    settings = tuple({name: float(v) for name, v in zip(names, row)} for row in values.tolist())
+    return flags, tuple(clients), settings
 
 
 def _status(payload) -> str:
@@ -181,15 +288,19 @@ def read_hello(buf, *, src: int) -> dict[str, str]:
 
 
 def read_update(buf, *, src: int, round: int, expected: Collection[int],
-                hosted: Collection[int], pipeline, spec, device=None) -> tuple[int, dict, float]:
-    """An UPDATE of this round from rank `src`: (client, tensors, decode seconds)."""
+                hosted: Collection[int], codec, spec, ctx_of: Callable[[int], object]
+                ) -> tuple[int, dict, float]:
+    """An UPDATE of this round from rank `src`: (client, tensors, decode seconds).
+
+    `ctx_of(client)` is the decoder's context of that client's message (the client is
+    known once the header is read: updates arrive in any order)."""
     with context(_server("update", round, src, claimed_client(buf))):
         h, payload = wire.parse(buf, expect_kind=Kind.UPDATE, round=round, client=expected,
-                                codec_id=pipeline.codec_id, n_tensors=len(spec))
+                                codec_id=codec.codec_id, n_tensors=len(spec))
         if h.client not in hosted:
             raise WireFormatError(f"client {h.client} is not hosted by rank {src}")
         t0 = time.perf_counter()
-        tensors = pipeline.decode(payload, spec, device=device)
+        tensors = codec.decode(payload, spec, ctx_of(h.client))
         return h.client, tensors, time.perf_counter() - t0
 
 
@@ -201,19 +312,26 @@ def read_report(buf, *, src: int, round: int, rules: accounting.ReportRules) -> 
         return accounting.parse_report(payload, round=round, rules=rules)
 
 
-def read_snapshot(buf, *, src: int, round: int, client: int, pipeline, spec) -> dict:
-    """One hosted client's error-feedback residual (dense), for a checkpoint."""
-    with context(_server("residuals", round, src, client)):
-        _, payload = wire.parse(buf, expect_kind=Kind.MEMORY, round=round, client=client,
-                                codec_id=pipeline.codec_id, n_tensors=len(spec))
-        return pipeline.decode(payload, spec)
+def read_snapshot(buf, *, src: int, round: int, client: int) -> dict:
+    """One hosted client's compressor state (named float32 arrays), for a checkpoint."""
+    with context(_server("compressor state", round, src, client)):
+        h, payload = wire.parse(buf, expect_kind=Kind.MEMORY, round=round, client=client,
+                                codec_id=STATE_CODEC)
+        return _counted(h, _state(payload))
+
+
+def _counted(h: wire.Header, state: dict) -> dict:
+    if h.n_tensors != len(state):
+        raise WireFormatError(f"MEMORY declares {h.n_tensors} arrays, its payload has "
+                              f"{len(state)}")
+    return state
 
 
 # ---------------------------------------------------------------- worker side (ranks 1..N)
 
 
 def read_control(buf, *, rank: int, hosted: Collection[int], rounds: int, last: int | None,
-                 feedback: bool) -> Control:
+                 feedback: bool, settings: Sequence[str] = ()) -> Control:
     """ASSIGN or STOP. Rounds go up by one from the first ASSIGN (which may be any round
     below `rounds`: a resumed run starts late); STOP comes after the last ASSIGN."""
     with context(f"rank {rank}, control message"):
@@ -227,24 +345,42 @@ def read_control(buf, *, rank: int, hosted: Collection[int], rounds: int, last: 
     with context(f"rank {rank}, round {h.round}"):
         if h.kind == Kind.STOP:
             return Control(Kind.STOP, h.round, status=_status(payload))
-        flags, clients = _assign(payload, hosted=hosted, feedback=feedback)
-        return Control(Kind.ASSIGN, h.round, flags=flags, clients=clients)
+        flags, clients, values = _assign(payload, hosted=hosted, feedback=feedback,
+                                         names=settings)
+        return Control(Kind.ASSIGN, h.round, flags=flags, clients=clients, settings=values)
 
 
-def read_model(buf, *, rank: int, round: int, client: int, pipeline, spec,
-               device=None) -> tuple[dict, float]:
-    """The MODEL of `round` for `client`: (tensors, decode seconds)."""
+def read_model(buf, *, rank: int, round: int, client: int, codec, spec, ctx,
+               same_as=None) -> tuple[dict | None, float]:
+    """The MODEL of `round` for `client`: (tensors, decode seconds).
+
+    `same_as`: the payload of a MODEL of this round already decoded (a rank with a
+    replica decodes one per round): this one must carry the very same bytes, and is
+    not decoded again (tensors None)."""
     with context(f"rank {rank}, round {round} client {client}"):
         _, payload = wire.parse(buf, expect_kind=Kind.MODEL, round=round, client=client,
-                                codec_id=pipeline.codec_id, n_tensors=len(spec))
+                                codec_id=codec.codec_id, n_tensors=len(spec))
+        if same_as is not None:
+            if bytes(payload) != bytes(same_as):
+                raise WireFormatError("MODEL payload differs from the round's broadcast")
+            return None, 0.0
         t0 = time.perf_counter()
-        tensors = pipeline.decode(payload, spec, device=device)
+        tensors = codec.decode(payload, spec, ctx)
         return tensors, time.perf_counter() - t0
 
 
-def read_restore(buf, *, rank: int, client: int, pipeline, spec) -> dict:
-    """On --resume: a hosted client's error-feedback residual from the checkpoint (round 0)."""
-    with context(f"rank {rank}, resume (round -1), residuals of client {client}"):
-        _, payload = wire.parse(buf, expect_kind=Kind.MEMORY, round=0, client=client,
-                                codec_id=pipeline.codec_id, n_tensors=len(spec))
-        return pipeline.decode(payload, spec)
+def read_restore(buf, *, rank: int, client: int, spec=None) -> dict:
+    """On --resume: a hosted client's compressor state from the checkpoint (round 0);
+    client -1: the rank's replica of the global model, whose arrays must be the
+    model's (`spec`: names, order and shapes)."""
+    what = "compressor state" if client >= 0 else "replica"
+    with context(f"rank {rank}, resume (round -1), {what} of client {client}"):
+        h, payload = wire.parse(buf, expect_kind=Kind.MEMORY, round=0, client=client,
+                                codec_id=STATE_CODEC)
+        state = _counted(h, _state(payload))
+        if spec is not None:
+            got = [(name, tuple(v.shape)) for name, v in state.items()]
+            if got != [(name, tuple(shape)) for name, shape in spec]:
+                raise WireFormatError(f"arrays {got[:4]}... are not the model's tensors "
+                                      f"{list(spec)[:4]}...")
+        return state

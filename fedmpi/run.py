@@ -99,7 +99,7 @@ def _plan(args, world_size: int, rank: int = 0) -> dict:
     """
     from fedmpi import config as cfgmod
     from fedmpi import faults, models
-    from fedmpi.experiment import build_pipelines, effective_threads
+    from fedmpi.experiment import build_links, effective_threads
 
     already_completed, resume, overwrite = False, bool(args.resume), args.overwrite
     if args.resume:
@@ -120,7 +120,7 @@ def _plan(args, world_size: int, rank: int = 0) -> dict:
                               "to replace it or --resume to continue it")
     cfgmod.check_world(cfg, world_size)
     faults.validate(cfg.run.fail_at)
-    build_pipelines(cfg)
+    build_links(cfg)
     if cfg.data.dataset == "cifar10":  # a missing data set is a config error, found up front
         from fedmpi.data.cifar10 import resolve_path
 
@@ -465,15 +465,20 @@ def _open_results(plan, size):
                             segment=segment,
                             client_memories={int(k.split("_", 1)[1]): v
                                              for k, v in ckpt.memories.items()
-                                             if k.startswith("client_")})
+                                             if k.startswith("client_")},
+                            strategy=ckpt.memories.get("strategy", {}),
+                            replica=ckpt.memories.get("replica"))
         return writer, state
-    from fedmpi.experiment import build_pipelines
+    from fedmpi.experiment import build_links
 
     writer = ResultsWriter(out, attrs=_metadata(cfg, plan["text"], size),
                            overwrite=plan["overwrite"], lock=lock)
     _say_removed(writer)
-    up, down = build_pipelines(cfg)
-    writer.set_codecs({0: "control", up.codec_id: up.name, down.codec_id: down.name})
+    up, down = build_links(cfg)
+    from fedmpi.protocol import STATE_CODEC
+
+    writer.set_codecs({0: "control", STATE_CODEC: "state", up.codec_id: up.name,
+                       down.codec_id: down.name})
     # The file is on disk, readable, from here on (status running, no round). With
     # --overwrite it is still a temporary: the old file is replaced once a round is done.
     return writer, None
@@ -516,7 +521,7 @@ def _work(exp, net, resumed: bool) -> int:
     worker = ClientWorker(exp, net)
     worker.hello()
     if resumed:
-        worker.restore_memories()
+        worker.restore()
     status = worker.run()
     return 0 if status == "completed" else EXIT_INTERRUPTED
 
@@ -545,9 +550,9 @@ def _metadata(cfg, text: str, size: int) -> dict:
     from mpi4py import MPI
 
     import fedmpi
-    from fedmpi.experiment import build_pipelines
+    from fedmpi.experiment import build_links
 
-    up, down = build_pipelines(cfg)
+    up, down = build_links(cfg)
     return {
         "name": cfg.name,
         "seed": cfg.seed,

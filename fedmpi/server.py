@@ -1,10 +1,15 @@
 """Server role (MPI rank 0): the round loop, fixed in this one place.
 
-Round r: sample clients -> ASSIGN to every worker -> MODEL (the encoded global
-model, encoded once) to each sampled client -> fold each UPDATE into the running
-FedAvg as it arrives -> REPORT from every worker (their message log) -> join the
-two logs -> evaluate the new global model as clients will receive it (downlink
-compression applied) -> write the round, its messages and a checkpoint.
+Round r: the strategy selects clients (with their settings) -> ASSIGN to every
+worker -> MODEL (the global model, or with `downlink_target: update` the global
+update, encoded once) to each sampled client (and, with update, to every rank
+with none, so its replica keeps in step) -> fold each UPDATE into the strategy's
+running aggregate as it arrives -> REPORT from every worker (their message log)
+-> join the two logs -> evaluate the new global model as clients will hold it
+(downlink compression applied) -> write the round, its messages and a checkpoint.
+
+Every message goes through `fedmpi.channel`, which logs it; the payloads are
+written and read in `fedmpi.protocol`.
 """
 
 from __future__ import annotations
@@ -16,33 +21,23 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from fedmpi import accounting, protocol, wire
-from fedmpi.aggregate import StreamingFedAvg
-from fedmpi.compress import build_pipeline
-from fedmpi.experiment import Experiment, sample_clients, worker_of
+from fedmpi import accounting, protocol
+from fedmpi.channel import Channel, Outgoing, encoded, message, state_message
+from fedmpi.experiment import Experiment, worker_of
 from fedmpi.faults import maybe_corrupt, maybe_fail
 from fedmpi.signals import StopFlag
 from fedmpi.train import evaluate, set_state
-from fedmpi.transport import (
-    TAG_CONTROL,
-    TAG_HELLO,
-    TAG_MEMORY,
-    TAG_MODEL,
-    TAG_REPORT,
-    TAG_UPDATE,
-    Transport,
-)
+from fedmpi.transport import TAG_HELLO, Transport
 from fedmpi.protocol import SNAPSHOT
 from fedmpi.wire import Kind, WireFormatError
 
 
 @dataclass
 class Broadcast:
-    """The encoded global model for the next round and what clients decode from it."""
+    """The encoded MODEL for the next round and what clients hold once they decode it."""
 
-    buffer: np.ndarray
-    reference: dict[str, np.ndarray]
-    encoded: object
+    out: Outgoing  # framed for client -1; `.to(client)` readdresses it
+    reference: dict  # weights clients start from (update mode: the advanced replica)
     encode_s: float
 
 
@@ -68,10 +63,12 @@ class ServerState:
 
     round: int  # last completed round (-1 before the first)
     global_state: dict[str, np.ndarray]
-    memory: dict[str, np.ndarray] = field(default_factory=dict)  # downlink residual
+    memory: dict[str, np.ndarray] = field(default_factory=dict)  # downlink compressor state
     cum_bytes: int = 0  # wire bytes through `round`
     segment: int = 0  # process incarnation: 0, then +1 per --resume (keys /messages rows)
     client_memories: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # uplink
+    strategy: dict[str, np.ndarray] = field(default_factory=dict)  # Strategy.state()
+    replica: dict[str, np.ndarray] | None = None  # downlink_target update: what clients hold
 
 
 class Server:
@@ -79,19 +76,20 @@ class Server:
                  stop: StopFlag):
         self.exp = exp
         self.cfg = exp.cfg
-        self.net = transport
+        self.channel = Channel(transport)
         self.writer = writer
         self.progress = progress
         self.stop = stop
-        self.ledger = accounting.Ledger()
+        self.strategy = exp.strategy
         self.totals = accounting.LinkTotals()
-        self.memory = exp.downlink.new_memory()
-        # With uplink error feedback the residuals live on the workers; checkpoints need
-        # them, so checkpoint rounds ask for a snapshot (ASSIGN flag) and a graceful stop
-        # waits for a round that had one.
-        self.uplink_memory = exp.uplink.new_memory() is not None
-        self.dense = build_pipeline([], field="(checkpoint)")
-        self.client_memories: dict[int, dict[str, np.ndarray]] = {}
+        self.down_state = exp.downlink.new_state() or {}  # the broadcast's ctx.state
+        self.update_down = self.cfg.compression.downlink_target == "update"
+        self.replica = None  # update mode: the global model as the clients hold it
+        # With a stateful uplink compressor (error feedback) its states live on the
+        # workers; checkpoints need them, so checkpoint rounds ask for a snapshot
+        # (ASSIGN flag) and a graceful stop waits for a round that had one.
+        self.uplink_state = exp.uplink.new_state() is not None
+        self.client_states: dict[int, dict[str, np.ndarray]] = {}
         self.segment = 0
         self.workers = list(range(1, exp.num_workers + 1))
         # What each worker may send: its clients, and the rules its REPORT rows follow.
@@ -102,7 +100,7 @@ class Server:
             w: accounting.ReportRules(
                 worker=w, clients=self.hosted[w], numel=numel,
                 samples={c: int(samples[c]) for c in self.hosted[w]},
-                codecs={Kind.UPDATE: exp.uplink.codec_id, Kind.MEMORY: self.dense.codec_id})
+                codecs={Kind.UPDATE: exp.uplink.codec_id, Kind.MEMORY: protocol.STATE_CODEC})
             for w in self.workers}
         self.x_test = torch.from_numpy(exp.test.x).to(exp.device)
         self.y_test = torch.from_numpy(exp.test.y).to(exp.device)
@@ -110,31 +108,25 @@ class Server:
 
     def hellos(self) -> list[dict]:
         """One hello per worker, in rank order (a worker that failed to start sends FAIL)."""
-        out = []
-        for w in self.workers:
-            buf, _, waited = self.net.recv(w, TAG_HELLO, what="hello")
-            info = protocol.read_hello(buf, src=w)
-            self.ledger.log(round=-1, kind=Kind.REPORT, client=-1, worker=w, nbytes=len(buf),
-                            xfer_s=waited)
-            out.append(info)
-        return out
+        return [self.channel.recv(Kind.REPORT, w, lambda buf, src: protocol.read_hello(
+                    buf, src=src), tag=TAG_HELLO, log_round=-1, what="hello").value
+                for w in self.workers]
 
     # ------------------------------------------------------------------ loop
 
     def run(self, state: ServerState) -> str:
         """Run rounds after `state.round`; returns 'completed' or 'interrupted'."""
-        # A checkpoint stores tensors by name; the wire format wants the model's order.
-        state.global_state = {name: state.global_state[name] for name, _ in self.exp.spec}
-        if self.exp.codec_device is not None:  # decode, aggregate, encode on the GPU
-            state.global_state = {k: torch.from_numpy(np.ascontiguousarray(v)).to(
-                self.exp.codec_device) for k, v in state.global_state.items()}
-        if self.memory is not None and state.memory:
-            self.memory.load(state.memory)
+        global_state = self._device(state.global_state)
+        self.down_state.update(state.memory)
+        self.strategy.load(state.strategy)
+        if self.update_down:
+            self.replica = self._device(state.replica if state.replica is not None
+                                        else state.global_state)
         self.cum_bytes = state.cum_bytes
         self.segment = state.segment
         if state.round >= 0:  # resumed
-            self.restore_client_memories(state.client_memories)
-        bcast = self._encode_broadcast(state.global_state, state.round + 1)
+            self.restore(state.client_memories)
+        bcast = self._encode_broadcast(global_state, state.round + 1)
         last = state.round
         status = "completed"
         every = self.cfg.run.checkpoint_every
@@ -142,26 +134,28 @@ class Server:
         for rnd in range(first, self.cfg.rounds):
             t_round = time.perf_counter()
             due = (rnd + 1) % every == 0 or rnd == self.cfg.rounds - 1
-            snapshot = self.uplink_memory and (due or self.stop.requested)
+            snapshot = self.uplink_state and (due or self.stop.requested)
             # A round counts the broadcast it encodes for the next one; the first round
             # also the one encoded before the loop.
             times = RoundTimes(encode_s=bcast.encode_s if rnd == first else 0.0)
             new_global, stats = self._round(rnd, bcast, times, snapshot)
-            memory_before = self.memory.state() if self.memory is not None else {}
+            # What the next round starts from, before the broadcast encoding changes it.
+            saved = {"server": _copy(self.down_state), "strategy": self.strategy.state()}
+            if self.update_down:
+                saved["replica"] = _copy(self.replica)
             bcast = self._encode_broadcast(new_global, rnd + 1)
             times.encode_s += bcast.encode_s
             acc, loss = self._evaluate(bcast.reference, rnd, times)
-            self._log_round(rnd, stats, times, acc, loss, bcast, t_round)
+            self._log_round(rnd, stats, times, acc, loss, t_round)
             last = rnd
-            can_stop = snapshot or not self.uplink_memory
+            can_stop = snapshot or not self.uplink_state
             interrupted = self.stop.requested and can_stop and rnd < self.cfg.rounds - 1
             if interrupted or due:
-                memories = {"server": memory_before}
-                memories.update({f"client_{c}": m for c, m in self.client_memories.items()})
-                self.writer.save_checkpoint(round=rnd, global_state=_host(new_global),
-                                            memories=memories, rng={})
+                saved.update({f"client_{c}": m for c, m in self.client_states.items()})
+                self.writer.save_checkpoint(round=rnd, global_state=_copy(new_global),
+                                            memories=saved, rng={})
             self.writer.flush()
-            self.net.liveness.observe_round(time.perf_counter() - t_round)
+            self.channel.liveness.observe_round(time.perf_counter() - t_round)
             if interrupted:
                 status = "interrupted"
                 break
@@ -172,81 +166,110 @@ class Server:
     # ------------------------------------------------------------------ one round
 
     def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes, snapshot: bool):
-        exp, cfg = self.exp, self.cfg
-        sampled = sample_clients(cfg.seed, rnd, cfg.clients.num_clients, cfg.clients_per_round())
-        by_worker = {w: [int(c) for c in sampled if worker_of(c, exp.num_workers) == w]
-                     for w in self.workers}
-        for w, clients in by_worker.items():
-            flags = SNAPSHOT if snapshot else 0
-            buf = wire.frame(Kind.ASSIGN, round=rnd, client=-1,
-                             payload=protocol.assign_payload(flags, clients))
-            xfer = self.net.post(buf, w, TAG_CONTROL)
-            self.ledger.log(round=rnd, kind=Kind.ASSIGN, client=-1, worker=w,
-                            nbytes=len(buf), xfer_s=xfer)
-        enc = bcast.encoded
-        for i, c in enumerate(sampled):
-            buf = wire.reframe(bcast.buffer, client=int(c))
-            if i == 0:
-                buf = maybe_corrupt(cfg, 0, rnd, buf, where="corrupt_down")
-            w = worker_of(int(c), exp.num_workers)
-            xfer = self.net.post(buf, w, TAG_MODEL)
-            self.ledger.log(round=rnd, kind=Kind.MODEL, client=int(c), worker=w,
-                            nbytes=len(buf), dense_bytes=enc.dense_bytes, numel=enc.numel,
-                            nnz=enc.nnz, codec_id=exp.downlink.codec_id,
-                            codec_s=bcast.encode_s)
-
-        reference = bcast.reference if cfg.compression.target == "update" else None
-        fedavg = StreamingFedAvg(reference)
-        expected = {int(c) for c in sampled}
-        order = [int(c) for c in sampled]
-        for i in range(len(order)):
-            if cfg.run.deterministic:  # fixed summation order, whatever the arrival order
-                source = worker_of(order[i], exp.num_workers)
-                what = f"UPDATE of client {order[i]}"
-            else:
-                source = MPI.ANY_SOURCE
-                what = _owing(expected, exp.num_workers)
-            buf, src, waited = self.net.recv(source, TAG_UPDATE, what=what, round=rnd)
-            times.wait_s += waited
-            # deterministic: this very client's update (fixed summation order)
-            client, tensors, decode_s = protocol.read_update(
-                buf, src=src, round=rnd, hosted=self.hosted[src], pipeline=exp.uplink,
-                spec=exp.spec, device=exp.codec_device,
-                expected={order[i]} if cfg.run.deterministic else expected)
-            expected.discard(client)
-            times.decode_s += decode_s
-            t0 = time.perf_counter()
-            maybe_fail(cfg, rank=0, round=rnd, where="aggregate")
-            fedavg.add(tensors, weight=float(exp.samples[client]))
-            times.aggregate_s += time.perf_counter() - t0
-            self.ledger.log(round=rnd, kind=Kind.UPDATE, client=client, worker=src,
-                            nbytes=len(buf), codec_s=decode_s, xfer_s=waited)
+        settings = self._select(rnd)  # client -> its settings, in client order
+        self._assign(rnd, settings, snapshot)
+        self._send_models(rnd, bcast, list(settings))
+        exp = self.exp
+        self.strategy.begin(rnd, bcast.reference, fold=exp.uplink.fold(
+            bcast.reference if self.cfg.compression.target == "update" else None))
+        self._fold_updates(rnd, settings, times)
         t0 = time.perf_counter()
-        new_global = fedavg.result()
+        new_global = self._device(self.strategy.finish())
         times.aggregate_s += time.perf_counter() - t0
 
         worker_rows = self._collect_reports(rnd, times, snapshot)
-        times.wait_s += self.net.complete(round=rnd)
+        times.wait_s += self.channel.complete(round=rnd)
         return new_global, self._account(rnd, worker_rows)
+
+    def _select(self, rnd: int) -> dict[int, dict[str, float]]:
+        picks = self.strategy.select(rnd)
+        # as the worker reads them from ASSIGN (float32), so both ends' contexts agree
+        settings = {int(c): {k: float(np.float32(v)) for k, v in values.items()}
+                    for c, values in picks}
+        n = self.cfg.clients.num_clients
+        if len(settings) != len(picks) or not picks or not all(0 <= c < n for c in settings):
+            raise ValueError(f"strategy {self.strategy.key} selected clients "
+                             f"{[c for c, _ in picks][:20]} in round {rnd}: expected distinct "
+                             f"ids in 0..{n - 1}, at least one")
+        return dict(sorted(settings.items()))
+
+    def _by_worker(self, clients) -> dict[int, list[int]]:
+        return {w: [c for c in clients if worker_of(c, self.exp.num_workers) == w]
+                for w in self.workers}
+
+    def _assign(self, rnd: int, settings: dict[int, dict[str, float]], snapshot: bool) -> None:
+        """ASSIGN to every worker: its clients of the round and their settings."""
+        names = self.strategy.client_settings
+        for w, clients in self._by_worker(settings).items():
+            values = [[settings[c][n] for n in names] for c in clients] if names else ()
+            payload = protocol.assign_payload(SNAPSHOT if snapshot else 0, clients, values)
+            self.channel.send(message(Kind.ASSIGN, round=rnd, payload=payload), w, post=True)
+
+    def _send_models(self, rnd: int, bcast: Broadcast, sampled: list[int]) -> None:
+        """The round's MODEL to each sampled client; with downlink_target update, also to
+        every rank with none, so that its replica keeps in step."""
+        cfg = self.cfg
+        for i, c in enumerate(sampled):
+            tamper = (lambda buf: maybe_corrupt(cfg, 0, rnd, buf, where="corrupt_down")) \
+                if i == 0 else None
+            self.channel.send(bcast.out.to(c), worker_of(c, self.exp.num_workers), post=True,
+                              tamper=tamper)
+        if self.update_down:
+            for w, clients in self._by_worker(sampled).items():
+                if not clients:
+                    self.channel.send(bcast.out, w, post=True)
+
+    def _fold_updates(self, rnd: int, settings: dict, times: RoundTimes) -> None:
+        """Decode each UPDATE and fold it into the strategy as it arrives (deterministic
+        mode: in client order, so the sums do not depend on arrival order)."""
+        exp = self.exp
+        sampled = list(settings)
+        expected = set(sampled)
+        for i in range(len(sampled)):
+            if self.cfg.run.deterministic:
+                source, want = worker_of(sampled[i], exp.num_workers), {sampled[i]}
+                what = f"UPDATE of client {sampled[i]}"
+            else:
+                source, want = MPI.ANY_SOURCE, set(expected)
+                what = _owing(expected, exp.num_workers)
+            got = self.channel.recv(Kind.UPDATE, source, self._update_reader(rnd, want, settings),
+                                    what=what, round=rnd)
+            client, tensors, _ = got.value
+            expected.discard(client)
+            times.wait_s += got.waited
+            times.decode_s += got.read_s
+            t0 = time.perf_counter()
+            maybe_fail(self.cfg, rank=0, round=rnd, where="aggregate")
+            self.strategy.fold(client, tensors, float(exp.samples[client]))
+            times.aggregate_s += time.perf_counter() - t0
+
+    def _update_reader(self, rnd: int, expected: set[int], settings: dict):
+        exp = self.exp
+
+        def read(buf, src):
+            return protocol.read_update(
+                buf, src=src, round=rnd, expected=expected, hosted=self.hosted[src],
+                codec=exp.uplink, spec=exp.spec,
+                ctx_of=lambda c: exp.context(rnd, c, "up", settings=settings[c]).for_decode())
+        return read
 
     def _collect_reports(self, rnd: int, times: RoundTimes,
                          snapshot: bool = False) -> list[np.ndarray]:
         rows = []
         for w in self.workers:
             if snapshot:
-                self._receive_memories(rnd, w, times)
-            buf, _, waited = self.net.recv(w, TAG_REPORT, what="REPORT", round=rnd)
-            times.wait_s += waited
-            rows.append(protocol.read_report(buf, src=w, round=rnd, rules=self.report_rules[w]))
-            self.ledger.log(round=rnd, kind=Kind.REPORT, client=-1, worker=w,
-                            nbytes=len(buf), xfer_s=waited)
+                self._receive_states(rnd, w, times)
+            got = self.channel.recv(Kind.REPORT, w, lambda buf, src: protocol.read_report(
+                buf, src=src, round=rnd, rules=self.report_rules[src]), what="REPORT", round=rnd)
+            times.wait_s += got.waited
+            rows.append(got.value)
         return rows
 
     def _account(self, rnd: int, worker_rows: list[np.ndarray]) -> RoundStats:
         """Join both logs of this round's messages, check them, write /messages."""
         worker_view = (np.concatenate(worker_rows) if worker_rows
                        else np.empty(0, accounting.VIEW_DTYPE))
-        server_view = self.ledger.drain()
+        server_view = self.channel.drain()
         self.totals.add(server_view, worker_view)  # independent sums, before the join
         columns = accounting.join(server_view, worker_view)
         columns["segment"] = np.full(len(columns["round"]), self.segment, dtype="<i4")
@@ -259,42 +282,66 @@ class Server:
         return RoundStats(columns, worker_view[worker_view["kind"] == Kind.UPDATE],
                           float(busy.max()))
 
-    def _receive_memories(self, rnd: int, w: int, times: RoundTimes) -> None:
+    def _receive_states(self, rnd: int, w: int, times: RoundTimes) -> None:
         for client in self.exp.clients_of(w):
-            buf, _, waited = self.net.recv(w, TAG_MEMORY, round=rnd,
-                                           what=f"error-feedback residual of client {client}")
-            times.wait_s += waited
-            self.client_memories[client] = protocol.read_snapshot(
-                buf, src=w, round=rnd, client=client, pipeline=self.dense, spec=self.exp.spec)
-            self.ledger.log(round=rnd, kind=Kind.MEMORY, client=client, worker=w,
-                            nbytes=len(buf), xfer_s=waited, direction=accounting.UP)
+            got = self.channel.recv(
+                Kind.MEMORY, w, lambda buf, src, c=client: protocol.read_snapshot(
+                    buf, src=src, round=rnd, client=c),
+                round=rnd, what=f"compressor state of client {client}")
+            times.wait_s += got.waited
+            self.client_states[client] = got.value
 
-    def restore_client_memories(self, memories: dict[int, dict[str, np.ndarray]]) -> None:
-        """On --resume: give every worker its clients' residuals back (rank order)."""
-        if not self.uplink_memory:
-            return
-        for c in range(self.cfg.clients.num_clients):
-            if c not in memories:
-                raise WireFormatError(f"checkpoint has no error-feedback residual for client {c}")
-            state = {name: memories[c][name] for name, _ in self.exp.spec}
-            enc = self.dense.encode(state)
-            buf = wire.frame(Kind.MEMORY, round=0, client=c, payload=enc.payload,
-                             codec_id=self.dense.codec_id, n_tensors=len(state))
-            w = worker_of(c, self.exp.num_workers)
-            xfer = self.net.post(buf, w, TAG_MEMORY)
-            self.ledger.log(round=-1, kind=Kind.MEMORY, client=c, worker=w, nbytes=len(buf),
-                            dense_bytes=enc.dense_bytes, numel=enc.numel, nnz=enc.nnz,
-                            codec_id=self.dense.codec_id, xfer_s=xfer, direction=accounting.DOWN)
-        self.client_memories = dict(memories)
+    def restore(self, states: dict[int, dict[str, np.ndarray]]) -> None:
+        """On --resume: give every worker its clients' compressor states back (client
+        order), then, with downlink_target update, its replica of the global model."""
+        if self.uplink_state:
+            for c in range(self.cfg.clients.num_clients):
+                if c not in states:
+                    raise WireFormatError(f"checkpoint has no compressor state for client {c}")
+                self.channel.send(state_message(states[c], round=0, client=c),
+                                  worker_of(c, self.exp.num_workers), post=True, log_round=-1)
+            self.client_states = dict(states)
+        if self.update_down:
+            replica = state_message(_copy(self.replica), round=0, client=-1)
+            for w in self.workers:
+                self.channel.send(replica, w, post=True, log_round=-1)
+
 
     # ------------------------------------------------------------------ helpers
 
     def _encode_broadcast(self, global_state, rnd: int) -> Broadcast:
+        """Encode the next round's MODEL once: the weights, or (update mode) the gap
+        Δ = global - replica, after which the replica advances by the decoded Δ
+        exactly as every worker's does."""
+        exp = self.exp
         t0 = time.perf_counter()
-        enc = self.exp.downlink.encode(global_state, memory=self.memory)
-        buf = wire.frame(Kind.MODEL, round=rnd, client=-1, payload=enc.payload,
-                         codec_id=self.exp.downlink.codec_id, n_tensors=len(global_state))
-        return Broadcast(buf, enc.reconstructed, enc, time.perf_counter() - t0)
+        ctx = exp.context(rnd, -1, "down", state=self.down_state)
+        if self.update_down:
+            delta = {k: global_state[k] - self.replica[k] for k in self.replica}
+            enc = exp.encode(exp.downlink, delta, ctx)
+            recon = self._device(enc.reconstructed)
+            self.replica = {k: self.replica[k] + recon[k] for k in self.replica}
+            reference = self.replica
+        else:
+            enc = exp.encode(exp.downlink, global_state, ctx)
+            reference = enc.reconstructed
+        out = encoded(Kind.MODEL, enc, round=rnd, client=-1, codec_id=exp.downlink.codec_id,
+                      n_tensors=len(exp.spec))
+        encode_s = time.perf_counter() - t0
+        return Broadcast(_timed(out, encode_s), reference, encode_s)
+
+    def _device(self, state: dict) -> dict:
+        """`state` in model order, where the codec works (the GPU with the torch codec)."""
+        device = self.exp.codec_device
+        out = {}
+        for name, _ in self.exp.spec:
+            v = state[name]
+            if device is not None and not isinstance(v, torch.Tensor):
+                v = torch.from_numpy(np.ascontiguousarray(v)).to(device)
+            elif device is None and isinstance(v, torch.Tensor):
+                v = v.detach().cpu().numpy()
+            out[name] = v
+        return out
 
     def _evaluate(self, state, rnd: int, times: RoundTimes) -> tuple[float, float]:
         if (rnd + 1) % self.cfg.run.eval_every and rnd != self.cfg.rounds - 1:
@@ -306,7 +353,7 @@ class Server:
         times.evaluate_s += time.perf_counter() - t0
         return acc, loss
 
-    def _log_round(self, rnd, stats, times: RoundTimes, acc, loss, bcast, t_round) -> None:
+    def _log_round(self, rnd, stats, times: RoundTimes, acc, loss, t_round) -> None:
         cols, updates = stats.columns, stats.updates
         # Startup hellos (round -1) count in the cumulative total only.
         self.cum_bytes += int(cols["sender_bytes"].sum())
@@ -349,13 +396,10 @@ class Server:
 
     def _stop_workers(self, rnd: int, status: str) -> None:
         """STOP every worker, then join their final reports (which log the STOP)."""
-        self.net.complete(round=rnd)  # e.g. residual restores of a resume with no round left
+        self.channel.complete(round=rnd)  # e.g. state restores of a resume with no round left
+        stop = message(Kind.STOP, round=rnd, payload=protocol.stop_payload(status))
         for w in self.workers:
-            buf = wire.frame(Kind.STOP, round=rnd, client=-1,
-                             payload=protocol.stop_payload(status))
-            xfer = self.net.send(buf, w, TAG_CONTROL, what="STOP", round=rnd)
-            self.ledger.log(round=rnd, kind=Kind.STOP, client=-1, worker=w, nbytes=len(buf),
-                            xfer_s=xfer)
+            self.channel.send(stop, w, what="STOP")
         times = RoundTimes()
         rows = self._collect_reports(rnd, times)
         stats = self._account(rnd, rows)
@@ -370,7 +414,13 @@ def _owing(expected: set[int], num_workers: int) -> str:
             f"{', '.join(map(str, ranks))}")
 
 
-def _host(state: dict) -> dict[str, np.ndarray]:
-    """numpy copies of device tensors (checkpoints are written from the host)."""
-    return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
-            for k, v in state.items()}
+def _copy(state: dict) -> dict[str, np.ndarray]:
+    """float32 numpy copies (checkpoints are written from the host; states change later)."""
+    return {k: np.array(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v,
+                        dtype=np.float32, copy=True) for k, v in state.items()}
+
+
+def _timed(out: Outgoing, encode_s: float) -> Outgoing:
+    from dataclasses import replace
+
+    return replace(out, codec_s=encode_s)

@@ -18,26 +18,21 @@ from mpi4py import MPI
 
 from fedmpi.errors import FedMPIError
 from fedmpi.liveness import Liveness, LivenessError, Stopwatch, seconds, when
+from fedmpi.messages import TAG_NUMBER, TAGS, tag_of
 from fedmpi.wire import Kind
 
 POLL_S = 0.0005
-TAG_CONTROL = 1  # ASSIGN, STOP
-TAG_MODEL = 2
-TAG_UPDATE = 3
-TAG_REPORT = 4
-TAG_HELLO = 5
-TAG_MEMORY = 6
-TAG_FAIL = 9
+# MPI tags, from the protocol table (fedmpi.messages)
+TAG_CONTROL = TAG_NUMBER["CONTROL"]  # ASSIGN, STOP
+TAG_MODEL = TAG_NUMBER["MODEL"]
+TAG_UPDATE = TAG_NUMBER["UPDATE"]
+TAG_REPORT = TAG_NUMBER["REPORT"]
+TAG_HELLO = TAG_NUMBER["HELLO"]
+TAG_MEMORY = TAG_NUMBER["MEMORY"]
+TAG_FAIL = TAG_NUMBER["FAIL"]
 COLLECTIVE_POLL_S = 0.01
 
-TAG_OF = {
-    Kind.ASSIGN: TAG_CONTROL,
-    Kind.STOP: TAG_CONTROL,
-    Kind.MODEL: TAG_MODEL,
-    Kind.UPDATE: TAG_UPDATE,
-    Kind.REPORT: TAG_REPORT,
-    Kind.FAIL: TAG_FAIL,
-}
+TAG_OF = {Kind(k): tag for k, tag in tag_of().items()}
 
 
 class RemoteFailure(FedMPIError):
@@ -169,10 +164,7 @@ class Transport:
 
 
 def _tag_name(tag: int) -> str:
-    names = {TAG_CONTROL: "control message", TAG_MODEL: "MODEL", TAG_UPDATE: "UPDATE",
-             TAG_REPORT: "REPORT", TAG_HELLO: "hello", TAG_MEMORY: "error-feedback residual",
-             TAG_FAIL: "FAIL"}
-    return names.get(tag, f"message with tag {tag}")
+    return TAGS[tag][1] if tag in TAGS else f"message with tag {tag}"
 
 
 def _ranks(ranks: list[int]) -> str:

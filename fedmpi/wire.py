@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedmpi.messages import MESSAGES
+
 MAGIC = b"FMPI"
 VERSION = 1
 _HEAD = struct.Struct("<4sBBHIIiIQI")  # everything but the header crc
@@ -42,14 +44,8 @@ class WireFormatError(ValueError):
     """A received buffer is malformed, truncated or corrupted."""
 
 
-class Kind(enum.IntEnum):
-    ASSIGN = 1
-    MODEL = 2
-    UPDATE = 3
-    REPORT = 4
-    STOP = 5
-    FAIL = 6
-    MEMORY = 7  # error-feedback residuals for checkpoints and resume
+# The header's kind byte, generated from the one protocol table (fedmpi.messages).
+Kind = enum.IntEnum("Kind", [(m.name, m.value) for m in MESSAGES], module=__name__)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from fedmpi.messages import kind_names
+
 SCHEMA_VERSION = 2
 
 
@@ -33,7 +35,7 @@ class Field:
 
 # --------------------------------------------------------------------------- codes
 
-KIND_NAMES = {1: "assign", 2: "model", 3: "update", 4: "report", 5: "stop", 6: "fail", 7: "memory"}
+KIND_NAMES = kind_names()  # from the protocol table (fedmpi.messages)
 DIRECTION_NAMES = {0: "down", 1: "up"}  # down = server -> worker, up = worker -> server
 STATUSES = ("running", "completed", "failed", "interrupted")
 
@@ -107,7 +109,7 @@ ROUNDS: tuple[Field, ...] = (
     Field("down_bytes", "i8", "bytes", "wire bytes of models, server -> worker"),
     Field("control_bytes", "i8", "bytes",
           "wire bytes of control messages both ways (assign, report, stop) and of "
-          "error-feedback checkpoint snapshots (kind memory)"),
+          "compressor-state checkpoint snapshots (kind memory)"),
     Field("dense_up_bytes", "i8", "bytes", "uplink tensors as uncompressed float32"),
     Field("dense_down_bytes", "i8", "bytes", "downlink tensors as uncompressed float32"),
     Field("cum_wire_bytes", "i8", "bytes", "all wire bytes (startup hellos included) through this round"),
@@ -156,7 +158,9 @@ CHECKPOINT: tuple[Field, ...] = (
           "sha256 of the round and of every tensor's path, dtype, shape and bytes"),
     Field("global/<tensor>", "array", "", "server's full-precision global model"),
     Field("memory/<owner>/<tensor>", "array", "",
-          "error-feedback residual; owner server|client_<id>"),
+          "state to continue from; owner server (downlink compressor state), client_<id> "
+          "(that client's uplink compressor state), strategy (Strategy.state()), replica "
+          "(downlink_target update: the model as the clients hold it)"),
     Field("rng/<name>", "u1", "bytes", "opaque RNG state bytes"),
 )
 

@@ -22,13 +22,18 @@ def checkpoint(path):
         return {k: f["checkpoint/global"][k][()] for k in f["checkpoint/global"]}
 
 
-@pytest.mark.parametrize("config", [QUICK, EF], ids=["prune-zstd", "ef-uniform4-fp16"])
-def test_torch_codec_run_equals_numpy_codec_run(tmp_path, config):
+# downlink_target update: the replicas (server and workers) advance on the device
+UPDATE_DOWN = ("--set", "compression.downlink_target=update", "--set", "clients.per_round=3")
+
+
+@pytest.mark.parametrize("config, extra", [(QUICK, ()), (EF, ()), (EF, UPDATE_DOWN)],
+                         ids=["prune-zstd", "ef-uniform4-fp16", "ef-downlink-update"])
+def test_torch_codec_run_equals_numpy_codec_run(tmp_path, config, extra):
     files = {}
     for codec in ("numpy", "torch"):
         files[codec] = tmp_path / f"{codec}.h5"
         res = run(fedmpi_cmd(3, config, "--out", files[codec], "--set", "rounds=3",
-                             "--set", f"run.codec={codec}"), timeout=300)
+                             "--set", f"run.codec={codec}", *extra), timeout=300)
         assert res.returncode == 0, res.stderr
     a, b = rounds(files["numpy"]), rounds(files["torch"])
     for col in ("test_accuracy", "test_loss", "train_loss", "up_bytes", "down_bytes",

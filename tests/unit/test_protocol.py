@@ -13,6 +13,8 @@ import pytest
 
 from fedmpi import accounting, protocol
 from fedmpi.compress import build_pipeline, spec_of
+from fedmpi.compressors import Context
+from fedmpi.compressors.stages import StagePipeline
 from fedmpi.wire import HEADER_SIZE, Kind, WireFormatError, frame
 
 HOSTED = frozenset({1, 3, 5})  # rank 1 of 2 workers, 6 clients
@@ -126,6 +128,44 @@ def test_malformed_control_messages_are_refused(buf, kwargs, message):
         read(buf, **kwargs)
 
 
+NAMES = ("prox_mu", "lr_scale")
+
+
+def test_assign_carries_per_client_settings():
+    payload = protocol.assign_payload(0, [1, 5], [[0.01, 1.0], [0.5, 2.0]])
+    assert payload == struct.pack("<3i4f", 0, 1, 5, 0.01, 1.0, 0.5, 2.0)
+    msg = protocol.read_control(control(Kind.ASSIGN, payload), rank=1, hosted=HOSTED, rounds=10,
+                                last=None, feedback=False, settings=NAMES)
+    assert msg.clients == (1, 5)
+    assert msg.settings == ({"prox_mu": float(np.float32(0.01)), "lr_scale": 1.0},
+                            {"prox_mu": 0.5, "lr_scale": 2.0})
+    # no settings: exactly the payload of before (flags, then clients)
+    assert protocol.assign_payload(0, [1, 5], ()) == struct.pack("<3i", 0, 1, 5)
+    empty = protocol.read_control(control(Kind.ASSIGN, struct.pack("<i", 0)), rank=1,
+                                  hosted=HOSTED, rounds=10, last=None, feedback=False,
+                                  settings=NAMES)
+    assert empty.clients == () and empty.settings == ()
+    with pytest.raises(ValueError, match="finite"):
+        protocol.assign_payload(0, [1], [[float("inf"), 1.0]])
+    with pytest.raises(ValueError, match="for 2 clients"):
+        protocol.assign_payload(0, [1, 5], [[1.0, 1.0]])
+
+
+@pytest.mark.parametrize("payload, message", [
+    (struct.pack("<3i", 0, 1, 5), "ASSIGN payload of 12 bytes \\(int32 flags, then int32 client "
+     "ids, then 2 float32 setting\\(s\\) per client\\)"),  # settings missing
+    (struct.pack("<2i2f", 0, 1, 0.1, 1.0) + b"\0" * 4, "ASSIGN payload of 20 bytes"),
+    (struct.pack("<2i2f", 0, 1, float("nan"), 1.0),
+     "ASSIGN settings of client 1 are \\[nan, 1.0\\]: every value must be finite "
+     "\\(prox_mu, lr_scale\\)"),
+    (struct.pack("<3i4f", 0, 1, 5, 0.1, 1.0, 0.2, float("-inf")), "ASSIGN settings of client 5"),
+])
+def test_malformed_assign_settings_are_refused(payload, message):
+    with pytest.raises(WireFormatError, match="rank 1, round 2: " + message):
+        protocol.read_control(control(Kind.ASSIGN, payload), rank=1, hosted=HOSTED, rounds=10,
+                              last=None, feedback=False, settings=NAMES)
+
+
 # ---------------------------------------------------------------- MODEL and UPDATE
 
 MODEL = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.float32)}
@@ -139,13 +179,18 @@ def model_msg(kind=Kind.MODEL, *, round=2, client=3, n_tensors=2, codec_id=None,
                  codec_id=PIPE.codec_id if codec_id is None else codec_id, n_tensors=n_tensors)
 
 
+CODEC = StagePipeline(PIPE)
+CTX = Context(0, 2, -1, "down")
+
+
 def read_model(buf):
-    return protocol.read_model(buf, rank=1, round=2, client=3, pipeline=PIPE, spec=SPEC)
+    return protocol.read_model(buf, rank=1, round=2, client=3, codec=CODEC, spec=SPEC, ctx=CTX)
 
 
 def read_update(buf, expected=frozenset({3, 5})):
     return protocol.read_update(buf, src=1, round=2, expected=expected, hosted=HOSTED,
-                                pipeline=PIPE, spec=SPEC)
+                                codec=CODEC, spec=SPEC,
+                                ctx_of=lambda c: Context(0, 2, c, "up").for_decode())
 
 
 def test_models_and_updates_round_trip():
@@ -199,13 +244,13 @@ def test_any_other_decoder_error_still_names_the_message():
     class Broken:
         codec_id = PIPE.codec_id
 
-        def decode(self, payload, spec, device=None):  # Pipeline.decode's signature
+        def decode(self, payload, spec, ctx):  # Compressor.decode's signature
             return {}["missing"]
 
     with pytest.raises(WireFormatError, match="rank 1, round 2 client 3: undecodable "
                                               "message \\(KeyError: 'missing'\\)"):
-        protocol.read_model(model_msg(), rank=1, round=2, client=3, pipeline=Broken(),
-                            spec=SPEC)
+        protocol.read_model(model_msg(), rank=1, round=2, client=3, codec=Broken(),
+                            spec=SPEC, ctx=CTX)
 
 
 # ---------------------------------------------------------------- REPORT and residuals
@@ -233,20 +278,72 @@ def test_report_with_an_unknown_kind_names_the_worker_and_round():
         protocol.read_report(report(rows, round=1), src=1, round=2, rules=RULES)
 
 
-def test_residual_messages_are_checked():
-    dense = build_pipeline([])
-    payload = dense.encode(MODEL).payload
-    snap = frame(Kind.MEMORY, round=4, client=3, payload=payload, codec_id=dense.codec_id,
-                 n_tensors=2)
-    got = protocol.read_snapshot(snap, src=1, round=4, client=3, pipeline=dense, spec=SPEC)
-    assert np.array_equal(got["w"], MODEL["w"])
-    with pytest.raises(WireFormatError, match="server \\(rank 0\\), round 4, residuals from "
-                                              "rank 1 \\(client 5\\): MEMORY for client 3"):
-        protocol.read_snapshot(snap, src=1, round=4, client=5, pipeline=dense, spec=SPEC)
-    restore = frame(Kind.MEMORY, round=0, client=3, payload=payload, codec_id=dense.codec_id,
-                    n_tensors=2)
-    assert np.array_equal(protocol.read_restore(restore, rank=1, client=3, pipeline=dense,
-                                                spec=SPEC)["b"], MODEL["b"])
-    with pytest.raises(WireFormatError, match="rank 1, resume \\(round -1\\), residuals of "
-                                              "client 3: MEMORY for round 4"):
-        protocol.read_restore(snap, rank=1, client=3, pipeline=dense, spec=SPEC)
+def state_msg(state, *, round=4, client=3, n_tensors=None, codec_id=protocol.STATE_CODEC):
+    payload, _ = protocol.state_payload(state)
+    return frame(Kind.MEMORY, round=round, client=client, payload=payload, codec_id=codec_id,
+                 n_tensors=len(state) if n_tensors is None else n_tensors)
+
+
+# Any compressor's state: names and shapes need not be the model's (PowerSGD's Q factors).
+STATE = {"w": MODEL["w"], "b.q": np.full((2, 4, 1), -0.5, np.float32)}
+
+
+def test_compressor_states_round_trip_and_are_checked():
+    snap = state_msg(STATE)
+    got = protocol.read_snapshot(snap, src=1, round=4, client=3)
+    assert list(got) == list(STATE)
+    assert all(np.array_equal(got[k], STATE[k]) and got[k].dtype == np.float32 for k in STATE)
+    assert protocol.read_snapshot(state_msg({}), src=1, round=4, client=3) == {}
+    with pytest.raises(WireFormatError, match="server \\(rank 0\\), round 4, compressor state "
+                                              "from rank 1 \\(client 5\\): MEMORY for client 3"):
+        protocol.read_snapshot(snap, src=1, round=4, client=5)
+    restore = state_msg(STATE, round=0)
+    assert np.array_equal(protocol.read_restore(restore, rank=1, client=3)["b.q"], STATE["b.q"])
+    replica = state_msg(MODEL, round=0, client=-1)
+    assert np.array_equal(protocol.read_restore(replica, rank=1, client=-1, spec=SPEC)["b"],
+                          MODEL["b"])
+    with pytest.raises(WireFormatError, match="rank 1, resume \\(round -1\\), replica of "
+                                              "client -1: arrays .* are not the model's"):
+        protocol.read_restore(state_msg(STATE, round=0, client=-1), rank=1, client=-1,
+                              spec=SPEC)
+    with pytest.raises(WireFormatError, match="rank 1, resume \\(round -1\\), compressor state "
+                                              "of client 3: MEMORY for round 4"):
+        protocol.read_restore(snap, rank=1, client=3)
+
+
+@pytest.mark.parametrize("payload, n, message", [
+    (b"", 0, "state payload of 0 bytes"),
+    (struct.pack("<I", 1 << 20), 0, "declares 1048576 arrays"),
+    (struct.pack("<IH", 1, 5) + b"ab", 1, "truncated name"),
+    (struct.pack("<IH", 1, 2) + b"\xff\xfe" + bytes([0]) + b"\0" * 4, 1, "not UTF-8"),
+    (struct.pack("<IH", 1, 0) + bytes([0]) + b"\0" * 4, 1, "is empty"),
+    (struct.pack("<IH", 2, 1) + b"a" + bytes([0]) + struct.pack("<H", 1) + b"a" + bytes([0])
+     + b"\0" * 8, 2, "repeated"),
+    (struct.pack("<IH", 1, 1) + b"a" + bytes([9]) + b"\0" * 40, 1, "9 dimensions"),
+    (struct.pack("<IH", 1, 1) + b"a" + bytes([1]) + struct.pack("<I", 3) + b"\0" * 8, 1,
+     "hold 3 float32 values, the payload has 8 bytes"),
+    (struct.pack("<IH", 1, 1) + b"a" + bytes([1]) + struct.pack("<I", 1)
+     + struct.pack("<f", float("nan")), 1, "NaN or inf"),
+    (protocol.state_payload(STATE)[0], 1, "MEMORY declares 1 arrays, its payload has 2"),
+])
+def test_malformed_compressor_states_are_refused(payload, n, message):
+    buf = frame(Kind.MEMORY, round=4, client=3, payload=payload, codec_id=protocol.STATE_CODEC,
+                n_tensors=n)
+    with pytest.raises(WireFormatError, match=message):
+        protocol.read_snapshot(buf, src=1, round=4, client=3)
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"": np.zeros(1, np.float32)}, "names are printable"),
+    ({"a\n": np.zeros(1, np.float32)}, "names are printable"),
+    ({"a": np.zeros((1,) * 9, np.float32)}, "at most 8 dims"),
+    ({"a": np.array([np.inf], np.float32)}, "NaN or inf"),
+])
+def test_a_sender_never_writes_a_state_the_reader_refuses(state, message):
+    with pytest.raises(ValueError, match=message):
+        protocol.state_payload(state)
+
+
+def test_a_state_of_another_codec_is_refused():
+    with pytest.raises(WireFormatError, match="codec id"):
+        protocol.read_snapshot(state_msg(STATE, codec_id=7), src=1, round=4, client=3)

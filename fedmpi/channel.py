@@ -1,0 +1,160 @@
+"""A channel: send and receive protocol messages, each logged exactly once, here.
+
+Exact byte accounting needs one ledger row per message on each end (see
+`accounting`). Before this module every send and receive in the server and the
+worker was hand-paired with its `ledger.log(...)` call; a forgotten or doubled one
+only showed up as an AccountingError at the end of a round. Here a send frames
+(or takes a framed) message, hands it to the transport and logs it; a receive
+takes it from the transport, validates it with the strict reader given (from
+`fedmpi.protocol`) and logs it. The row's kind, round and client come from the
+message header itself, its direction from which end this is (the server sends
+down, workers send up), its worker from the peer.
+
+`server.py` and `worker.py` call only this for messages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from fedmpi import accounting, protocol, wire
+from fedmpi.transport import TAG_OF, Transport
+from fedmpi.wire import Kind
+
+SERVER = 0
+DECODED = (Kind.MODEL, Kind.UPDATE)  # kinds whose receive time is decode time (codec_s)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A framed message and what its sender's ledger row says about its contents."""
+
+    buf: np.ndarray
+    kind: Kind
+    round: int
+    client: int
+    codec_id: int = 0  # non-zero for encoded tensors (MODEL, UPDATE, MEMORY)
+    numel: int = 0
+    nnz: int = 0
+    codec_s: float = 0.0  # encode seconds
+
+    def to(self, client: int) -> "Outgoing":
+        """The same message addressed to another client (payload not copied twice)."""
+        return replace(self, buf=wire.reframe(self.buf, client=client), client=int(client))
+
+
+def message(kind: Kind, *, round: int, client: int = -1, payload=b"", n_tensors: int = 0,
+            codec_id: int = 0, numel: int = 0, nnz: int = 0, codec_s: float = 0.0
+            ) -> Outgoing:
+    """Frame a message (control messages: just kind, round and payload)."""
+    buf = wire.frame(kind, round=round, client=client, payload=payload, codec_id=codec_id,
+                     n_tensors=n_tensors)
+    return Outgoing(buf, Kind(kind), int(round), int(client), codec_id, numel, nnz, codec_s)
+
+
+def encoded(kind: Kind, enc, *, round: int, client: int, codec_id: int, n_tensors: int,
+            codec_s: float = 0.0) -> Outgoing:
+    """Frame a compressor's `Encoded` (its payload, entries and non-zeros)."""
+    return message(kind, round=round, client=client, payload=enc.payload, n_tensors=n_tensors,
+                   codec_id=codec_id, numel=enc.numel, nnz=enc.nnz, codec_s=codec_s)
+
+
+def state_message(state, *, round: int, client: int) -> Outgoing:
+    """A MEMORY message: a compressor state (named float32 arrays), dense."""
+    payload, numel = protocol.state_payload(state)
+    return message(Kind.MEMORY, round=round, client=client, payload=payload,
+                   n_tensors=len(state), codec_id=protocol.STATE_CODEC, numel=numel, nnz=numel)
+
+
+@dataclass(frozen=True)
+class Received:
+    value: Any  # what the reader returned
+    src: int
+    waited: float  # seconds blocked in the receive
+    read_s: float  # seconds in the reader (decode time for MODEL / UPDATE)
+
+
+class Channel:
+    """One rank's end of the protocol: a transport and this rank's ledger."""
+
+    def __init__(self, transport: Transport):
+        self.net = transport
+        self.rank = transport.rank
+        self.ledger = accounting.Ledger()
+
+    @property
+    def liveness(self):
+        return self.net.liveness
+
+    def _worker(self, peer: int) -> int:
+        return peer if self.rank == SERVER else self.rank
+
+    def send(self, msg: Outgoing, peer: int, *, post: bool = False, tag: int | None = None,
+             log_round: int | None = None, what: str = "", tamper: Callable | None = None,
+             **row) -> float:
+        """Send (or post, completed by `complete`) and log it; returns seconds blocked.
+
+        `tamper(buf)` lets fault injection alter the bytes after framing; `row` adds
+        UPDATE fields (compute_s, train_loss, samples); `log_round` logs another round
+        than the header's (start-up messages: -1).
+        """
+        buf = msg.buf if tamper is None else tamper(msg.buf)
+        tag = TAG_OF[msg.kind] if tag is None else tag
+        if post:
+            xfer = self.net.post(buf, peer, tag)
+        else:
+            xfer = self.net.send(buf, peer, tag, what=what, round=msg.round)
+        self.ledger.log(round=msg.round if log_round is None else log_round, kind=msg.kind,
+                        client=msg.client, worker=self._worker(peer), nbytes=len(buf),
+                        dense_bytes=4 * msg.numel, numel=msg.numel, nnz=msg.nnz,
+                        codec_id=msg.codec_id, codec_s=msg.codec_s, xfer_s=xfer,
+                        direction=self._direction(sending=True), **row)
+        return xfer
+
+    def recv(self, kind: Kind, peer: int, read: Callable[[np.ndarray, int], Any], *,
+             tag: int | None = None, log_round: int | None = None, what: str = "",
+             round: int | None = None) -> Received:
+        """Receive a `kind` message (`tag`: its tag, if not the kind's), read it, log it.
+
+        `read(buf, src)` is the strict reader; it raises WireFormatError for anything
+        wrong, before anything is logged.
+        """
+        buf, src, waited = self.net.recv(peer, TAG_OF[kind] if tag is None else tag,
+                                         what=what, round=round)
+        t0 = time.perf_counter()
+        value = read(buf, src)
+        read_s = time.perf_counter() - t0
+        h = wire.parse_header(buf)  # the reader accepted it: its header is what it says
+        self.ledger.log(round=h.round if log_round is None else log_round, kind=h.kind,
+                        client=h.client, worker=self._worker(src), nbytes=len(buf),
+                        codec_s=read_s if h.kind in DECODED else 0.0, xfer_s=waited,
+                        direction=self._direction(sending=False))
+        return Received(value, src, waited, read_s)
+
+    def report(self, round: int, *, tamper: Callable | None = None) -> None:
+        """A worker's REPORT: its log of the round, which includes this very message
+        (its size is known before it is framed)."""
+        rows = self.ledger.rows
+        size = wire.HEADER_SIZE + (len(rows) + 1) * accounting.VIEW_DTYPE.itemsize
+        self.ledger.log(round=round, kind=Kind.REPORT, client=-1, worker=self.rank, nbytes=size,
+                        direction=accounting.UP)
+        buf = wire.frame(Kind.REPORT, round=round, client=-1,
+                         payload=accounting.report_payload(self.ledger.drain()))
+        assert len(buf) == size, (len(buf), size)
+        self.net.send(buf, SERVER, TAG_OF[Kind.REPORT], what="REPORT", round=round)
+
+    def drain(self) -> np.ndarray:
+        """This round's rows (the server joins them with the workers' reports)."""
+        return self.ledger.drain()
+
+    def complete(self, *, round: int | None = None) -> float:
+        return self.net.complete(round=round)
+
+    def _direction(self, *, sending: bool) -> int:
+        server_sends = (self.rank == SERVER) == sending
+        return accounting.DOWN if server_sends else accounting.UP
