@@ -22,7 +22,7 @@ def test_a_strategy_is_a_name_or_a_one_key_mapping(raw):
 
 
 @pytest.mark.parametrize("raw, field, allowed", [
-    ({"strategy": "fedsgd"}, "strategy", "one of the strategies fedavg"),
+    ({"strategy": "fedsgd"}, "strategy", "one of the strategies fedadam, fedavg"),
     ({"strategy": {"fedavg": {}, "x": {}}}, "strategy", "a strategy name or a one-key mapping"),
     ({"strategy": 3}, "strategy", "a strategy name or a one-key mapping"),
     ({"strategy": {"fedavg": {"lr": 1.0}}}, "strategy.fedavg.lr", "one of the parameters"),

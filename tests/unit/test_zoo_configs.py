@@ -52,7 +52,8 @@ def test_base_is_the_paper_cpu_protocol_with_resnet12_on_updates():
     base = cfgmod.load(ZOO / "base.yaml")[0].to_dict()
     paper = cfgmod.load(ROOT / "configs" / "paper" / "cpu.yaml")[0].to_dict()
     assert base["train"].pop("model") == "resnet12" and paper["train"].pop("model") == "cnn"
-    assert base.pop("compression") == {"target": "update", "uplink": [], "downlink": []}
+    assert base.pop("compression") == {"target": "update", "uplink": [], "downlink": [],
+                                       "downlink_target": "weights"}
     paper.pop("compression")
     base.pop("name"), paper.pop("name")
     assert base == paper
