@@ -110,6 +110,8 @@ class CompressionConfig:
     downlink: Any = field(default_factory=list)
     # weights | update: what the downlink encodes (update: new global - clients' replica)
     downlink_target: str = "weights"
+    # null, or a rule giving each client its own uplink prune rate (fedmpi.compressors.client_rate)
+    client_rate: Any = None
 
 
 @dataclass
@@ -280,8 +282,13 @@ def validate(cfg: Config) -> Config:
     from fedmpi.strategies import build_strategy
 
     build_strategy(cfg.strategy, field="strategy")
-    for link in ("uplink", "downlink"):
-        build_compressor(getattr(cfg.compression, link), field=f"compression.{link}")
+    links = {link: build_compressor(getattr(cfg.compression, link), field=f"compression.{link}")
+             for link in ("uplink", "downlink")}
+    if cfg.compression.client_rate is not None:
+        from fedmpi.compressors import client_rate
+
+        client_rate.parse(cfg.compression.client_rate, num_clients=c.num_clients)
+        client_rate.check_uplink(links["uplink"])
     fail_at = cfg.run.fail_at or {}
     for key in ("rank", "round"):
         value = fail_at.get(key)

@@ -17,6 +17,7 @@ from fedmpi import data as datasets
 from fedmpi import models
 from fedmpi.compress import ModelSpec, spec_of
 from fedmpi.compressors import Compressor, build_compressor
+from fedmpi.compressors.base import numel_of
 from fedmpi.compressors.stages import StagePipeline
 from fedmpi.config import Config
 from fedmpi.devices import Node, Placement, label, select
@@ -59,8 +60,10 @@ def _stages(*links: Compressor) -> bool:
     return all(isinstance(c, StagePipeline) for c in links)
 
 
-def build_strategy(cfg: Config, samples: np.ndarray):
-    """The strategy, set up identically on every rank (settings are known on both ends)."""
+def build_strategy(cfg: Config, samples: np.ndarray, numel: int = 0):
+    """The strategy, set up identically on every rank (settings are known on both ends);
+    with `compression.client_rate`, each client's prune rate added to its settings."""
+    from fedmpi.compressors import client_rate
     from fedmpi.strategies import RunInfo
     from fedmpi.strategies import build_strategy as build
 
@@ -68,6 +71,9 @@ def build_strategy(cfg: Config, samples: np.ndarray):
     strategy.setup(RunInfo(seed=cfg.seed, num_clients=cfg.clients.num_clients,
                            per_round=cfg.clients_per_round(), samples=samples,
                            target=cfg.compression.target))
+    rule = client_rate.parse(cfg.compression.client_rate, num_clients=cfg.clients.num_clients)
+    if rule is not None:
+        strategy.add_settings(*client_rate.settings_source(rule.rates(samples, numel)))
     return strategy
 
 
@@ -194,7 +200,8 @@ def build(cfg: Config, *, rank: int, world_size: int, node: Node | int | None = 
     return Experiment(cfg=cfg, rank=rank, num_workers=world_size - 1, device=device,
                       model=model, spec=spec, uplink=up, downlink=down,
                       train=train, test=test, parts=parts, histogram=histogram,
-                      placement=placement, strategy=build_strategy(cfg, samples))
+                      placement=placement, strategy=build_strategy(cfg, samples,
+                                                             sum(numel_of(spec))))
 
 
 def host(tensors: dict) -> dict[str, np.ndarray]:

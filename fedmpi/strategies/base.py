@@ -68,6 +68,8 @@ class Strategy(ABC):
     client_settings: ClassVar[tuple[str, ...]] = ()  # per-client floats carried in ASSIGN
 
     info: RunInfo | None = field(default=None, init=False, repr=False, compare=False)
+    # settings contributed from outside the strategy (a compression rule), see add_settings
+    extra: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def check(self) -> None:
         """Raise fedmpi.params.BadParam for a parameter out of range."""
@@ -79,6 +81,28 @@ class Strategy(ABC):
 
     def setup(self, info: RunInfo) -> None:
         self.info = info
+
+    def add_settings(self, names: tuple[str, ...], values) -> None:
+        """Carry more per-client settings in ASSIGN, whatever the strategy.
+
+        Why here: a compression rule (`compression.client_rate`) gives each client its
+        own value, and must work with every strategy without editing each one. `names`
+        are appended to this instance's `client_settings` (both ends build the same
+        list from the config); `values(round, client)` returns them, merged into
+        `all_settings`. A strategy that overrides `select` must use `all_settings`.
+        """
+        clash = set(names) & set(self.client_settings)
+        if clash:
+            raise ValueError(f"strategy {self.key} already carries the settings {sorted(clash)}")
+        self.client_settings = (*self.client_settings, *names)
+        self.extra.append(values)
+
+    def all_settings(self, round: int, client: int) -> dict[str, float]:
+        """The strategy's own settings of a client, plus those added by `add_settings`."""
+        out = dict(self.settings(round, client))
+        for values in self.extra:
+            out.update(values(round, client))
+        return out
 
     def local_options(self, settings: Mapping[str, float]) -> dict:
         """Worker side: extra `fedmpi.train.train_local` options from a client's settings."""
@@ -96,7 +120,7 @@ class Strategy(ABC):
 
         info = self.info
         picked = sample_clients(info.seed, round, info.num_clients, info.per_round)
-        return [(int(c), self.settings(round, int(c))) for c in picked]
+        return [(int(c), self.all_settings(round, int(c))) for c in picked]
 
     def settings(self, round: int, client: int) -> dict[str, float]:
         return {}
