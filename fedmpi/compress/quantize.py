@@ -10,6 +10,11 @@ Methods and their stated error bounds (x a transmitted value, x^ its reconstruct
   +-2^E, the nearest power of two, E in [emax - 2^e + 2, emax] with emax the
   tensor's largest; smaller values become 0. |x - x^| <= max(|x| / 3, 2^emin).
   Non-finite inputs are refused.
+- sign, bits 1 (sign + scale, as in scaled signSGD): per tensor one float32 scale
+  s = mean |x| of the transmitted values, one bit per value (1 = negative); x^ is
+  +s or -s (a 0 becomes +s). |x - x^| <= |x| + s. Non-finite inputs are refused.
+  Decoding refuses a scale that is not finite or is negative (-0.0 too), and a set
+  sign bit with scale 0 (-0 is never sent).
 - float16: |x| clipped to 65504, round to nearest even:
   |x - x^| <= max(|x| * 2^-11, 2^-25). Non-finite inputs are refused.
 - bfloat16: the top 16 bits of float32, round to nearest even, |x| clamped to the
@@ -123,10 +128,10 @@ class Quantize(ValueCoder):
     bits: int | None = None  # uniform: 8, pow2: 4 exponent bits, float16/bfloat16: 16
 
     rank = 20
-    choices = {"method": ("uniform", "pow2", "float16", "bfloat16")}
+    choices = {"method": ("uniform", "pow2", "float16", "bfloat16", "sign")}
     _RANGE: ClassVar[dict[str, tuple[int, int, int]]] = {  # method: (lo, hi, default)
         "uniform": (1, 16, 8), "pow2": (1, 8, 4), "float16": (16, 16, 16),
-        "bfloat16": (16, 16, 16)}
+        "bfloat16": (16, 16, 16), "sign": (1, 1, 1)}
 
     def check(self):
         lo, hi, _ = self._RANGE[self.method]
@@ -154,7 +159,7 @@ class Quantize(ValueCoder):
 
     def label(self):
         return {"uniform": f"uniform{self.k}", "pow2": f"pow2({self.k - 1})",
-                "float16": "fp16", "bfloat16": "bf16"}[self.method]
+                "float16": "fp16", "bfloat16": "bf16", "sign": "sign1"}[self.method]
 
     def nbytes(self, count):
         return (count * self.k + 7) // 8
@@ -182,6 +187,10 @@ class Quantize(ValueCoder):
             if top >= F32_OVERFLOW:
                 raise WireFormatError(f"uniform parameters offset={lo} scale={scale} decode "
                                       f"{self.k}-bit codes up to {top:.4g}, beyond float32")
+        elif self.method == "sign":
+            check_unused(self.label(), count, p1=p1)
+            if not (math.isfinite(p0) and (p0 > 0 or _positive_zero(p0))):
+                raise WireFormatError(f"bad sign scale {p0!r} (finite, >= +0.0)")
         elif self.method == "pow2":
             check_unused(self.label(), count, p1=p1)
             emax = p0
@@ -205,6 +214,30 @@ class Quantize(ValueCoder):
         if m_max > int(emax) - EMIN_F32 + 1:  # 2^(emax - m + 1) < 2^-149: not a float32
             raise WireFormatError(f"pow2 magnitude code {m_max} is below float32's "
                                   f"smallest value for emax {int(emax)}")
+
+    def check_sign_codes(self, any_negative: bool, scale: float) -> None:
+        """With scale 0 every value is +0: a set sign bit would decode to -0."""
+        if any_negative and scale == 0:
+            raise WireFormatError("sign code 1 (negative) with scale 0 (-0 is never sent)")
+
+    # sign: p0 = scale (mean |x|), code 1 = negative
+    def sign_scale(self, mean_abs: float) -> float:
+        """The float32 scale of a tensor from its float64 mean |x| (both encoders)."""
+        return float(np.float32(mean_abs))
+
+    def _enc_sign(self, v):
+        if v.size == 0:
+            return np.empty(0, np.uint8), 0.0, 0.0
+        _finite(v, "sign")
+        scale = self.sign_scale(np.abs(v.astype(np.float64)).mean())
+        codes = (v < 0) if scale > 0 else np.zeros(v.size, bool)
+        return pack_bits(codes.astype(np.uint32), 1), scale, 0.0
+
+    def _dec_sign(self, buf, count, scale, p1):  # scale and p1 checked by check_side
+        codes = unpack_bits(buf, count, 1)
+        self.check_sign_codes(bool(codes.any()), scale)
+        s = np.float32(scale)
+        return np.where(codes > 0, -s, s).astype(np.float32)
 
     # uniform: p0 = offset (min), p1 = scale
     def uniform_scale(self, lo: np.float32, hi: np.float32) -> np.float32:

@@ -211,6 +211,10 @@ def quantize(coder, v: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         else:
             codes = torch.zeros(v.numel(), dtype=torch.int64, device=v.device)
         return pack_codes(codes, coder.k), float(lo), float(scale)
+    if method == "sign":
+        scale = coder.sign_scale(float(v.double().abs().mean()))
+        codes = (v < 0) if scale > 0 else torch.zeros_like(v, dtype=torch.bool)
+        return pack_codes(codes.to(torch.int64), 1), scale, 0.0
     # pow2
     e = coder.k - 1
     a = v.double().abs()
@@ -255,6 +259,10 @@ def decode_values(coder, codes: torch.Tensor, count: int, p0: float, p1: float
     if method == "uniform":
         c = unpack_codes(codes, count, coder.k)
         return (float(np.float64(p0)) + c.double() * float(np.float64(p1))).to(torch.float32), []
+    if method == "sign":
+        c = unpack_codes(codes, count, 1)
+        s = torch.tensor(p0, dtype=torch.float32, device=codes.device)
+        return torch.where(c > 0, -s, s), [(c > 0).any().to(torch.int64)]
     e = coder.k - 1
     c = unpack_codes(codes, count, coder.k)
     m = c & ((1 << e) - 1)
@@ -281,5 +289,7 @@ def check_values(coder, facts: list[int], v: torch.Tensor, count: int, p0: float
         if facts[0] < count:
             label = "float32" if type(coder) is Float32 else coder.method
             refuse_nonfinite(label, facts[0], float(v[facts[0]]))
+    elif coder.method == "sign":
+        coder.check_sign_codes(bool(facts[0]), p0)
     else:  # pow2
         coder.check_pow2_codes(bool(facts[0]), facts[1], p0)
