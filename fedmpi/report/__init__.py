@@ -11,6 +11,10 @@ The compressor zoo (`zoo.py`, `methods.py`), from the same runs: accuracy_vs_byt
 config), ranking.md / ranking.csv (methods ranked by the bytes to reach the dense
 run's accuracy - 1 point, with codec seconds per round) and zoo-table.csv (one
 row per method config; `--zoo-table PATH` writes it to PATH as well).
+
+Pruning × quantization (`heatmap.py`, when the runs vary an uplink quantize stage):
+heatmap_quant_ef-on.png / heatmap_quant_ef-off.png (Δ accuracy and uplink compression
+over θ × value bits) and quant.md / quant.csv.
 """
 
 from __future__ import annotations
@@ -101,6 +105,9 @@ def report(files, out: Path, *, all_runs: bool = False, ignore=(),
     write_text(out / "runs.csv", runs.to_csv(index=False))
     written += [out / "table.md", out / "table.csv", out / "runs.csv"]
     written += _zoo(chosen, rounds, res.messages, res.configs, out, zoo_table)
+    from fedmpi.report import heatmap
+
+    written += heatmap.write(chosen, res.configs, out)
     return written
 
 
