@@ -115,7 +115,8 @@ def figure(table: pd.DataFrame, ef: bool, path: Path) -> Path:
             fmt = "{:.1f}x"
         for (a, b), v in np.ndenumerate(z):
             ax.text(b, a, "—" if not math.isfinite(v) else fmt.format(v), ha="center",
-                    va="center", fontsize="small")
+                    va="center", fontsize="small",
+                    bbox=dict(facecolor="white", alpha=0.7, linewidth=0, pad=1.5))
         ax.set_xticks(range(len(bits)), [("1 (sign)" if b == 1 else str(b)) for b in bits])
         ax.set_yticks(range(len(thetas)), [f"{t:g}" for t in thetas])
         ax.set(xlabel="value bits", ylabel="θ (uplink prune rate)", title=title)
