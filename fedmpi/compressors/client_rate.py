@@ -182,3 +182,40 @@ def uniform_equivalent(messages: dict) -> dict:
     theta = float(np.clip(1.0 - kept / n, 0.0, 0.999))
     return {"theta": theta, "messages": int(up.sum()), "total_bytes": int(size.sum()),
             "mean_bytes": float(size.mean()), "fit": (float(a), float(b)), "how": how}
+
+
+def describe(path) -> str:
+    """What `python -m fedmpi.compressors.client_rate FILE.h5` prints: per client the θ it
+    used, its samples and uplink bytes; then the uniform θ of the same total bytes."""
+    import h5py
+
+    with h5py.File(path, "r", locking=False) as f:
+        m = {k: f["messages"][k][()] for k in f["messages"]}
+        samples = f["clients"]["samples"][()] if "clients" in f else None
+    used = rates_of_run(m)
+    up = m["kind"] == _update_kind()
+    lines = ["client  theta_used  samples  uplink_bytes"]
+    for c, theta in used.items():
+        b = int(m["sender_bytes"][up & (m["client"] == c)].sum())
+        n = "-" if samples is None else str(int(samples[c]))
+        lines.append(f"{c:>6}  {theta:>10.4f}  {n:>7}  {b:>12,}")
+    eq = uniform_equivalent(m)
+    lines.append(f"uniform θ of the same total uplink bytes ({eq['total_bytes']:,} B in "
+                 f"{eq['messages']} messages; {eq['how']}): {eq['theta']:.4f}")
+    lines.append(f"  run it: --set compression.client_rate=null "
+                 f"--set compression.uplink.0.prune.rate={eq['theta']:.4f}")
+    return "\n".join(lines)
+
+
+def _update_kind() -> int:
+    from fedmpi.wire import Kind
+
+    return int(Kind.UPDATE)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m fedmpi.compressors.client_rate RESULTS.h5")
+    print(describe(sys.argv[1]))

@@ -47,6 +47,9 @@ def test_per_client_rates_set_the_bytes_each_client_sends(tmp_path):
     # the uniform θ of the same total bytes lies inside the rule's range
     eq = cr.uniform_equivalent(m)
     assert 0.3 < eq["theta"] < 0.6 and eq["messages"] == 20
+    text = cr.describe(out)
+    assert f"compression.uplink.0.prune.rate={eq['theta']:.4f}" in text
+    assert len(text.splitlines()) == 1 + 10 + 2
 
 
 def test_samples_rule_prunes_the_larger_clients_less(tmp_path):
