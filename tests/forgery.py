@@ -48,6 +48,9 @@ VARIANTS = {
     "fp16": [{"prune": {"rate": 0.5}}, {"quantize": {"method": "float16"}}, {"sparse": {}}],
     "bf16+bitmap+zstd": [{"quantize": {"method": "bfloat16"}}, {"sparse": {"format": "bitmap"}},
                          {"zstd": {}}],
+    "sign": [{"quantize": {"method": "sign"}}],
+    "sign+ef+bitmap+zstd": [{"prune": {"rate": 0.5}}, {"quantize": {"method": "sign"}},
+                            {"memory": {}}, {"sparse": {"format": "bitmap"}}, {"zstd": {}}],
 }
 ROUND, CLIENT = 5, 9
 _SECTION = struct.Struct("<B3sQQ")  # section table entry: itemsize, pad, raw, stored
@@ -502,6 +505,7 @@ FULL = {"w": np.arange(1, 14, dtype=np.float32), "v": np.ones((2, 5), np.float32
 ZSTD = [{"zstd": {}}]
 UNIFORM3 = [{"quantize": {"bits": 3}}]
 POW2 = [{"quantize": {"method": "pow2", "bits": 3}}]
+SIGN = [{"quantize": {"method": "sign"}}]
 
 
 # (stages, edit, message regex[, model]) of one crafted message per rule
@@ -536,6 +540,10 @@ FOCUSED = [(*case, SMALL)[:4] for case in [
     (POW2, _set("p1", 2.0), "p1 is 2.0"),
     # pow2: an exponent below float32's; a sign with no magnitude (-0)
     (POW2, _set("p0", -200.0), "exponent -200"),
+    # sign: a negative scale; a sign bit set with scale 0 (-0); an unused p1
+    (SIGN, _set("p0", -1.0), "sign scale"),
+    (SIGN, _set("p0", 0.0), "scale 0"),
+    (SIGN, _set("p1", 1.0), "p1 is 1.0"),
     ([{"quantize": {"method": "pow2", "bits": 7}}], _values(lambda v: b"\x80" + v[1:]),
      "no magnitude"),
     # non-finite values

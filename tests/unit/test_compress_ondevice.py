@@ -30,7 +30,7 @@ def pipelines(draw):
         stages.append({"prune": {"rate": draw(st.floats(0, 0.99)),
                                  "scope": draw(st.sampled_from(["global", "tensor"])),
                                  "tensors": draw(st.sampled_from(["all", "weights"]))}})
-    q = draw(st.sampled_from([None, "uniform", "pow2", "float16", "bfloat16"]))
+    q = draw(st.sampled_from([None, "uniform", "pow2", "float16", "bfloat16", "sign"]))
     if q == "uniform":
         stages.append({"quantize": {"method": q, "bits": draw(st.sampled_from([1, 3, 8, 12, 16]))}})
     elif q == "pow2":
