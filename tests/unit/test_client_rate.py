@@ -148,3 +148,21 @@ def test_rates_of_run_and_uniform_equivalent():
     assert eq["total_bytes"] == 6 * (100 + 5 * 500)
     uniform = _messages([(up, c, 300, 1000, 1700) for c in range(3)])
     assert cr.uniform_equivalent(uniform)["theta"] == pytest.approx(0.7)
+
+
+def test_torch_codec_applies_the_client_rate_with_the_uplink_codec_id():
+    import torch
+
+    from fedmpi.compressors.stages import StagePipeline
+
+    comp = build_compressor(UP, field="compression.uplink")
+    dev = StagePipeline(comp.pipeline, torch.device("cpu"))  # the on-device codec's adapter
+    rng = np.random.default_rng(3)
+    t = {"w": rng.standard_normal((30, 30)).astype(np.float32)}
+    ctx = Context(0, 2, 4, "up", settings={"prune_rate": 0.8})
+    a = comp.encode(t, ctx)
+    b = dev.encode({k: torch.from_numpy(v) for k, v in t.items()}, ctx)
+    assert bytes(np.asarray(a.payload)) == bytes(np.asarray(b.payload))
+    assert a.nnz == 900 - n_drop(0.8, 900)
+    out = dev.decode(a.payload, [("w", (30, 30))], ctx.for_decode())
+    np.testing.assert_array_equal(out["w"].numpy(), a.reconstructed["w"])
