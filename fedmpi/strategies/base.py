@@ -14,7 +14,9 @@ majority vote). A strategy changes what happens around that sum: FedAvgM and
 FedAdam/FedYogi apply the mean update with a server optimizer; FedProx adds a
 proximal term on the clients, through per-client settings that travel in ASSIGN
 (`client_settings` names them; `local_options` turns them into training options
-on the worker).
+on the worker). Settings that are not the strategy's own (a compression rule's, such as
+`compression.client_rate`'s per-client prune rate) join through `add_settings`, so that
+they work with every strategy.
 
 Adding a strategy = one file with a dataclass subclass decorated with
 `@register("<key>")`, one import line in `strategies/__init__.py`, and its test.
