@@ -133,7 +133,8 @@ def test_error_feedback_conservation(rounds):
     for i, x in enumerate(rounds):
         prev = state.get("w", np.zeros(40, np.float32)).copy()
         r = comp.encode({"w": x}, ctx(comp, rnd=i, state=state)).reconstructed["w"]
-        assert same_bits(r + state["w"], x + prev)
+        # exact in float32 (== so that -0.0 and +0.0, which the sum may swap, compare equal)
+        assert np.array_equal(r + state["w"], x + prev)
         sent += r
     total = np.sum(np.array(rounds, np.float64), axis=0)
     assert np.allclose(sent + state["w"], total, rtol=0, atol=1e-4)
