@@ -391,7 +391,7 @@ class ResultsWriter:
     def append_round(self, row: Mapping[str, float | int]) -> None:
         _check_names("rounds", row)
         row = _with_optional("rounds", row, None)
-        values = [(f.name, _column("rounds", f, row[f.name])) for f in schema.ROUNDS]
+        values = [(f.name, _column("rounds", f, row[f.name])) for f in schema.TABLES["rounds"]]
         for name, v in values:
             if v.ndim != 0:
                 raise ValueError(f"/rounds/{name}: expected one value, got shape {v.shape}")
@@ -405,7 +405,7 @@ class ResultsWriter:
             columns = {n: columns[n] for n in columns.dtype.names}
         _check_names("messages", columns)
         columns = _with_optional("messages", columns, len(np.asarray(columns["round"])))
-        cols = {f.name: _column("messages", f, columns[f.name]) for f in schema.MESSAGES}
+        cols = {f.name: _column("messages", f, columns[f.name]) for f in schema.TABLES["messages"]}
         lengths = {c.shape for c in cols.values()}
         if len(lengths) != 1 or len(next(iter(lengths))) != 1:
             raise ValueError(f"/messages: columns must be 1-D of equal length, got {lengths}")
