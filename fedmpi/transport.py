@@ -204,10 +204,10 @@ class Transport:
         """An uninitialised uint8 buffer of `n` bytes, reusing a large spare if one is free."""
         if n < SPARE_MIN_BYTES:
             return np.empty(n, dtype=np.uint8)
-        for i, spare in enumerate(self._spare):
-            # references: the list, `spare`, getrefcount's argument; any more is a user
-            if n <= len(spare) <= 2 * n and sys.getrefcount(spare) <= 3:
-                del self._spare[i]
+        for i in range(len(self._spare)):
+            # references: the list and getrefcount's argument; any more is a user's
+            if n <= len(self._spare[i]) <= 2 * n and sys.getrefcount(self._spare[i]) <= 2:
+                spare = self._spare.pop(i)
                 self._spare.append(spare)
                 return spare[:n]
         buf = np.empty(n, dtype=np.uint8)
