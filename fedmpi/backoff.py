@@ -34,7 +34,7 @@ from dataclasses import dataclass
 LATE_FRACTION = 1 / 32  # a sleep never exceeds this share of the time waited so far
 
 # Defaults (run.poll in the config; fedmpi.config declares the bounds).
-SPIN_S = 1e-4
+SPIN_S = 1e-3
 MIN_SLEEP_S = 1e-5
 MAX_SLEEP_S = 2e-3
 
