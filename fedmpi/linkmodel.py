@@ -262,12 +262,11 @@ def from_config(link: Any, seed: int, num_clients: int | None = None) -> LinkMod
 
 def message_times(model: LinkModel | None, kind, direction, client,
                   sender_bytes) -> np.ndarray:
-    """Simulated seconds per /messages row: MODEL and UPDATE rows on their client's link;
-    NaN for the rest (control between MPI ranks, checkpoint snapshots: traffic a real
-    deployment does not have) and for every row without a model."""
-    kind = np.asarray(kind)
-    direction = np.asarray(direction)
-    client = np.asarray(client)
+    """Simulated seconds per /messages row: MODEL and UPDATE rows of a client (>= 0) on
+    that client's link; NaN for the rest: control between MPI ranks, checkpoint
+    snapshots (traffic a real deployment does not have), a MODEL broadcast to a whole
+    worker (client -1; see `round_times`), and every row without a model."""
+    kind, direction, client = np.asarray(kind), np.asarray(direction), np.asarray(client)
     nbytes = np.asarray(sender_bytes, dtype=np.float64)
     if not (kind.shape == direction.shape == client.shape == nbytes.shape) or kind.ndim != 1:
         raise ValueError("message_times: kind, direction, client and sender_bytes must be "
@@ -275,29 +274,39 @@ def message_times(model: LinkModel | None, kind, direction, client,
     out = np.full(len(kind), np.nan)
     if model is None:
         return out
-    rows = np.flatnonzero(np.isin(kind, SIMULATED_KINDS))
+    rows = np.flatnonzero(np.isin(kind, SIMULATED_KINDS) & (client >= 0))
     links = model.links(np.unique(client[rows]))
     for i in rows:
         out[i] = links[int(client[i])].transfer_s(float(nbytes[i]), int(direction[i]))
     return out
 
 
-def round_times(model: LinkModel | None, kind, direction, client,
-                sender_bytes) -> tuple[np.ndarray, float]:
+def round_times(model: LinkModel | None, kind, direction, client, sender_bytes,
+                worker=None) -> tuple[np.ndarray, float]:
     """(per-message seconds as `message_times`, the round's simulated seconds).
 
     The round's time is the slowest client's: max over the clients with MODEL or
     UPDATE rows of (its downlink time + its uplink time), each the sum of its
     messages' times. The server's broadcast reaches every client over that
     client's own downlink, in parallel (the server side is not the bottleneck);
-    training time is not included. NaN without a model or without such rows.
+    training time is not included. With `worker` (the /messages column), a MODEL
+    sent once to a worker for all its clients (client -1) counts as a download by
+    each client of that worker in the round. NaN without a model or such rows.
     """
     per_message = message_times(model, kind, direction, client, sender_bytes)
-    ok = ~np.isnan(per_message)
-    if not ok.any():
+    clients = np.asarray(client)
+    totals: dict[int, float] = {}
+    for i in np.flatnonzero(~np.isnan(per_message)):
+        totals[int(clients[i])] = totals.get(int(clients[i]), 0.0) + float(per_message[i])
+    if worker is not None and model is not None:
+        kinds, workers = np.asarray(kind), np.asarray(worker)
+        nbytes = np.asarray(sender_bytes, dtype=np.float64)
+        if workers.shape != kinds.shape:
+            raise ValueError("round_times: worker must be as long as the other columns")
+        for i in np.flatnonzero((kinds == MODEL) & (clients < 0)):
+            hosted = {int(c) for c, w in zip(clients, workers) if c >= 0 and w == workers[i]}
+            for c in hosted:
+                totals[c] = totals.get(c, 0.0) + model.transfer_s(float(nbytes[i]), c, DOWN)
+    if not totals:
         return per_message, math.nan
-    clients = np.asarray(client)[ok]
-    totals = np.zeros(len(np.unique(clients)))
-    index = np.searchsorted(np.unique(clients), clients)
-    np.add.at(totals, index, per_message[ok])
-    return per_message, float(totals.max())
+    return per_message, max(totals.values())

@@ -165,3 +165,18 @@ def test_without_a_model_everything_is_nan():
     assert np.isnan(per_message).all() and math.isnan(total)
     with pytest.raises(ValueError, match="equal length"):
         round_times(None, [1, 2], [0], [0], [1])
+
+
+def test_a_broadcast_to_a_worker_is_each_of_its_clients_download():
+    """downlink_target update: one MODEL per worker (client -1) serves all its clients."""
+    m = FixedLinks(up_bps=1e6, down_bps=1e7)
+    kind = np.array([MODEL, MODEL, UPDATE, UPDATE, UPDATE])
+    direction = np.array([DOWN, DOWN, UP, UP, UP])
+    client = np.array([-1, -1, 3, 4, 8])
+    worker = np.array([1, 2, 1, 1, 2])
+    nbytes = np.array([1_000_000, 1_000_000, 100_000, 200_000, 50_000])
+    per_message, total = round_times(m, kind, direction, client, nbytes, worker=worker)
+    assert np.isnan(per_message[:2]).all()  # no single client's link
+    assert total == 8 * 1_000_000 / 1e7 + 8 * 200_000 / 1e6  # client 4 (worker 1) is slowest
+    _, without = round_times(m, kind, direction, client, nbytes)
+    assert without == 8 * 200_000 / 1e6  # uploads only: the caller did not say who got what
