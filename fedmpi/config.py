@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from fedmpi.errors import ConfigError, clip
+from fedmpi import backoff
 from fedmpi.liveness import DEFAULT_TIMEOUT_S
 
 
@@ -115,6 +116,17 @@ class CompressionConfig:
 
 
 @dataclass
+class PollConfig:
+    """How a rank waits for MPI (fedmpi/backoff.py): spin, then sleep with exponential
+    backoff. Sleeps stay far below liveness.PAUSE_S (5 s), which reads a longer gap
+    between two polls as this rank having been stopped."""
+
+    spin_s: float = num(backoff.SPIN_S, 0, 1)  # poll without sleeping this long first
+    min_sleep_s: float = num(backoff.MIN_SLEEP_S, 1e-6, 1)  # first sleep, then doubled
+    max_sleep_s: float = num(backoff.MAX_SLEEP_S, 1e-6, 1)  # cap (an idle rank's wake-up period)
+
+
+@dataclass
 class RunConfig:
     deterministic: bool = True  # ordered aggregation + deterministic torch kernels
     # torch threads per rank; null: $SLURM_CPUS_PER_TASK (capped at the cores), else 1
@@ -129,7 +141,22 @@ class RunConfig:
     # Liveness: a rank silent this long while others wait on it ends the job (the limit
     # grows with the slowest round; see fedmpi/liveness.py). Covers start-up and round 0.
     timeout_s: float = num(DEFAULT_TIMEOUT_S, 1, MAX_TIMEOUT_S)
+    poll: PollConfig = field(default_factory=PollConfig)
     fail_at: dict | None = None  # fault injection for tests: {rank: R, round: N, where: train|aggregate|data}
+
+
+@dataclass
+class LinkConfig:
+    """Simulated client links (fedmpi/linkmodel.py): wire bytes -> transfer seconds."""
+
+    kind: str = "none"  # none | fixed | random | trace
+    up_bps: float = num(10e6, 0, 1e15, lo_open=True)  # uplink bit/s (random: the median)
+    down_bps: float = num(100e6, 0, 1e15, lo_open=True)  # downlink bit/s
+    latency_s: float = num(0.0, 0, 3600)  # one-way latency per message
+    distribution: str = "lognormal"  # random: lognormal | uniform
+    spread: float = num(0.5, 0, 10)  # random: lognormal sigma; uniform relative half-width (< 1)
+    seed: int | None = num(None, 0, MAX_SEED)  # random: null = the experiment seed
+    trace: str | None = None  # trace: CSV client,up_bps,down_bps,latency_s
 
 
 @dataclass
@@ -145,6 +172,7 @@ class Config:
     # a name or a one-key mapping {strategy: {params}} (fedmpi.strategies)
     strategy: Any = "fedavg"
     run: RunConfig = field(default_factory=RunConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -173,6 +201,8 @@ CHOICES = {
     "run.codec": ("auto", "numpy", "torch"),
     "train.amp": ("off", "bf16", "fp16"),
     "train.compile": ("off", "default", "reduce-overhead", "max-autotune"),
+    "link.kind": ("none", "fixed", "random", "trace"),
+    "link.distribution": ("lognormal", "uniform"),
 }
 
 
@@ -289,6 +319,13 @@ def validate(cfg: Config) -> Config:
 
         client_rate.parse(cfg.compression.client_rate, num_clients=c.num_clients)
         client_rate.check_uplink(links["uplink"])
+    poll = cfg.run.poll
+    _check(poll.min_sleep_s <= poll.max_sleep_s, "run.poll.min_sleep_s", poll.min_sleep_s,
+           f"a number <= run.poll.max_sleep_s ({poll.max_sleep_s:g})")
+    if cfg.link.kind != "none":  # a bad trace or spread is found here, before training
+        from fedmpi import linkmodel
+
+        linkmodel.from_config(cfg.link, cfg.seed, cfg.clients.num_clients)
     fail_at = cfg.run.fail_at or {}
     for key in ("rank", "round"):
         value = fail_at.get(key)

@@ -64,6 +64,25 @@ def headline(cfg: dict[str, Any]) -> str:
             f"; target {comp.get('target', '?')}")
 
 
+def network(cfg: dict[str, Any]) -> str:
+    """How ranks polled MPI (run.poll) and the link model (link), as the run resolved them."""
+    poll = (cfg.get("run") or {}).get("poll") or {}
+    text = (f"poll spin {poll['spin_s']:g} s, sleeps {poll['min_sleep_s']:g}.."
+            f"{poll['max_sleep_s']:g} s" if poll else "poll: fixed 0.5 ms sleeps (older run)")
+    link = cfg.get("link") or {}
+    kind = link.get("kind", "none")
+    if kind in ("fixed", "random"):
+        text += (f"; link {kind}: up {link['up_bps'] / 1e6:g} Mbit/s, down "
+                 f"{link['down_bps'] / 1e6:g} Mbit/s, latency {link['latency_s']:g} s")
+        if kind == "random":
+            text += f" ({link['distribution']}, spread {link['spread']:g})"
+    elif kind == "trace":
+        text += f"; link trace {link.get('trace')}"
+    else:
+        text += "; no link model"
+    return text
+
+
 def _ratio(x: float) -> str:
     return "-" if pd.isna(x) else f"{x:.2f}x"
 
@@ -102,6 +121,7 @@ def summary(path: str, *, with_rounds: bool = False) -> str:
     lines.append(f"ranks:    {a.get('world_size', '?')} ({a.get('num_workers', '?')} workers) on "
                  f"{', '.join(hosts) or '?'}; devices {', '.join(devices) or '?'}")
     lines.append(f"config:   {headline(run.config)}")
+    lines.append(f"network:  {network(run.config)}")
     planned = run.config.get("rounds", "?")
     lines.append(f"rounds:   {len(r)} of {planned} recorded")
     if len(r):
@@ -123,6 +143,9 @@ def summary(path: str, *, with_rounds: bool = False) -> str:
         total = sum(v for _, v in parts) or 1.0
         lines.append("split:    " + ", ".join(f"{n} {seconds(v)} ({100 * v / total:.0f}%)"
                                               for n, v in parts))
+    if len(r) and "sim_s" in r and r["sim_s"].notna().any():
+        lines.append(f"link:     {seconds(float(r['sim_s'].sum()))} simulated transfer time "
+                     f"over {int(r['sim_s'].notna().sum())} rounds (/rounds.sim_s)")
     if with_rounds and len(r):
         lines += ["", round_table(r)]
     return "\n".join(lines)

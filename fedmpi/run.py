@@ -50,6 +50,7 @@ def main(args) -> int:
 
     local_rank = node_of(comm)  # node-local rank, ranks on the node, does it host rank 0
 
+    from fedmpi.backoff import PollPolicy
     from fedmpi.transport import Transport
 
     net = Transport(comm)
@@ -57,6 +58,7 @@ def main(args) -> int:
     try:
         plan = _plan(args, size, rank)
         net.liveness.timeout_s = plan["cfg"].run.timeout_s
+        net.poll = PollPolicy.of(plan["cfg"].run.poll)
         if rank == 0:  # the writer's lock, before anything is written (see _lock_output)
             plan = _lock_output(args, plan, size)
     except Exception as exc:  # noqa: BLE001 - every rank must reach the Allreduce below

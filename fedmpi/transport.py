@@ -3,25 +3,40 @@
 
 Why polling: MPICH's blocking calls spin a core at 100%; with a server and
 workers sharing few cores that steals time from training. We poll with
-`Improbe`/`Test` and sleep briefly instead, which also lets every wait notice a
+`Improbe`/`Test`, spinning briefly and then sleeping with exponential backoff
+(`fedmpi.backoff`, configured by `run.poll`), which also lets every wait notice a
 FAIL message from another rank and fail fast instead of hanging, and gives every
 wait a deadline (`fedmpi.liveness`): a peer silent past the limit raises
 `LivenessError` naming this rank, the peer, the round and what was awaited.
+
+Times are exact per message: `send` returns the seconds until the send completed;
+each `post` is timed from its `Isend` to the poll that saw it complete, and
+`complete_each` (or `complete`, then `.completed`) returns those times keyed by
+the post, so a caller logs when each message really left, not when it was posted.
+
+Large receive buffers are reused: a fresh 32 MiB `np.empty` costs ~4 ms of page
+faults (two times the transfer itself on this VM), so `recv` keeps the last
+`SPARE_BUFFERS` large buffers it returned and hands one out again once nothing
+else refers to it (its reference count says so: a caller still holding the
+buffer, a view, a memoryview or a tensor made from it keeps it out of reuse).
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Hashable
+from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
 
+from fedmpi.backoff import Backoff, PollPolicy, precise_sleeps
 from fedmpi.errors import FedMPIError
 from fedmpi.liveness import Liveness, LivenessError, Stopwatch, seconds, when
 from fedmpi.messages import TAG_NUMBER, TAGS, tag_of
 from fedmpi.wire import Kind
 
-POLL_S = 0.0005
 # MPI tags, from the protocol table (fedmpi.messages)
 TAG_CONTROL = TAG_NUMBER["CONTROL"]  # ASSIGN, STOP
 TAG_MODEL = TAG_NUMBER["MODEL"]
@@ -30,7 +45,8 @@ TAG_REPORT = TAG_NUMBER["REPORT"]
 TAG_HELLO = TAG_NUMBER["HELLO"]
 TAG_MEMORY = TAG_NUMBER["MEMORY"]
 TAG_FAIL = TAG_NUMBER["FAIL"]
-COLLECTIVE_POLL_S = 0.01
+SPARE_BUFFERS = 2  # large receive buffers kept for reuse (see the module docstring)
+SPARE_MIN_BYTES = 64 << 10  # smaller ones are cheap to allocate
 
 TAG_OF = {Kind(k): tag for k, tag in tag_of().items()}
 
@@ -43,52 +59,117 @@ class RemoteFailure(FedMPIError):
         super().__init__(f"rank {rank} failed: {reason}")
 
 
+@dataclass(eq=False)
+class Posted:
+    """A send started by `Transport.post`; `buf` stays referenced until it completes."""
+
+    key: Hashable
+    request: MPI.Request
+    buf: np.ndarray
+    dest: int
+    started: float  # perf_counter() just before the Isend
+
+
 class Transport:
     """Send and receive whole messages; never pickle. Every wait has a deadline.
 
     The waiting calls take `what` (the message awaited, e.g. "UPDATE of client 3")
     and `round` (None during start-up) only to say what was awaited when a peer
-    stays silent past `liveness.limit()`.
+    stays silent past `liveness.limit()`. `poll` (the config's `run.poll`) sets how
+    waits spin and back off; it may be replaced at any time (`fedmpi run` does once
+    the config is read).
     """
 
-    def __init__(self, comm: MPI.Comm, liveness: Liveness | None = None):
+    def __init__(self, comm: MPI.Comm, liveness: Liveness | None = None,
+                 poll: PollPolicy | None = None):
         self.comm = comm
         self.rank = comm.Get_rank()
         self.liveness = liveness or Liveness(hub=self.rank == 0)
-        self.pending: list[tuple[MPI.Request, np.ndarray, int]] = []
+        self.poll = poll or PollPolicy()
+        self.pending: list[Posted] = []
+        self.completed: dict[Hashable, float] = {}  # of the last `complete`
+        self._posts = 0
+        self._spare: list[np.ndarray] = []  # large buffers recv returned, newest last
+        precise_sleeps()
 
     def send(self, buf: np.ndarray, dest: int, tag: int, *, what: str = "",
              round: int | None = None) -> float:
-        """Send and wait for completion (polling); returns seconds blocked."""
+        """Send and wait for completion (polling); returns seconds until it completed."""
         t0 = time.perf_counter()
         req = self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag)
-        self._wait(req.Test, POLL_S, lambda: f"rank {dest} did not take the "
+        self._wait(req.Test, lambda: f"rank {dest} did not take the "
                    f"{what or _tag_name(tag)} {when(round)}")
         return time.perf_counter() - t0
 
-    def post(self, buf: np.ndarray, dest: int, tag: int) -> float:
-        """Start a send that completes later (see `complete`); keeps `buf` alive."""
+    def post(self, buf: np.ndarray, dest: int, tag: int, *, key: Hashable = None) -> float:
+        """Start a send that completes later; returns the seconds the post took.
+
+        `key` names the post in what `complete_each` / `test_posted` / `completed`
+        return (default: the number of posts before this one on this Transport).
+        `buf` is kept alive until the send completes.
+        """
         t0 = time.perf_counter()
-        self.pending.append((self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag), buf, dest))
+        if key is None:
+            key = self._posts
+        self._posts += 1
+        req = self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag)
+        self.pending.append(Posted(key, req, buf, dest, t0))
         return time.perf_counter() - t0
 
-    def complete(self, *, round: int | None = None) -> float:
-        """Wait for every posted send; the deadline restarts whenever one completes."""
-        t0 = time.perf_counter()
+    def test_posted(self) -> dict[Hashable, float]:
+        """Without waiting: the posts that completed since they were last looked at.
+
+        Maps each post's key to its send time, from its `Isend` to this call (so
+        the time is exact when this is called often, e.g. between training steps).
+        """
+        if not self.pending:
+            return {}
+        done = MPI.Request.Testsome([p.request for p in self.pending])
+        if not done:
+            return {}
+        now = time.perf_counter()
+        finished = set(done)
+        out = {self.pending[i].key: now - self.pending[i].started for i in sorted(finished)}
+        self.pending = [p for i, p in enumerate(self.pending) if i not in finished]
+        return out
+
+    def complete_each(self, *, round: int | None = None,
+                      at_most: int = 0) -> dict[Hashable, float]:
+        """Wait until at most `at_most` posted sends are pending (default: all done).
+
+        Returns {key: seconds from the post's `Isend` to the poll that saw it
+        complete} for every post that completed in this call. The deadline
+        restarts (and the backoff spins again) whenever one completes.
+        """
+        out = self.test_posted()
+        if len(self.pending) <= at_most:
+            return out
         watch = Stopwatch(self.liveness.limit())
-        while self.pending:
-            before = len(self.pending)
-            self.pending = [p for p in self.pending if not p[0].Test()]
-            if not self.pending:
-                break
-            if len(self.pending) < before:
-                watch.progress()
-            self._check_failures()
+        backoff = Backoff(self.poll)
+        while True:
+            if not backoff.spinning:
+                self._check_failures()
             if watch.expired():
-                ranks = sorted({dest for _, _, dest in self.pending})
+                ranks = sorted({p.dest for p in self.pending})
                 self._expired(watch.limit, f"rank(s) {_ranks(ranks)} did not take "
                               f"{len(self.pending)} posted message(s) {when(round)}")
-            time.sleep(POLL_S)
+            backoff.pause()
+            done = self.test_posted()
+            if done:
+                out.update(done)
+                if len(self.pending) <= at_most:
+                    return out
+                watch.progress()
+                backoff.progress()
+
+    def complete(self, *, round: int | None = None) -> float:
+        """Wait for every posted send; returns the seconds blocked.
+
+        The per-message send times of the posts completed in this call are left
+        in `self.completed` (see `complete_each`).
+        """
+        t0 = time.perf_counter()
+        self.completed = self.complete_each(round=round)
         return time.perf_counter() - t0
 
     def recv(self, source: int, tag: int, *, what: str = "",
@@ -109,34 +190,55 @@ class Transport:
             return msg is not None
 
         peer = "" if source == MPI.ANY_SOURCE else f" from rank {source}"
-        self._wait(probe, POLL_S, lambda: f"no {what or _tag_name(tag)}{peer} {when(round)}")
-        buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+        self._wait(probe, lambda: f"no {what or _tag_name(tag)}{peer} {when(round)}")
+        buf = self._buffer(status.Get_count(MPI.BYTE))
         found[0].Recv([buf, MPI.BYTE])
         return buf, status.Get_source(), time.perf_counter() - t0
+
+    def _buffer(self, n: int) -> np.ndarray:
+        """An uninitialised uint8 buffer of `n` bytes, reusing a large spare if one is free."""
+        if n < SPARE_MIN_BYTES:
+            return np.empty(n, dtype=np.uint8)
+        for i in range(len(self._spare)):
+            # references: the list and getrefcount's argument; any more is a user's
+            if n <= len(self._spare[i]) <= 2 * n and sys.getrefcount(self._spare[i]) <= 2:
+                spare = self._spare.pop(i)
+                self._spare.append(spare)
+                return spare[:n]
+        buf = np.empty(n, dtype=np.uint8)
+        self._spare.append(buf)
+        if len(self._spare) > SPARE_BUFFERS:
+            self._spare.pop(0)
+        return buf
 
     def barrier(self, what: str = "a barrier") -> None:
         """A barrier that sleeps while it waits and notices a failing or silent rank."""
         req = self.comm.Ibarrier()
-        self._wait(req.Test, COLLECTIVE_POLL_S,
-                   lambda: f"not every rank reached {what} (some rank is stopped, hung or slow)")
+        self._wait(req.Test, lambda: f"not every rank reached {what} (some rank is stopped, hung or slow)")
 
     def all_ok(self, ok: bool, what: str = "an agreement of all ranks") -> bool:
         """True when every rank is ok; polls, so a failing or silent rank is noticed."""
         flag = np.array([1 if ok else 0], dtype=np.int32)
         out = np.empty(1, dtype=np.int32)
         req = self.comm.Iallreduce([flag, MPI.INT], [out, MPI.INT], op=MPI.MIN)
-        self._wait(req.Test, COLLECTIVE_POLL_S,
-                   lambda: f"not every rank reached {what} (some rank is stopped, hung or slow)")
+        self._wait(req.Test, lambda: f"not every rank reached {what} (some rank is stopped, hung or slow)")
         return bool(out[0])
 
-    def _wait(self, done, poll_s: float, describe) -> None:
-        """Poll `done()` until true; FAIL messages and the liveness limit end it early."""
+    def _wait(self, done, describe) -> None:
+        """Poll `done()` until true, spinning then backing off (`self.poll`); FAIL
+        messages (checked once the spin is over) and the liveness limit end it early."""
+        if done():
+            return
         watch = Stopwatch(self.liveness.limit())
-        while not done():
-            self._check_failures()
+        backoff = Backoff(self.poll)
+        while True:
+            if not backoff.spinning:
+                self._check_failures()
             if watch.expired():
                 self._expired(watch.limit, describe())
-            time.sleep(poll_s)
+            backoff.pause()
+            if done():
+                return
 
     def _expired(self, limit: float, what: str) -> None:
         raise LivenessError(f"rank {self.rank}: {what} within {seconds(limit)} "

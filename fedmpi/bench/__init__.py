@@ -1,7 +1,8 @@
 """`fedmpi bench <name>`: micro-benchmarks that return rows; `main` prints them.
 
 A benchmark is a module in this package exposing `add_arguments(parser)`,
-`run(args) -> list[dict]` and `print_rows(rows)`; register it in BENCHMARKS.
+`run(args) -> list[dict]` and `print_rows(rows)`; register it in BENCHMARKS. An MPI
+benchmark returns None on every rank but 0, which then neither prints nor writes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "codec": ("fedmpi.bench.codec", "compression pipelines on a ResNet-18-sized model"),
     "train": ("fedmpi.bench.train", "local-training images/s of one process on a device"),
+    "transport": ("fedmpi.bench.transport",
+                  "latency and bandwidth of the suite's MPI path vs plain mpi4py (2 ranks)"),
 }
 
 
@@ -27,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     module = importlib.import_module(BENCHMARKS[args.bench][0])
     rows = module.run(args)
+    if rows is None:  # not rank 0 of an MPI benchmark
+        return 0
     module.print_rows(rows)
     if args.json:
         with open(args.json, "w") as f:

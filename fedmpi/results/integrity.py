@@ -58,9 +58,12 @@ class TableDigest:
     that appends and flushes every round pays for one block, not the table.
     """
 
-    def __init__(self, table: str):
+    def __init__(self, table: str, names: Sequence[str] | None = None):
+        """`names`: the columns hashed, in schema order (default: all of the table's;
+        a file written before an optional column existed is hashed without it)."""
         self.table = table
-        self.dtypes = [np.dtype(f.dtype).newbyteorder("<") for f in schema.TABLES[table]]
+        fields = [f for f in schema.TABLES[table] if names is None or f.name in names]
+        self.dtypes = [np.dtype(f.dtype).newbyteorder("<") for f in fields]
         self.reset()
 
     def reset(self) -> None:
@@ -98,9 +101,10 @@ class TableDigest:
         return h.digest()
 
 
-def table_digest(table: str, columns: Sequence[Any], extra: bytes = b"") -> str:
-    """The digest of a whole table at once (what a reader checks)."""
-    d = TableDigest(table)
+def table_digest(table: str, columns: Sequence[Any], extra: bytes = b"",
+                 names: Sequence[str] | None = None) -> str:
+    """The digest of a whole table at once (what a reader checks); `names` as TableDigest."""
+    d = TableDigest(table, names)
     d.extend(columns)
     return d.hexdigest(extra)
 

@@ -31,6 +31,9 @@ class Field:
     dtype: str  # numpy dtype string, or "str" for variable-length UTF-8
     units: str
     description: str
+    # A column added to schema 2 after files were written with it: files without it
+    # stay valid (readers fill it with NaN), and a writer not given it writes NaN.
+    optional: bool = False
 
 
 # --------------------------------------------------------------------------- codes
@@ -115,6 +118,10 @@ ROUNDS: tuple[Field, ...] = (
     Field("cum_wire_bytes", "i8", "bytes", "all wire bytes (startup hellos included) through this round"),
     Field("up_nnz", "i8", "values", "non-zeros sent uplink"),
     Field("down_nnz", "i8", "values", "non-zeros sent downlink"),
+    Field("sim_s", "f8", _S,
+          "simulated transfer time of the round on the link model (`link`): max over its "
+          "clients of (MODEL down + UPDATE up) seconds on the client's link; training not "
+          "included; NaN without a link model (optional: NaN in older files)", optional=True),
 )
 
 # ----------------------------------------------------------------------- /messages
@@ -136,6 +143,10 @@ MESSAGES: tuple[Field, ...] = (
     Field("send_s", "f8", _S, "time blocked sending"),
     Field("recv_s", "f8", _S, "time blocked receiving"),
     Field("segment", "i4", "1", "process incarnation that sent it: 0, then +1 per --resume"),
+    Field("sim_s", "f8", _S,
+          "simulated transfer time on the client's link (`link`): latency_s + 8 x "
+          "sender_bytes / bandwidth; NaN for control and checkpoint messages and without a "
+          "link model (optional: NaN in older files)", optional=True),
 )
 
 # ------------------------------------------------------------------------ /clients
@@ -179,6 +190,11 @@ MESSAGE_GROUP_ATTRS = {
 
 def columns(table: str) -> list[str]:
     return [f.name for f in TABLES[table]]
+
+
+def required_columns(table: str) -> list[str]:
+    """The columns every file and every append has (all but the `optional` ones)."""
+    return [f.name for f in TABLES[table] if not f.optional]
 
 
 def schema_markdown() -> str:

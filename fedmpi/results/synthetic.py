@@ -185,5 +185,5 @@ def round_row(r: int, m: dict[str, np.ndarray], theta: float, local_epochs: int,
     }
     row["wall_s"] = 0.3 + row["compute_s"] / 2
     row["cum_wire_bytes"] = cum + row["up_bytes"] + row["down_bytes"] + row["control_bytes"]
-    assert set(row) == set(schema.columns("rounds"))
+    assert set(row) == set(schema.required_columns("rounds"))
     return row

@@ -128,8 +128,9 @@ def read_content(f: h5py.File, path: str | os.PathLike) -> Content:
         with guard(path, f"/{table}"):
             g = f[table]
             present = [fld for fld in fields if fld.name in g]
-        if attrs.checked and len(present) != len(fields):
-            missing = sorted({fld.name for fld in fields} - {fld.name for fld in present})
+        missing = sorted({fld.name for fld in fields if not fld.optional}
+                         - {fld.name for fld in present})
+        if attrs.checked and missing:
             raise ResultsError(f"{path}: /{table}: columns {missing} missing; {DAMAGED}")
         n = attrs.checksums["tables"][table]["rows"] if attrs.checked else None
         datasets = {fld.name: _column(path, g, table, fld, n, attrs.checked) for fld in present}
@@ -145,10 +146,13 @@ def read_content(f: h5py.File, path: str | os.PathLike) -> Content:
             extra = b"" if histogram is None else integrity.histogram_bytes(histogram)
             if table == "clients" and histogram is None:
                 raise ResultsError(f"{path}: /clients/class_histogram: missing; {DAMAGED}")
-            digest = integrity.table_digest(table, [cols[c] for c in schema.columns(table)],
-                                            extra)
+            names = [fld.name for fld in present]  # optional columns only where written
+            digest = integrity.table_digest(table, [cols[c] for c in names], extra, names)
             if digest != attrs.checksums["tables"][table]["sha256"]:
                 raise ResultsError(f"{path}: /{table}: its {n} rows do not match their "
                                    f"checksum; {DAMAGED}")
-        tables[table] = cols
+        for fld in fields:  # an optional column this file predates: NaN, as never written
+            if fld.optional and fld.name not in cols:
+                cols[fld.name] = np.full(n, np.nan, dtype=fld.dtype)
+        tables[table] = {fld.name: cols[fld.name] for fld in fields if fld.name in cols}
     return Content(attrs, tables, histogram)

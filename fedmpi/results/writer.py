@@ -134,9 +134,26 @@ def _column(table: str, field: schema.Field, values: Any) -> np.ndarray:
 def _check_names(table: str, given: Any) -> None:
     expected = schema.columns(table)
     unknown = sorted(set(given) - set(expected))
-    missing = [c for c in expected if c not in given]
+    missing = [c for c in schema.required_columns(table) if c not in given]
     if unknown or missing:
         raise ValueError(f"/{table}: unknown columns {unknown}, missing columns {missing}")
+
+
+def _with_optional(table: str, given: Mapping[str, Any], n: int | None) -> dict[str, Any]:
+    """`given` plus NaN for every optional column it lacks (`n` values, None: one)."""
+    out = dict(given)
+    for f in schema.TABLES[table]:
+        if f.optional and f.name not in out:
+            out[f.name] = np.nan if n is None else np.full(n, np.nan, dtype=f.dtype)
+    return out
+
+
+def _new_column(g: h5py.Group, table: str, fld: schema.Field) -> h5py.Dataset:
+    ds = g.create_dataset(fld.name, shape=(0,), maxshape=(None,), chunks=(_CHUNK_ROWS[table],),
+                          dtype=fld.dtype, fletcher32=True)
+    ds.attrs["units"] = fld.units
+    ds.attrs["description"] = fld.description
+    return ds
 
 
 def temp_path(path: Path) -> Path:
@@ -297,18 +314,34 @@ class ResultsWriter:
                                f"({exc})") from None
         with f:
             read_content(f, self.path)
-        return h5py.File(self.path, "r+", locking=False)
+        f = h5py.File(self.path, "r+", locking=False)
+        try:
+            self._add_optional_columns(f)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    @staticmethod
+    def _add_optional_columns(f: h5py.File) -> None:
+        """Give a file written before an optional column existed that column (NaN rows),
+        so that it is extended like a new file (its checksums are recomputed at the
+        next flush: every table is reloaded after a resume)."""
+        for table, fields in schema.TABLES.items():
+            g = f[table]
+            n = min(g[c].shape[0] for c in schema.required_columns(table))
+            for fld in fields:
+                if fld.optional and fld.name not in g:
+                    ds = _new_column(g, table, fld)
+                    ds.resize((n,))
+                    ds[...] = np.full(n, np.nan, dtype=fld.dtype)
 
     def _create_layout(self) -> None:
         f = self._file
         for table, fields in schema.TABLES.items():
             g = f.create_group(table)
             for fld in fields:
-                ds = g.create_dataset(fld.name, shape=(0,), maxshape=(None,),
-                                      chunks=(_CHUNK_ROWS[table],), dtype=fld.dtype,
-                                      fletcher32=True)
-                ds.attrs["units"] = fld.units
-                ds.attrs["description"] = fld.description
+                _new_column(g, table, fld)
         h = schema.CLIENT_HISTOGRAM
         ds = f["clients"].create_dataset(h.name, shape=(0, 0), maxshape=(None, None),
                                          chunks=(256, 16), dtype=h.dtype, fletcher32=True)
@@ -357,7 +390,8 @@ class ResultsWriter:
 
     def append_round(self, row: Mapping[str, float | int]) -> None:
         _check_names("rounds", row)
-        values = [(f.name, _column("rounds", f, row[f.name])) for f in schema.ROUNDS]
+        row = _with_optional("rounds", row, None)
+        values = [(f.name, _column("rounds", f, row[f.name])) for f in schema.TABLES["rounds"]]
         for name, v in values:
             if v.ndim != 0:
                 raise ValueError(f"/rounds/{name}: expected one value, got shape {v.shape}")
@@ -370,7 +404,8 @@ class ResultsWriter:
         if isinstance(columns, np.ndarray) and columns.dtype.names:
             columns = {n: columns[n] for n in columns.dtype.names}
         _check_names("messages", columns)
-        cols = {f.name: _column("messages", f, columns[f.name]) for f in schema.MESSAGES}
+        columns = _with_optional("messages", columns, len(np.asarray(columns["round"])))
+        cols = {f.name: _column("messages", f, columns[f.name]) for f in schema.TABLES["messages"]}
         lengths = {c.shape for c in cols.values()}
         if len(lengths) != 1 or len(next(iter(lengths))) != 1:
             raise ValueError(f"/messages: columns must be 1-D of equal length, got {lengths}")

@@ -150,6 +150,8 @@ def test_each_numeric_field_refuses_values_outside_its_range(name, fld, integer)
         config.set_path(raw, name, value)
         if name == "clients.per_round":
             raw["clients"]["num_clients"] = rng.hi
+        if name in ("run.poll.min_sleep_s", "run.poll.max_sleep_s"):  # min <= max
+            raw["run"]["poll"] = {"min_sleep_s": value, "max_sleep_s": value}
         assert config._get(config.from_dict(raw), name) == value
 
 
