@@ -139,11 +139,13 @@ def test_resume_is_bit_identical_with_state_in_worker_files(monkeypatch, tmp_pat
 
     comm = MPI.COMM_WORLD
     d = shared_tmp(comm, tmp_path_factory)
-    overrides = SMALL + ["compression.target=update", "compression.downlink=[]", *extra]
+    overrides = SMALL + ["compression.target=update", "compression.downlink=[]",
+                         "run.checkpoint_every=4", *extra]
     assert _run(comm, QUICK, d / "full.h5", overrides) == 0
-    # Stopped after round 2, not a checkpoint_every round: the stop still saves.
+    # A stop seen in round 1 ends the run after round 2, no checkpoint_every round: the
+    # workers are told to save their clients' state in round 2 (ASSIGN SAVE_STATE).
     assert _interrupted(monkeypatch, comm, QUICK, d / "cut.h5", overrides,
-                        after=2) == signals.EXIT_INTERRUPTED
+                        after=1) == signals.EXIT_INTERRUPTED
     assert _run(comm, QUICK, d / "cut.h5", [], resume=True) == 0
     with h5py.File(d / "full.h5", "r", locking=False) as a, \
             h5py.File(d / "cut.h5", "r", locking=False) as b:
