@@ -10,7 +10,8 @@ its clients' compressor state in its own files, none of it crosses MPI.
   PowerSGD, whose state is not model-shaped) and a stateful strategy (FedAdam) is
   bit-identical to one never stopped;
 - on --resume a missing or foreign state file stops every rank with exit 2 and a
-  message naming the file, before the result file is touched.
+  message naming the file, before the result file is touched;
+- `--overwrite` removes the replaced run's state files, even when the new run keeps none.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ QUICK = CONFIGS / "quickstart.yaml"
 SMALL = ["rounds=6", "clients.num_clients=6", "clients.per_round=3", "run.checkpoint_every=2"]
 
 
-def _run(comm, config, out, overrides, *, resume=False):
+def _run(comm, config, out, overrides, *, resume=False, overwrite=False):
     from fedmpi import run
 
     args = argparse.Namespace(config=None if resume else str(config),
-                              out=None if resume else str(out), overwrite=False,
+                              out=None if resume else str(out), overwrite=overwrite,
                               resume=str(out) if resume else None,
                               overrides=[] if resume else overrides)
     code = run.main(args)
@@ -215,3 +216,30 @@ def test_resume_refuses_a_missing_or_foreign_state_file(monkeypatch, tmp_path_fa
     assert _run(comm, QUICK, out, [], resume=True) == 0
     with h5py.File(out, "r", locking=False) as f:
         assert f.attrs["status"] == "completed"
+
+
+@pytest.mark.timeout(300)
+def test_overwrite_removes_the_replaced_runs_state_files(monkeypatch, tmp_path_factory,
+                                                         capfd):
+    from mpi4py import MPI
+
+    from fedmpi import signals
+    from fedmpi.results import clientstate
+
+    comm = MPI.COMM_WORLD
+    d = shared_tmp(comm, tmp_path_factory)
+    out = d / "over.h5"
+    overrides = SMALL + ["compression.target=update", "compression.downlink=[]",
+                         "compression.uplink={topk: {fraction: 0.1}}"]
+    assert _interrupted(monkeypatch, comm, QUICK, out, overrides,
+                        after=1) == signals.EXIT_INTERRUPTED
+    old = clientstate.all_files(out)
+    assert [p.name for p in old] == ["over.h5.rank1.round1.state", "over.h5.rank2.round1.state"]
+    comm.Barrier()
+    capfd.readouterr()
+    # A new run of the result with a stateless uplink: no worker store would prune them.
+    assert _run(comm, QUICK, out, ["rounds=1", "clients.num_clients=6"], overwrite=True) == 0
+    assert clientstate.all_files(out) == []
+    if comm.rank == 0:
+        err = capfd.readouterr().err
+        assert all(f"removed {p}" in err for p in old), err
