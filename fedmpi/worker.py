@@ -4,8 +4,9 @@ Per round: receive ASSIGN (the clients to run, with their settings) or STOP; for
 each assigned client receive its MODEL, train, encode and send its UPDATE; on a
 checkpoint round (ASSIGN flag SAVE_STATE) write each hosted client's compressor
 state to this rank's own client-state file (`fedmpi.results.clientstate`; it never
-crosses MPI), durably, before the REPORT; finally send a REPORT with this rank's own log of every message it sent or received,
-which the server joins with its own log (exact byte accounting).
+crosses MPI), durably, before the REPORT; finally send a REPORT with this rank's own
+log of every message it sent or received, which the server joins with its own log
+(exact byte accounting).
 
 With `compression.downlink_target: update` the MODEL carries the global update
 Δ, not the weights: the rank keeps one replica of the global model and advances
