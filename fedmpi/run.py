@@ -243,6 +243,7 @@ def _resume_config(path: Path, args=None):
     from fedmpi.results import SCHEMA_VERSION
     from fedmpi.results.checkpoint import find_group
     from fedmpi.results.hdf import plain
+    from fedmpi.results.schema import ADDED_COLUMNS
 
     if args is not None:
         _refuse_resume_options(path, args)
@@ -252,6 +253,8 @@ def _resume_config(path: Path, args=None):
         with h5py.File(path, "r", locking=False) as f:
             attrs = {k: plain(f.attrs[k]) for k in _RESUME_ATTRS if k in f.attrs}
             has_checkpoint = find_group(f) is not None
+            lacks = [f"/{t}/{c}" for t, names in ADDED_COLUMNS.items() for c in names
+                     if t in f and c not in f[t]]
         text = str(attrs["config_json"])
         if len(text) > cfgmod.MAX_FILE_BYTES:
             raise ValueError(f"config_json of {len(text)} characters")
@@ -264,6 +267,11 @@ def _resume_config(path: Path, args=None):
         raise ConfigError("--resume", str(path), f"a result file of schema_version {SCHEMA_VERSION} "
                           f"(this one has {version!r}, written by fedmpi "
                           f"{attrs.get('fedmpi_version', '?')}: resume it with that version)")
+    if lacks:  # an older layout (and its checkpoint holds the clients' states itself)
+        raise ConfigError("--resume", str(path), f"a result file with {', '.join(lacks)} "
+                          f"(this one was written by fedmpi {attrs.get('fedmpi_version', '?')} "
+                          "before it existed: resume it with that version, or rerun its "
+                          "config with --overwrite)")
     status = str(attrs.get("status", ""))
     try:
         cfg = cfgmod.from_dict(resolved)

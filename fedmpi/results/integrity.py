@@ -58,9 +58,10 @@ class TableDigest:
     that appends and flushes every round pays for one block, not the table.
     """
 
-    def __init__(self, table: str):
+    def __init__(self, table: str, fields: Sequence[schema.Field] | None = None):
         self.table = table
-        self.dtypes = [np.dtype(f.dtype).newbyteorder("<") for f in schema.TABLES[table]]
+        fields = schema.TABLES[table] if fields is None else fields  # an older layout
+        self.dtypes = [np.dtype(f.dtype).newbyteorder("<") for f in fields]
         self.reset()
 
     def reset(self) -> None:
@@ -98,9 +99,11 @@ class TableDigest:
         return h.digest()
 
 
-def table_digest(table: str, columns: Sequence[Any], extra: bytes = b"") -> str:
-    """The digest of a whole table at once (what a reader checks)."""
-    d = TableDigest(table)
+def table_digest(table: str, columns: Sequence[Any], extra: bytes = b"",
+                 fields: Sequence[schema.Field] | None = None) -> str:
+    """The digest of a whole table at once (what a reader checks); `fields`: the
+    columns of a file written before some of `schema.ADDED_COLUMNS`."""
+    d = TableDigest(table, fields)
     d.extend(columns)
     return d.hexdigest(extra)
 

@@ -128,8 +128,9 @@ def read_content(f: h5py.File, path: str | os.PathLike) -> Content:
         with guard(path, f"/{table}"):
             g = f[table]
             present = [fld for fld in fields if fld.name in g]
-        if attrs.checked and len(present) != len(fields):
-            missing = sorted({fld.name for fld in fields} - {fld.name for fld in present})
+        missing = sorted({fld.name for fld in fields} - {fld.name for fld in present})
+        older = bool(missing) and set(missing) <= set(schema.ADDED_COLUMNS.get(table, ()))
+        if attrs.checked and missing and not older:
             raise ResultsError(f"{path}: /{table}: columns {missing} missing; {DAMAGED}")
         n = attrs.checksums["tables"][table]["rows"] if attrs.checked else None
         datasets = {fld.name: _column(path, g, table, fld, n, attrs.checked) for fld in present}
@@ -145,10 +146,13 @@ def read_content(f: h5py.File, path: str | os.PathLike) -> Content:
             extra = b"" if histogram is None else integrity.histogram_bytes(histogram)
             if table == "clients" and histogram is None:
                 raise ResultsError(f"{path}: /clients/class_histogram: missing; {DAMAGED}")
-            digest = integrity.table_digest(table, [cols[c] for c in schema.columns(table)],
-                                            extra)
+            digest = integrity.table_digest(table, [cols[fld.name] for fld in present], extra,
+                                            fields=present)
             if digest != attrs.checksums["tables"][table]["sha256"]:
                 raise ResultsError(f"{path}: /{table}: its {n} rows do not match their "
                                    f"checksum; {DAMAGED}")
+        if attrs.checked and older:  # written before these columns existed: none of it
+            cols.update({name: np.zeros(n, dtype=np.dtype(next(
+                fld.dtype for fld in fields if fld.name == name))) for name in missing})
         tables[table] = cols
     return Content(attrs, tables, histogram)
