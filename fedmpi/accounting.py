@@ -52,8 +52,8 @@ class AccountingError(FedMPIError):
 
 
 def direction_of(kind: Kind) -> int:
-    """The usual direction of a kind (MEMORY goes both ways: callers say which)."""
-    return UP if kind in (Kind.UPDATE, Kind.REPORT, Kind.FAIL, Kind.MEMORY) else DOWN
+    """The direction of a kind (MEMORY: start-up infrastructure, server -> worker)."""
+    return UP if kind in (Kind.UPDATE, Kind.REPORT, Kind.FAIL) else DOWN
 
 
 @dataclass
@@ -97,7 +97,7 @@ class ReportRules:
     clients: frozenset[int]  # the clients it hosts
     numel: int  # entries of the model: rows of messages it encodes carry this many
     samples: Mapping[int, int]  # training samples per hosted client (UPDATE rows)
-    codecs: Mapping[int, int]  # Kind -> codec id of what it encodes (UPDATE, MEMORY)
+    codecs: Mapping[int, int]  # Kind -> codec id of what it encodes (UPDATE)
 
 
 def _row_name(row) -> str:
@@ -110,12 +110,14 @@ def _checks(rows: np.ndarray, round: int | None, rules: ReportRules | None):
     """(field, bad-row mask, what is allowed) in the order they are reported."""
     kind, way = rows["kind"].astype(np.int64), rows["direction"].astype(np.int64)
     yield "kind", ~np.isin(kind, WORKER_KINDS), " | ".join(k.name for k in WORKER_KINDS)
-    down = np.isin(kind, (Kind.ASSIGN, Kind.MODEL, Kind.STOP))
+    down = np.isin(kind, (Kind.ASSIGN, Kind.MODEL, Kind.STOP, Kind.MEMORY))
     up = np.isin(kind, (Kind.UPDATE, Kind.REPORT))
     yield "direction", ((way != DOWN) & down) | ((way != UP) & up) | ~np.isin(way, (DOWN, UP)), \
-        f"{DOWN} (down) for ASSIGN, MODEL, STOP; {UP} (up) for UPDATE, REPORT; either for MEMORY"
+        f"{DOWN} (down) for ASSIGN, MODEL, STOP, MEMORY; {UP} (up) for UPDATE, REPORT"
     if round is not None:
         yield "round", ~np.isin(rows["round"], (-1, round)), f"{round} (or -1: start-up)"
+    yield "round", (kind == Kind.MEMORY) & (rows["round"] != -1), \
+        "-1 for MEMORY (start-up infrastructure only)"
     nbytes = rows["bytes"]
     yield "bytes", (nbytes < HEADER_SIZE) | (nbytes > MAX_MESSAGE_BYTES), \
         f"{HEADER_SIZE}..{MAX_MESSAGE_BYTES} (a whole message)"
@@ -134,18 +136,17 @@ def _checks(rows: np.ndarray, round: int | None, rules: ReportRules | None):
         yield "numel", numel < 0, ">= 0"
         return
     yield "worker", rows["worker"] != rules.worker, f"{rules.worker} (the sending rank)"
-    # MODEL and MEMORY may also be the rank's own (client -1: its replica of the model)
-    per_client = np.isin(kind, (Kind.MODEL, Kind.UPDATE, Kind.MEMORY))
+    # MODEL may also be the rank's own (client -1: its replica of the model); MEMORY
+    # (start-up infrastructure) is always the rank's own
+    per_client = np.isin(kind, (Kind.MODEL, Kind.UPDATE))
     hosted = np.isin(rows["client"], np.fromiter(rules.clients, np.int64, len(rules.clients)))
-    rank_own = np.isin(kind, (Kind.MODEL, Kind.MEMORY)) & (rows["client"] == -1)
+    rank_own = (kind == Kind.MODEL) & (rows["client"] == -1)
     yield "client", np.where(per_client, ~hosted & ~rank_own, rows["client"] != -1), \
-        "a client this rank hosts (MODEL, UPDATE, MEMORY), or -1"
-    state = (kind == Kind.MEMORY) & (way == UP)  # a compressor state: any number of entries
-    encoded = update | state  # what the worker encodes
-    yield "numel", np.where(state, numel < 0, numel != np.where(update, rules.numel, 0)), \
-        f"{rules.numel} for UPDATE, >= 0 for compressor states, else 0"
+        "a client this rank hosts (MODEL, UPDATE), or -1"
+    yield "numel", numel != np.where(update, rules.numel, 0), \
+        f"{rules.numel} for UPDATE, else 0"
     codec = np.array([rules.codecs.get(int(k), 0) for k in kind], dtype=np.int64)
-    yield "codec_id", rows["codec_id"] != np.where(encoded, codec, 0), \
+    yield "codec_id", rows["codec_id"] != np.where(update, codec, 0), \
         "the pipeline's codec id for messages the worker encodes, else 0"
     samples = np.array([rules.samples.get(int(c), -1) for c in rows["client"]], dtype=np.int64)
     yield "samples", rows["samples"] != np.where(update, samples, 0), \

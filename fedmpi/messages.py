@@ -37,9 +37,11 @@ MESSAGES: tuple[MessageKind, ...] = (
                 "a worker's log of the round's messages (and its start-up hello, on HELLO)"),
     MessageKind("STOP", 5, "CONTROL", DOWN, "stop", "end of the run, with its status"),
     MessageKind("FAIL", 6, "FAIL", UP, "fail", "a failing rank's reason (best effort)"),
-    MessageKind("MEMORY", 7, "MEMORY", BOTH, "memory",
-                "compressor state (error-feedback residuals, replicas) for checkpoints "
-                "(up) and for --resume (down)"),
+    MessageKind("MEMORY", 7, "MEMORY", DOWN, "memory",
+                "start-up infrastructure (counted in /rounds infra_bytes): the run "
+                "identity for the workers' client-state files, or on --resume a worker "
+                "rank's replica of the global model (client -1); client state itself "
+                "never travels"),
 )
 
 # MPI tag -> (name, what a wait on it awaits). HELLO carries a REPORT-kind message.

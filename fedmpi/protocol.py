@@ -13,14 +13,19 @@ decoders without it).
 
 The control payloads are also written here, so that each format is defined once:
 
-- ASSIGN: int32 little-endian flags (only SNAPSHOT is defined), then the ids of the
+- ASSIGN: int32 little-endian flags (only SAVE_STATE is defined), then the ids of the
   clients to run this round, strictly increasing, each hosted by the receiver, then
   per client (in that order) its settings as float32, one per name of the strategy's
   `client_settings` (both ends know the names from the config; none: no bytes), each
   finite;
-- MEMORY: a compressor's state (named float32 arrays): u32 count, then per array
-  u16 name length, the UTF-8 name, u8 ndim, u32 dims; then every array's values in
-  that order (see `state_payload`);
+- MEMORY (start-up only, server -> worker, client -1, round 0): named float32 arrays:
+  u32 count, then per array u16 name length, the UTF-8 name, u8 ndim, u32 dims; then
+  every array's values in that order (see `state_payload`). Two uses, never both in
+  one start-up: the run identity of a fresh run whose uplink compressor keeps client
+  state (one array `run`, the 32 bytes of the sha256 as values 0..255; the worker
+  names its client-state files with it), and on --resume with
+  `downlink_target: update` the rank's replica of the global model. Client state
+  itself never travels (`fedmpi.results.clientstate`);
 - STOP: the run status as ASCII, one of STATUSES;
 - hello (kind REPORT, round 0, on TAG_HELLO): a UTF-8 JSON object with exactly
   the string keys "host" and "device" (printable, at most MAX_NAME characters).
@@ -44,8 +49,9 @@ import zstandard
 from fedmpi import accounting, wire
 from fedmpi.wire import Kind, WireFormatError
 
-SNAPSHOT = 1  # ASSIGN flag: send every hosted client's error-feedback residual this round
-FLAGS = SNAPSHOT  # every defined ASSIGN flag bit
+SAVE_STATE = 1  # ASSIGN flag: write every hosted client's compressor state to the rank's
+#                 client-state file at the end of this round (before its REPORT)
+FLAGS = SAVE_STATE  # every defined ASSIGN flag bit
 STATUSES = ("completed", "interrupted")  # what a STOP can carry
 HELLO_KEYS = ("host", "device")
 MAX_NAME = 255  # characters of a hello field (a host name has at most 253)
@@ -98,6 +104,7 @@ def assign_payload(flags: int, clients: list[int],
 # ---------------------------------------------------------------- compressor state (MEMORY)
 
 STATE_CODEC = zlib.crc32(b"fedmpi state v1")  # codec id of MEMORY messages
+RUN_BYTES = 32  # a run identity (sha256) in a start-up MEMORY
 MAX_STATE_ARRAYS = 1 << 16
 MAX_NDIM = 8
 _STATE_HEAD = struct.Struct("<I")
@@ -216,10 +223,10 @@ def _assign(payload, *, hosted: Collection[int], feedback: bool, names: Sequence
                               f"({', '.join(names)})")
     if flags & ~FLAGS:
         raise WireFormatError(f"ASSIGN flags {flags:#x} have unknown bits "
-                              f"(defined: SNAPSHOT={SNAPSHOT})")
-    if flags & SNAPSHOT and not feedback:
-        raise WireFormatError("ASSIGN asks for compressor-state snapshots, but the uplink "
-                              "compressor keeps no state (no memory stage)")
+                              f"(defined: SAVE_STATE={SAVE_STATE})")
+    if flags & SAVE_STATE and not feedback:
+        raise WireFormatError("ASSIGN asks to save client compressor states, but the uplink "
+                              "compressor keeps no state")
     if any(b <= a for a, b in zip(clients, clients[1:])):
         raise WireFormatError(f"assigned clients {clients} are not strictly increasing "
                               "(duplicated or out of order)")
@@ -312,14 +319,6 @@ def read_report(buf, *, src: int, round: int, rules: accounting.ReportRules) -> 
         return accounting.parse_report(payload, round=round, rules=rules)
 
 
-def read_snapshot(buf, *, src: int, round: int, client: int) -> dict:
-    """One hosted client's compressor state (named float32 arrays), for a checkpoint."""
-    with context(_server("compressor state", round, src, client)):
-        h, payload = wire.parse(buf, expect_kind=Kind.MEMORY, round=round, client=client,
-                                codec_id=STATE_CODEC)
-        return _counted(h, _state(payload))
-
-
 def _counted(h: wire.Header, state: dict) -> dict:
     if h.n_tensors != len(state):
         raise WireFormatError(f"MEMORY declares {h.n_tensors} arrays, its payload has "
@@ -369,18 +368,43 @@ def read_model(buf, *, rank: int, round: int, client: int, codec, spec, ctx,
         return tensors, time.perf_counter() - t0
 
 
-def read_restore(buf, *, rank: int, client: int, spec=None) -> dict:
-    """On --resume: a hosted client's compressor state from the checkpoint (round 0);
-    client -1: the rank's replica of the global model, whose arrays must be the
-    model's (`spec`: names, order and shapes)."""
-    what = "compressor state" if client >= 0 else "replica"
-    with context(f"rank {rank}, resume (round -1), {what} of client {client}"):
-        h, payload = wire.parse(buf, expect_kind=Kind.MEMORY, round=0, client=client,
+def identity_payload(run: str) -> dict[str, np.ndarray]:
+    """The start-up MEMORY arrays that carry a run identity (a sha256 in hex)."""
+    try:
+        raw = bytes.fromhex(run)
+    except ValueError:
+        raw = b""
+    if len(raw) != RUN_BYTES:
+        raise ValueError(f"run identity {run[:80]!r}: expected {2 * RUN_BYTES} hex digits")
+    return {"run": np.frombuffer(raw, dtype=np.uint8).astype(np.float32)}
+
+
+def read_identity(buf, *, rank: int) -> str:
+    """At start-up of a fresh run: the run identity (hex) for the rank's client-state files."""
+    with context(f"rank {rank}, start-up (round -1), run identity"):
+        h, payload = wire.parse(buf, expect_kind=Kind.MEMORY, round=0, client=-1,
                                 codec_id=STATE_CODEC)
         state = _counted(h, _state(payload))
-        if spec is not None:
-            got = [(name, tuple(v.shape)) for name, v in state.items()]
-            if got != [(name, tuple(shape)) for name, shape in spec]:
-                raise WireFormatError(f"arrays {got[:4]}... are not the model's tensors "
-                                      f"{list(spec)[:4]}...")
+        values = state.get("run")
+        if list(state) != ["run"] or values.shape != (RUN_BYTES,):
+            got = [(name, tuple(v.shape)) for name, v in state.items()][:4]
+            raise WireFormatError(f"arrays {got}: expected exactly 'run' of shape "
+                                  f"({RUN_BYTES},)")
+        if not ((values >= 0) & (values <= 255) & (values == np.round(values))).all():
+            raise WireFormatError("run identity values are not bytes (integers 0..255)")
+        return values.astype(np.uint8).tobytes().hex()
+
+
+def read_restore(buf, *, rank: int, spec) -> dict:
+    """On --resume with downlink_target update: the rank's replica of the global model
+    (client -1, round 0), whose arrays must be the model's (`spec`: names, order and
+    shapes)."""
+    with context(f"rank {rank}, resume (round -1), replica of the global model"):
+        h, payload = wire.parse(buf, expect_kind=Kind.MEMORY, round=0, client=-1,
+                                codec_id=STATE_CODEC)
+        state = _counted(h, _state(payload))
+        got = [(name, tuple(v.shape)) for name, v in state.items()]
+        if got != [(name, tuple(shape)) for name, shape in spec]:
+            raise WireFormatError(f"arrays {got[:4]}... are not the model's tensors "
+                                  f"{list(spec)[:4]}...")
         return state

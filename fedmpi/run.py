@@ -72,6 +72,9 @@ def main(args) -> int:
         if rank == 0:
             _unlock(plan)
             print(f"fedmpi: configuration error: {_describe(error)}", file=sys.stderr)
+        elif isinstance(error, RankConfigError):  # only this rank knows (its own files)
+            print(f"fedmpi: rank {rank}: configuration error: {_describe(error)}",
+                  file=sys.stderr)
         return EXIT_CONFIG
     if plan["already_completed"]:
         if rank == 0:
@@ -84,11 +87,15 @@ def main(args) -> int:
     return _run(comm, net, rank, size, local_rank, plan, stop)
 
 
+class RankConfigError(ConfigError):
+    """A configuration error only one worker rank can see (its client-state files)."""
+
+
 def _describe(error: BaseException | None) -> str:
     from fedmpi.errors import clip
 
     if error is None:
-        return "on another rank"
+        return "on another rank (see its message)"
     text = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
     return clip(text, 1000)
 
@@ -129,12 +136,61 @@ def _plan(args, world_size: int, rank: int = 0) -> dict:
         resolve_path(cfg.data.path)
     if cfg.train.model not in models.available():
         raise ConfigError("train.model", cfg.train.model, " | ".join(models.available()))
+    client_resume = None
     if resume and not already_completed:
         _check_checkpoint_fits(out, cfg)
+        if rank != 0:
+            client_resume = _client_resume(out, cfg, rank, world_size)
     if rank == 0 and not already_completed:
         _check_writable(out, "--resume" if args.resume else "--out" if args.out else "output")
     return {"cfg": cfg, "text": text, "out": out, "already_completed": already_completed,
-            "resume": resume, "overwrite": overwrite}
+            "resume": resume, "overwrite": overwrite, "client_resume": client_resume}
+
+
+def run_id_of(path: Path) -> tuple[str, int]:
+    """(run identity, checkpoint round) of a result file, as every rank reads them on
+    --resume: sha256 of the stored resolved config and the run's first start time
+    (`clientstate.run_identity`), and the round of its latest complete checkpoint."""
+    import h5py
+
+    from fedmpi.results.checkpoint import find_group
+    from fedmpi.results.clientstate import run_identity
+    from fedmpi.results.hdf import plain
+
+    with h5py.File(path, "r", locking=False) as f:
+        config = json.loads(str(plain(f.attrs["config_json"])))
+        start = str(plain(f.attrs["start_time"]))
+        g = find_group(f)
+        round_ = int(g.attrs["round"]) if g is not None else -1
+    return run_identity(config, start), round_
+
+
+def _client_resume(path: Path, cfg, rank: int, world_size: int):
+    """A worker rank's resume point: its clients' compressor states of the checkpoint
+    round, read from its own file (a stateful uplink; else none), checked now so that
+    a missing, foreign or damaged file stops every rank before anything starts."""
+    from fedmpi.experiment import build_links, worker_of
+    from fedmpi.results import ResultsError
+    from fedmpi.results.clientstate import load_states
+    from fedmpi.worker import Resume
+
+    try:
+        run, round_ = run_id_of(path)
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise ConfigError("--resume", str(path), "a result file with a readable run identity "
+                          f"({type(exc).__name__}: {exc})") from None
+    up, _ = build_links(cfg)
+    if up.new_state() is None:
+        return Resume(round_, run, {})
+    hosted = [c for c in range(cfg.clients.num_clients) if worker_of(c, world_size - 1) == rank]
+    try:
+        states = load_states(path, rank=rank, round=round_, run=run, clients=hosted)
+    except ResultsError as exc:
+        raise RankConfigError("--resume", str(path), f"a run whose worker rank {rank} has its "
+                              f"clients' compressor state of checkpoint round {round_} "
+                              f"({exc}); without it the run cannot continue exactly: rerun "
+                              "its config with --overwrite") from None
+    return Resume(round_, run, states)
 
 
 def _check_out_name(out: Path, field: str) -> None:
@@ -189,6 +245,7 @@ def _resume_config(path: Path, args=None):
     from fedmpi.results import SCHEMA_VERSION
     from fedmpi.results.checkpoint import find_group
     from fedmpi.results.hdf import plain
+    from fedmpi.results.schema import ADDED_COLUMNS
 
     if args is not None:
         _refuse_resume_options(path, args)
@@ -198,6 +255,8 @@ def _resume_config(path: Path, args=None):
         with h5py.File(path, "r", locking=False) as f:
             attrs = {k: plain(f.attrs[k]) for k in _RESUME_ATTRS if k in f.attrs}
             has_checkpoint = find_group(f) is not None
+            lacks = [f"/{t}/{c}" for t, names in ADDED_COLUMNS.items() for c in names
+                     if t in f and c not in f[t]]
         text = str(attrs["config_json"])
         if len(text) > cfgmod.MAX_FILE_BYTES:
             raise ValueError(f"config_json of {len(text)} characters")
@@ -210,6 +269,11 @@ def _resume_config(path: Path, args=None):
         raise ConfigError("--resume", str(path), f"a result file of schema_version {SCHEMA_VERSION} "
                           f"(this one has {version!r}, written by fedmpi "
                           f"{attrs.get('fedmpi_version', '?')}: resume it with that version)")
+    if lacks:  # an older layout (and its checkpoint holds the clients' states itself)
+        raise ConfigError("--resume", str(path), f"a result file with {', '.join(lacks)} "
+                          f"(this one was written by fedmpi {attrs.get('fedmpi_version', '?')} "
+                          "before it existed: resume it with that version, or rerun its "
+                          "config with --overwrite)")
     status = str(attrs.get("status", ""))
     try:
         cfg = cfgmod.from_dict(resolved)
@@ -421,7 +485,7 @@ def _run(comm, net, rank, size, local_rank, plan, stop) -> int:
             return EXIT_CONFIG
         if rank == 0:
             return _serve(exp, net, writer, state, stop)
-        return _work(exp, net, resumed=plan["resume"])
+        return _work(exp, net, plan["out"], plan["client_resume"])
     except BaseException as exc:  # noqa: BLE001 - any failure must end the whole job
         _fail(comm, rank, exc, writer, net)
         return 1  # not reached: Abort ends the process
@@ -464,18 +528,21 @@ def _open_results(plan, size):
         writer.flush()
         state = ServerState(round=ckpt.round, global_state=ckpt.global_state,
                             memory=ckpt.memories.get("server", {}), cum_bytes=cum,
-                            segment=segment,
-                            client_memories={int(k.split("_", 1)[1]): v
-                                             for k, v in ckpt.memories.items()
-                                             if k.startswith("client_")},
+                            segment=segment, run_id=run_id_of(out)[0],
                             strategy=ckpt.memories.get("strategy", {}),
                             replica=ckpt.memories.get("replica"))
         return writer, state
     from fedmpi.experiment import build_links
 
-    writer = ResultsWriter(out, attrs=_metadata(cfg, plan["text"], size),
-                           overwrite=plan["overwrite"], lock=lock)
+    from fedmpi.results import clientstate
+
+    attrs = _metadata(cfg, plan["text"], size)
+    writer = ResultsWriter(out, attrs=attrs, overwrite=plan["overwrite"], lock=lock)
     _say_removed(writer)
+    # A new run of this result: no worker may meet an old run's client-state files.
+    for path in clientstate.remove_all(out):
+        print(f"fedmpi: removed {path} (client state of the run this one replaces)",
+              file=sys.stderr)
     up, down = build_links(cfg)
     from fedmpi.protocol import STATE_CODEC
 
@@ -483,7 +550,8 @@ def _open_results(plan, size):
                        down.codec_id: down.name})
     # The file is on disk, readable, from here on (status running, no round). With
     # --overwrite it is still a temporary: the old file is replaced once a round is done.
-    return writer, None
+    return writer, ServerState(round=-1, global_state={}, run_id=clientstate.run_identity(
+        json.loads(attrs["config_json"]), attrs["start_time"]))
 
 
 def _say_removed(writer) -> None:
@@ -493,10 +561,10 @@ def _say_removed(writer) -> None:
 
 def _serve(exp, net, writer, state, stop) -> int:
     from fedmpi.progress import Progress
-    from fedmpi.server import Server, ServerState
+    from fedmpi.server import Server
 
     cfg = exp.cfg
-    progress = Progress(cfg.rounds, initial=0 if state is None else state.round + 1)
+    progress = Progress(cfg.rounds, initial=state.round + 1)
     server = Server(exp, net, writer, progress, stop)
     hellos = server.hellos()
     devices = [exp.device_label] + [h["device"] for h in hellos]
@@ -508,8 +576,8 @@ def _serve(exp, net, writer, state, stop) -> int:
     writer.write_clients(client=list(range(cfg.clients.num_clients)),
                          worker=[1 + c % exp.num_workers for c in range(cfg.clients.num_clients)],
                          samples=exp.samples, class_histogram=exp.histogram)
-    if state is None:
-        state = ServerState(round=-1, global_state=exp.initial_state())
+    if state.round < 0:  # a fresh run
+        state.global_state = exp.initial_state()
     status = server.run(state)
     progress.close()
     writer.finish(status, f"stopped by {stop.signal_name}" if status == "interrupted" else "")
@@ -517,13 +585,12 @@ def _serve(exp, net, writer, state, stop) -> int:
     return 0 if status == "completed" else EXIT_INTERRUPTED
 
 
-def _work(exp, net, resumed: bool) -> int:
+def _work(exp, net, out, resume) -> int:
     from fedmpi.worker import ClientWorker
 
-    worker = ClientWorker(exp, net)
+    worker = ClientWorker(exp, net, result=out, resume=resume)
     worker.hello()
-    if resumed:
-        worker.restore()
+    worker.start()
     status = worker.run()
     return 0 if status == "completed" else EXIT_INTERRUPTED
 
@@ -553,6 +620,7 @@ def _metadata(cfg, text: str, size: int) -> dict:
 
     import fedmpi
     from fedmpi.experiment import build_links
+    from fedmpi.results.writer import utc_now
 
     up, down = build_links(cfg)
     return {
@@ -571,6 +639,7 @@ def _metadata(cfg, text: str, size: int) -> dict:
         "command": " ".join(sys.argv),
         "server_pid": os.getpid(),  # where to send SIGUSR1/SIGTERM for a graceful stop
         "server_host": socket.gethostname(),  # where that pid lives (fedmpi watch checks it)
+        "start_time": utc_now(),  # with the config, the run identity (client-state files)
         "segment": 0,
         "uplink_codec": up.name,
         "uplink_codec_id": up.codec_id,

@@ -8,6 +8,11 @@ running aggregate as it arrives -> REPORT from every worker (their message log)
 -> join the two logs -> evaluate the new global model as clients will hold it
 (downlink compression applied) -> write the round, its messages and a checkpoint.
 
+Client compressor state (error feedback) never comes here: on checkpoint rounds
+ASSIGN carries SAVE_STATE and each worker writes its clients' state to its own
+file before its REPORT (`fedmpi.results.clientstate`), so the server's checkpoint
+of a round is written only after the workers' files of that round exist.
+
 Every message goes through `fedmpi.channel`, which logs it; the payloads are
 written and read in `fedmpi.protocol`.
 """
@@ -28,8 +33,8 @@ from fedmpi.faults import maybe_corrupt, maybe_fail
 from fedmpi.signals import StopFlag
 from fedmpi.train import evaluate, set_state
 from fedmpi.transport import TAG_HELLO, Transport
-from fedmpi.protocol import SNAPSHOT
-from fedmpi.wire import Kind, WireFormatError
+from fedmpi.protocol import SAVE_STATE
+from fedmpi.wire import Kind
 
 
 @dataclass
@@ -66,7 +71,7 @@ class ServerState:
     memory: dict[str, np.ndarray] = field(default_factory=dict)  # downlink compressor state
     cum_bytes: int = 0  # wire bytes through `round`
     segment: int = 0  # process incarnation: 0, then +1 per --resume (keys /messages rows)
-    client_memories: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # uplink
+    run_id: str = ""  # the run identity (clientstate.run_identity) of the workers' state files
     strategy: dict[str, np.ndarray] = field(default_factory=dict)  # Strategy.state()
     replica: dict[str, np.ndarray] | None = None  # downlink_target update: what clients hold
 
@@ -86,10 +91,9 @@ class Server:
         self.update_down = self.cfg.compression.downlink_target == "update"
         self.replica = None  # update mode: the global model as the clients hold it
         # With a stateful uplink compressor (error feedback) its states live on the
-        # workers; checkpoints need them, so checkpoint rounds ask for a snapshot
-        # (ASSIGN flag) and a graceful stop waits for a round that had one.
+        # workers, in their own files; checkpoint rounds ask them to save (ASSIGN flag
+        # SAVE_STATE) and a graceful stop waits for a round that had one.
         self.uplink_state = exp.uplink.new_state() is not None
-        self.client_states: dict[int, dict[str, np.ndarray]] = {}
         self.segment = 0
         self.workers = list(range(1, exp.num_workers + 1))
         # What each worker may send: its clients, and the rules its REPORT rows follow.
@@ -100,7 +104,7 @@ class Server:
             w: accounting.ReportRules(
                 worker=w, clients=self.hosted[w], numel=numel,
                 samples={c: int(samples[c]) for c in self.hosted[w]},
-                codecs={Kind.UPDATE: exp.uplink.codec_id, Kind.MEMORY: protocol.STATE_CODEC})
+                codecs={Kind.UPDATE: exp.uplink.codec_id})
             for w in self.workers}
         self.x_test = torch.from_numpy(exp.test.x).to(exp.device)
         self.y_test = torch.from_numpy(exp.test.y).to(exp.device)
@@ -124,8 +128,7 @@ class Server:
                                         else state.global_state)
         self.cum_bytes = state.cum_bytes
         self.segment = state.segment
-        if state.round >= 0:  # resumed
-            self.restore(state.client_memories)
+        self.start_up(state)
         bcast = self._encode_broadcast(global_state, state.round + 1)
         last = state.round
         status = "completed"
@@ -134,11 +137,11 @@ class Server:
         for rnd in range(first, self.cfg.rounds):
             t_round = time.perf_counter()
             due = (rnd + 1) % every == 0 or rnd == self.cfg.rounds - 1
-            snapshot = self.uplink_state and (due or self.stop.requested)
+            save = self.uplink_state and (due or self.stop.requested)
             # A round counts the broadcast it encodes for the next one; the first round
             # also the one encoded before the loop.
             times = RoundTimes(encode_s=bcast.encode_s if rnd == first else 0.0)
-            new_global, stats = self._round(rnd, bcast, times, snapshot)
+            new_global, stats = self._round(rnd, bcast, times, save)
             # What the next round starts from, before the broadcast encoding changes it.
             saved = {"server": _copy(self.down_state), "strategy": self.strategy.state()}
             if self.update_down:
@@ -148,10 +151,10 @@ class Server:
             acc, loss = self._evaluate(bcast.reference, rnd, times)
             self._log_round(rnd, stats, times, acc, loss, t_round)
             last = rnd
-            can_stop = snapshot or not self.uplink_state
+            # A stop waits for a round whose client states the workers saved.
+            can_stop = save or not self.uplink_state
             interrupted = self.stop.requested and can_stop and rnd < self.cfg.rounds - 1
-            if interrupted or due:
-                saved.update({f"client_{c}": m for c, m in self.client_states.items()})
+            if interrupted or due:  # every worker's REPORT came after its state file
                 self.writer.save_checkpoint(round=rnd, global_state=_copy(new_global),
                                             memories=saved, rng={})
             self.writer.flush()
@@ -165,9 +168,9 @@ class Server:
 
     # ------------------------------------------------------------------ one round
 
-    def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes, snapshot: bool):
+    def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes, save: bool):
         settings = self._select(rnd)  # client -> its settings, in client order
-        self._assign(rnd, settings, snapshot)
+        self._assign(rnd, settings, save)
         self._send_models(rnd, bcast, list(settings))
         exp = self.exp
         self.strategy.begin(rnd, bcast.reference, fold=exp.uplink.fold(
@@ -177,7 +180,7 @@ class Server:
         new_global = self._device(self.strategy.finish())
         times.aggregate_s += time.perf_counter() - t0
 
-        worker_rows = self._collect_reports(rnd, times, snapshot)
+        worker_rows = self._collect_reports(rnd, times)
         times.wait_s += self.channel.complete(round=rnd)
         return new_global, self._account(rnd, worker_rows)
 
@@ -197,12 +200,13 @@ class Server:
         return {w: [c for c in clients if worker_of(c, self.exp.num_workers) == w]
                 for w in self.workers}
 
-    def _assign(self, rnd: int, settings: dict[int, dict[str, float]], snapshot: bool) -> None:
-        """ASSIGN to every worker: its clients of the round and their settings."""
+    def _assign(self, rnd: int, settings: dict[int, dict[str, float]], save: bool) -> None:
+        """ASSIGN to every worker: its clients of the round and their settings (and
+        SAVE_STATE: write the hosted clients' compressor states this round)."""
         names = self.strategy.client_settings
         for w, clients in self._by_worker(settings).items():
             values = [[settings[c][n] for n in names] for c in clients] if names else ()
-            payload = protocol.assign_payload(SNAPSHOT if snapshot else 0, clients, values)
+            payload = protocol.assign_payload(SAVE_STATE if save else 0, clients, values)
             self.channel.send(message(Kind.ASSIGN, round=rnd, payload=payload), w, post=True)
 
     def _send_models(self, rnd: int, bcast: Broadcast, sampled: list[int]) -> None:
@@ -253,12 +257,9 @@ class Server:
                 ctx_of=lambda c: exp.context(rnd, c, "up", settings=settings[c]).for_decode())
         return read
 
-    def _collect_reports(self, rnd: int, times: RoundTimes,
-                         snapshot: bool = False) -> list[np.ndarray]:
+    def _collect_reports(self, rnd: int, times: RoundTimes) -> list[np.ndarray]:
         rows = []
         for w in self.workers:
-            if snapshot:
-                self._receive_states(rnd, w, times)
             got = self.channel.recv(Kind.REPORT, w, lambda buf, src: protocol.read_report(
                 buf, src=src, round=rnd, rules=self.report_rules[src]), what="REPORT", round=rnd)
             times.wait_s += got.waited
@@ -282,30 +283,21 @@ class Server:
         return RoundStats(columns, worker_view[worker_view["kind"] == Kind.UPDATE],
                           float(busy.max()))
 
-    def _receive_states(self, rnd: int, w: int, times: RoundTimes) -> None:
-        for client in self.exp.clients_of(w):
-            got = self.channel.recv(
-                Kind.MEMORY, w, lambda buf, src, c=client: protocol.read_snapshot(
-                    buf, src=src, round=rnd, client=c),
-                round=rnd, what=f"compressor state of client {client}")
-            times.wait_s += got.waited
-            self.client_states[client] = got.value
-
-    def restore(self, states: dict[int, dict[str, np.ndarray]]) -> None:
-        """On --resume: give every worker its clients' compressor states back (client
-        order), then, with downlink_target update, its replica of the global model."""
-        if self.uplink_state:
-            for c in range(self.cfg.clients.num_clients):
-                if c not in states:
-                    raise WireFormatError(f"checkpoint has no compressor state for client {c}")
-                self.channel.send(state_message(states[c], round=0, client=c),
-                                  worker_of(c, self.exp.num_workers), post=True, log_round=-1)
-            self.client_states = dict(states)
-        if self.update_down:
+    def start_up(self, state: ServerState) -> None:
+        """Start-up infrastructure messages (MEMORY, client -1, logged at round -1,
+        counted in /rounds infra_bytes): on a fresh run with a stateful uplink
+        compressor, the run identity that names every worker's client-state files; on
+        --resume with downlink_target update, each worker's replica of the global model.
+        (On --resume the workers read the identity and the checkpoint round from the
+        result file, and the round from the first ASSIGN.)"""
+        if self.uplink_state and state.round < 0:
+            ident = state_message(protocol.identity_payload(state.run_id), round=0, client=-1)
+            for w in self.workers:
+                self.channel.send(ident, w, post=True, log_round=-1)
+        if self.update_down and state.round >= 0:
             replica = state_message(_copy(self.replica), round=0, client=-1)
             for w in self.workers:
                 self.channel.send(replica, w, post=True, log_round=-1)
-
 
     # ------------------------------------------------------------------ helpers
 
@@ -361,7 +353,9 @@ class Server:
         up = this & (cols["direction"] == accounting.UP)
         model = this & (cols["kind"] == Kind.MODEL)
         update = this & (cols["kind"] == Kind.UPDATE)
-        control = this & ~(model | update)
+        # Start-up infrastructure (MEMORY) of this segment: with its first round.
+        infra = cols["kind"] == Kind.MEMORY
+        control = this & ~(model | update | infra)
         samples = updates["samples"].astype(np.float64)
         encode_s = times.encode_s + float(updates["codec_s"].sum())
         client_decode = float(cols["decode_s"][model].sum())
@@ -383,6 +377,7 @@ class Server:
             "up_bytes": int(cols["sender_bytes"][update].sum()),
             "down_bytes": int(cols["sender_bytes"][model].sum()),
             "control_bytes": int(cols["sender_bytes"][control].sum()),
+            "infra_bytes": int(cols["sender_bytes"][infra].sum()),
             "dense_up_bytes": int(cols["dense_bytes"][update].sum()),
             "dense_down_bytes": int(cols["dense_bytes"][model].sum()),
             "cum_wire_bytes": self.cum_bytes,
@@ -396,7 +391,7 @@ class Server:
 
     def _stop_workers(self, rnd: int, status: str) -> None:
         """STOP every worker, then join their final reports (which log the STOP)."""
-        self.channel.complete(round=rnd)  # e.g. state restores of a resume with no round left
+        self.channel.complete(round=rnd)  # e.g. start-up messages of a resume with no round left
         stop = message(Kind.STOP, round=rnd, payload=protocol.stop_payload(status))
         for w in self.workers:
             self.channel.send(stop, w, what="STOP")

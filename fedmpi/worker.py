@@ -2,9 +2,11 @@
 
 Per round: receive ASSIGN (the clients to run, with their settings) or STOP; for
 each assigned client receive its MODEL, train, encode and send its UPDATE; on a
-checkpoint round send each hosted client's compressor state (MEMORY); finally
-send a REPORT with this rank's own log of every message it sent or received,
-which the server joins with its own log (exact byte accounting).
+checkpoint round (ASSIGN flag SAVE_STATE) write each hosted client's compressor
+state to this rank's own client-state file (`fedmpi.results.clientstate`; it never
+crosses MPI), durably, before the REPORT; finally send a REPORT with this rank's own
+log of every message it sent or received, which the server joins with its own log
+(exact byte accounting).
 
 With `compression.downlink_target: update` the MODEL carries the global update
 Δ, not the weights: the rank keeps one replica of the global model and advances
@@ -18,24 +20,36 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from fedmpi import protocol, wire
-from fedmpi.channel import SERVER, Channel, encoded, message, state_message
+from fedmpi.channel import SERVER, Channel, encoded, message
 from fedmpi.experiment import Experiment, client_generator
 from fedmpi.faults import maybe_corrupt, maybe_fail
+from fedmpi.results.clientstate import ClientStateStore
 from fedmpi.train import set_state, train_local
 from fedmpi.transport import TAG_HELLO, Transport
 from fedmpi.wire import Kind
 
-SNAPSHOT = protocol.SNAPSHOT  # ASSIGN flag: send every hosted client's state this round
+SAVE_STATE = protocol.SAVE_STATE  # ASSIGN flag: save every hosted client's state this round
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a resumed run continues (read from the result file by every rank, see
+    `fedmpi.run`): the checkpoint round, the run identity, this rank's client states."""
+
+    round: int
+    run: str
+    states: dict  # client -> its compressor state at `round` (empty: stateless uplink)
 
 
 class ClientWorker:
-    def __init__(self, exp: Experiment, transport: Transport):
+    def __init__(self, exp: Experiment, transport: Transport, result=None,
+                 resume: Resume | None = None):
         self.exp = exp
         self.channel = Channel(transport)
         self.rank = transport.rank
@@ -43,6 +57,8 @@ class ClientWorker:
         # Per hosted client: its uplink compressor state (ctx.state), if the method keeps one.
         self.states = {c: exp.uplink.new_state() or {} for c in self.hosted}
         self.stateful = exp.uplink.new_state() is not None
+        self.result, self.resume = result, resume  # the result file's path: state files beside it
+        self.store: ClientStateStore | None = None  # opened by start() if stateful
         self.replica = None  # the global model as this rank's clients hold it (update mode)
         if exp.cfg.compression.downlink_target == "update":
             self.replica = _on(exp.codec_device, exp.initial_state())
@@ -54,7 +70,17 @@ class ClientWorker:
 
     def run(self) -> str:
         """Serve rounds until STOP; returns the run status the server sent with it."""
-        last, last_at = None, None  # the last round assigned (rounds go up by one), when
+        try:
+            return self._serve_rounds()
+        finally:
+            if self.store is not None:
+                self.store.close()
+
+    def _serve_rounds(self) -> str:
+        # The last round assigned (rounds go up by one), when. Resumed: the first ASSIGN
+        # (or STOP) must be the round after the checkpoint whose states this rank loaded.
+        last = None if self.resume is None else self.resume.round
+        last_at = None
         while True:
             msg = self.channel.recv(
                 Kind.ASSIGN, SERVER, lambda buf, _, last=last: self._read_control(buf, last),
@@ -65,6 +91,8 @@ class ClientWorker:
             last_at = now
             if msg.kind == Kind.STOP:
                 self.channel.report(msg.round)
+                if msg.status == "completed" and self.store is not None:
+                    self.store.discard()  # a completed run is not resumed (README policy)
                 return msg.status
             last = msg.round
             settings = msg.settings or ({},) * len(msg.clients)
@@ -72,8 +100,8 @@ class ClientWorker:
                 self._model(msg.round, -1)  # keep the replica in step
             for client, values in zip(msg.clients, settings):
                 self._serve(msg.round, client, values)
-            if msg.flags & SNAPSHOT:
-                self._send_states(msg.round)
+            if msg.flags & SAVE_STATE:  # durable before the REPORT lets rank 0 checkpoint
+                self.store.save(msg.round, {c: _host(s) for c, s in self.states.items()})
             self.channel.report(msg.round)
 
     def _read_control(self, buf, last: int | None) -> protocol.Control:
@@ -90,28 +118,29 @@ class ClientWorker:
         self.channel.send(message(Kind.REPORT, round=0, payload=payload), SERVER,
                           tag=TAG_HELLO, log_round=-1, what="hello")
 
-    # -------------------------------------------------- compressor state for checkpoints
+    # -------------------------------------------------- start-up: client state, replica
 
-    def _send_states(self, rnd: int) -> None:
-        """Ship every hosted client's compressor state so rank 0 can checkpoint it."""
-        for client in sorted(self.states):
-            self.channel.send(state_message(self.states[client], round=rnd, client=client),
-                              SERVER, what=f"compressor state of client {client}")
-
-    def restore(self) -> None:
-        """On --resume: each hosted client's compressor state, then the replica."""
+    def start(self) -> None:
+        """After the hello: open this rank's client-state store (stateful uplink) and, on
+        --resume, take the states of the checkpoint round; receive the start-up MEMORY
+        (a fresh run's identity, or on --resume with downlink_target update the
+        replica). Must mirror `Server.start_up`."""
+        resume = self.resume
+        run = None if resume is None else resume.run
+        if self.stateful and resume is None:
+            run = self.channel.recv(
+                Kind.MEMORY, SERVER, lambda buf, _: protocol.read_identity(buf, rank=self.rank),
+                log_round=-1, what="run identity").value
         if self.stateful:
-            for client in sorted(self.states):
-                got = self.channel.recv(
-                    Kind.MEMORY, SERVER, lambda buf, _, c=client: protocol.read_restore(
-                        buf, rank=self.rank, client=c), log_round=-1,
-                    what=f"compressor state of client {client}").value
-                self.states[client].clear()
-                self.states[client].update(got)
-        if self.replica is not None:
+            self.store = ClientStateStore(self.result, self.rank, run)
+            for client in self.hosted:
+                if resume is not None:
+                    self.states[client].clear()
+                    self.states[client].update(resume.states[client])
+        if self.replica is not None and resume is not None:
             got = self.channel.recv(
                 Kind.MEMORY, SERVER, lambda buf, _: protocol.read_restore(
-                    buf, rank=self.rank, client=-1, spec=self.exp.spec), log_round=-1,
+                    buf, rank=self.rank, spec=self.exp.spec), log_round=-1,
                 what="replica of the global model").value
             self.replica = _on(self.exp.codec_device, got)
 
@@ -165,6 +194,12 @@ class ClientWorker:
                           tamper=lambda buf: maybe_corrupt(cfg, self.rank, rnd, buf),
                           compute_s=compute_s, train_loss=loss,
                           samples=len(self.parts[client]))
+
+
+def _host(state: dict) -> dict[str, np.ndarray]:
+    """A compressor state as host arrays in their own dtype (saved bit for bit)."""
+    return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+            for k, v in state.items()}
 
 
 def _on(device, state: dict) -> dict:

@@ -9,11 +9,12 @@ seeds). Per method config (mean over seeds unless said otherwise):
 - bytes: run totals from /messages (up = updates, down = models, total = up +
   down + control: assign, report and the final STOP exchange included);
   total_ratio = dense total / method total, uplink_ratio = dense up / method up.
-  Left out of the total: error-feedback checkpoint snapshots (kind `memory`), the
-  residuals workers copy to rank 0 so that a checkpoint can hold them. They are
-  the simulation's bookkeeping -- in a real deployment a client's residual never
-  leaves it -- and counting them would charge every error-feedback method the
-  size of the model per checkpoint. ranking.csv shows them (`snapshot_bytes`);
+  Left out of the total: infrastructure messages (kind `memory`, /rounds
+  `infra_bytes`: the start-up run identity for the workers' client-state files, a
+  replica on --resume), which the loader already keeps out of control and
+  `wire_bytes`. Client state (error-feedback residuals) no longer travels at all:
+  each worker checkpoints its own clients. ranking.csv shows the infrastructure
+  bytes (`snapshot_bytes`, the name of older files' residual snapshots);
 - bytes to target: the target is the dense run's accuracy - 1 point; the
   seed-mean accuracy curve (rounds that every seed evaluated) is scanned for the
   first round at or above it, and the seed-mean cumulative total bytes (as above)
@@ -36,31 +37,26 @@ from fedmpi.report.methods import config_text, dense_for, group
 TABLE_COLUMNS = ["method", "config", "seeds", "accuracy_mean", "accuracy_std", "delta_pp",
                  "up_bytes", "down_bytes", "total_bytes", "total_ratio", "uplink_ratio"]
 TARGET_PP = 1.0  # the target: dense accuracy minus this many percentage points
-SNAPSHOT = "memory"  # kind name of error-feedback checkpoint snapshots
+SNAPSHOT = "memory"  # kind name of infrastructure messages (older files: EF snapshots)
 
 
 def snapshots(messages: pd.DataFrame | None) -> pd.Series:
-    """Bytes of checkpoint snapshots per (run, round); empty when there are none."""
+    """Bytes of infrastructure messages per (run, round); empty when there are none."""
     if messages is None or not len(messages) or "kind_name" not in messages:
         return pd.Series(dtype=float)
     snap = messages[messages["kind_name"].astype(str) == SNAPSHOT]
     return snap.groupby(["run", "round"])["sender_bytes"].sum().astype(float)
 
 
-def curve(rounds: pd.DataFrame, runs: list[str], snaps: pd.Series | None = None
-          ) -> pd.DataFrame:
+def curve(rounds: pd.DataFrame, runs: list[str]) -> pd.DataFrame:
     """Seed-mean per round: accuracy and cumulative up / down / total bytes
-    (total = up + down + control, checkpoint snapshots left out).
+    (total = up + down + control; infra_bytes are a column of their own).
 
     Only rounds that every run of the group evaluated count (a run still going, or
     `run.eval_every` > 1, leaves rounds without an accuracy).
     """
     r = rounds[rounds["run"].isin(runs)].sort_values(["run", "round"]).copy()
-    snap = np.zeros(len(r))
-    if snaps is not None and len(snaps):
-        keys = pd.MultiIndex.from_arrays([r["run"], r["round"]])
-        snap = snaps.reindex(keys).fillna(0.0).to_numpy()
-    r["cum_total_bytes"] = (r["up_bytes"] + r["down_bytes"] + r["control_bytes"] - snap
+    r["cum_total_bytes"] = (r["up_bytes"] + r["down_bytes"] + r["control_bytes"]
                             ).groupby(r["run"]).cumsum()
     r["cum_up_bytes"] = r.groupby("run")["up_bytes"].cumsum()
     r["cum_down_bytes"] = r.groupby("run")["down_bytes"].cumsum()
@@ -108,11 +104,11 @@ def build(runs: pd.DataFrame, rounds: pd.DataFrame, configs: Mapping[str, Mappin
             accuracy_std=100 * _std(sub["final_accuracy"]),
             up_bytes=float(sub["up_bytes"].mean()),
             down_bytes=float(sub["down_bytes"].mean()),
-            total_bytes=float((sub["wire_bytes"].to_numpy(float) - snap).mean()),
+            total_bytes=float(sub["wire_bytes"].mean()),
             snapshot_bytes=float(snap.mean()),
             encode_s_per_round=float(per_run["encode_s"].mean()) if len(per_run) else math.nan,
             decode_s_per_round=float(per_run["decode_s"].mean()) if len(per_run) else math.nan,
-            curve=curve(rounds, m.runs, snaps),
+            curve=curve(rounds, m.runs),
         )
     settings = list(dict.fromkeys(m.setting for m in methods))
     rows = []

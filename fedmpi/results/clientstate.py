@@ -34,6 +34,21 @@ previous checkpoint round, whose files must still exist. The caller must make a
 worker's file of round N durable (`save` returns) before the server's checkpoint
 of round N can be written, i.e. before the worker sends the round's last message.
 
+Lifecycle in `fedmpi run` (the wiring): a worker rank opens its store only when
+the uplink compressor keeps state. The run identity is sha256 of the resolved
+config and the result file's `start_time`: on a fresh run rank 0 sends it to each
+worker at start-up (one MEMORY message, counted in /rounds `infra_bytes`); on
+`--resume` every rank reads both from the result file, as it already reads the
+stored config. The server asks for a save with the ASSIGN flag SAVE_STATE (every
+checkpoint round, and the round a graceful stop ends on); the worker saves before
+its REPORT. On `--resume` each worker loads the files of the checkpoint round
+during the configuration check (a missing, foreign or damaged file is a
+configuration error naming it: exit 2, the result file untouched), and the first
+ASSIGN must be the round after it. A run that completes deletes its files (a
+completed run is never resumed); an interrupted or crashed one keeps them. A fresh
+run of a result (`--overwrite`, or after the result was deleted) first deletes
+every rank's files of that result (`remove_all`).
+
 `load(N)` returns the states of exactly round N, or raises `ClientStateError`
 naming the file: missing (with the rounds that exist), of another run or rank,
 of another round, damaged (unreadable, or not matching its checksum), or
@@ -106,6 +121,48 @@ def generations(result: str | os.PathLike, rank: int) -> dict[int, Path]:
         if m:
             found[int(m.group(1))] = p.parent / name
     return dict(sorted(found.items()))
+
+
+def all_files(result: str | os.PathLike) -> list[Path]:
+    """Every rank's client-state files of `result` (temporaries excluded)."""
+    p = Path(result)
+    pattern = re.compile(rf"{re.escape(p.name)}\.rank\d+\.round\d+\.state")
+    try:
+        names = os.listdir(p.parent)
+    except FileNotFoundError:
+        return []
+    return sorted(p.parent / n for n in names if pattern.fullmatch(n))
+
+
+def remove_all(result: str | os.PathLike) -> list[Path]:
+    """Delete every rank's client-state files of `result`: a new run of that result
+    (`--overwrite`, or a result file that was deleted) never meets an old run's."""
+    gone = all_files(result)
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return gone
+
+
+def load_states(result: str | os.PathLike, *, rank: int, round: int, run: str,
+                clients: Iterable[int] | None = None) -> States:
+    """The states rank `rank` saved at exactly `round`; with `clients`, exactly those.
+
+    Raises `ClientStateError` naming the file: missing (with the rounds that exist),
+    of another run, rank or round, damaged, or holding other clients."""
+    path = state_path(result, rank, round)
+    if not path.exists():
+        have = list(generations(result, rank))
+        raise ClientStateError(f"{path}: no client-state file for rank {rank} at "
+                               f"round {round} (this rank has rounds {have or 'none'})")
+    states = read_states(path, run=run, rank=rank, round=round)
+    if clients is not None:
+        want = sorted(int(c) for c in clients)
+        if sorted(states) != want:
+            missing = sorted(set(want) - set(states))[:8]
+            extra = sorted(set(states) - set(want))[:8]
+            raise ClientStateError(f"{path}: holds other clients than this rank hosts "
+                                   f"(missing {missing}, not hosted {extra})")
+    return states
 
 
 def _digest(run: str, rank: int, round: int, clients: Iterable[int],
@@ -216,20 +273,8 @@ class ClientStateStore:
 
     def load(self, round: int, clients: Iterable[int] | None = None) -> States:
         """The states saved at exactly `round`; with `clients`, exactly those clients."""
-        path = self.path(round)
-        if not path.exists():
-            have = self.rounds()
-            raise ClientStateError(f"{path}: no client-state file for rank {self.rank} at "
-                                   f"round {round} (this rank has rounds {have or 'none'})")
-        states = read_states(path, run=self.run, rank=self.rank, round=round)
-        if clients is not None:
-            want = sorted(int(c) for c in clients)
-            if sorted(states) != want:
-                missing = sorted(set(want) - set(states))[:8]
-                extra = sorted(set(states) - set(want))[:8]
-                raise ClientStateError(f"{path}: holds other clients than this rank hosts "
-                                       f"(missing {missing}, not hosted {extra})")
-        return states
+        return load_states(self.result, rank=self.rank, round=round, run=self.run,
+                           clients=clients)
 
     # ------------------------------------------------------------------ writing
 

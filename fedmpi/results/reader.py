@@ -33,7 +33,7 @@ from fedmpi.results.integrity import CHECKSUMS_ATTR
 from fedmpi.results.verify import Content, read_content
 
 _KIND = {v: k for k, v in schema.KIND_NAMES.items()}
-UPDATE, MODEL = _KIND["update"], _KIND["model"]
+UPDATE, MODEL, MEMORY = _KIND["update"], _KIND["model"], _KIND["memory"]
 
 # Root attributes copied into .runs (config_yaml/config_json are flattened instead);
 # documented ones first and always, extras after them when a file has them.
@@ -231,13 +231,16 @@ def byte_totals(rounds: pd.DataFrame, messages: pd.DataFrame) -> dict[str, int]:
 
     Taken from /messages when it has rows: it also holds the final STOP/report
     exchange, which happens after the last round and so is in no /rounds row.
+    Infrastructure messages (kind memory) are `infra_bytes`, not control.
     """
-    names = ("up_bytes", "down_bytes", "control_bytes", "dense_up_bytes", "dense_down_bytes")
+    names = ("up_bytes", "down_bytes", "control_bytes", "dense_up_bytes", "dense_down_bytes",
+             "infra_bytes")
     if len(messages):
         update, model = messages["kind"] == UPDATE, messages["kind"] == MODEL
+        infra = messages["kind"] == MEMORY  # start-up infrastructure, not FL traffic
         size, dense = messages["sender_bytes"], messages["dense_bytes"]
-        values = (size[update].sum(), size[model].sum(), size[~(update | model)].sum(),
-                  dense[update].sum(), dense[model].sum())
+        values = (size[update].sum(), size[model].sum(), size[~(update | model | infra)].sum(),
+                  dense[update].sum(), dense[model].sum(), size[infra].sum())
         return {n: int(v) for n, v in zip(names, values)}
     return {n: int(rounds[n].sum()) if n in rounds else 0 for n in names}
 

@@ -111,11 +111,15 @@ ROUNDS: tuple[Field, ...] = (
     Field("up_bytes", "i8", "bytes", "wire bytes of model updates, worker -> server"),
     Field("down_bytes", "i8", "bytes", "wire bytes of models, server -> worker"),
     Field("control_bytes", "i8", "bytes",
-          "wire bytes of control messages both ways (assign, report, stop) and of "
-          "compressor-state checkpoint snapshots (kind memory)"),
+          "wire bytes of the round's control messages both ways (assign, report, stop)"),
+    Field("infra_bytes", "i8", "bytes",
+          "wire bytes of infrastructure messages (kind memory: the run identity for the "
+          "workers' client-state files, a replica on --resume), none of FL: not in up, down "
+          "or control; start-up ones are counted with the segment's first round"),
     Field("dense_up_bytes", "i8", "bytes", "uplink tensors as uncompressed float32"),
     Field("dense_down_bytes", "i8", "bytes", "downlink tensors as uncompressed float32"),
-    Field("cum_wire_bytes", "i8", "bytes", "all wire bytes (startup hellos included) through this round"),
+    Field("cum_wire_bytes", "i8", "bytes",
+          "all wire bytes (startup hellos and infra_bytes included) through this round"),
     Field("up_nnz", "i8", "values", "non-zeros sent uplink"),
     Field("down_nnz", "i8", "values", "non-zeros sent downlink"),
     Field("sim_s", "f8", _S,
@@ -169,11 +173,17 @@ CHECKPOINT: tuple[Field, ...] = (
           "sha256 of the round and of every tensor's path, dtype, shape and bytes"),
     Field("global/<tensor>", "array", "", "server's full-precision global model"),
     Field("memory/<owner>/<tensor>", "array", "",
-          "state to continue from; owner server (downlink compressor state), client_<id> "
-          "(that client's uplink compressor state), strategy (Strategy.state()), replica "
-          "(downlink_target update: the model as the clients hold it)"),
+          "state to continue from; owner server (downlink compressor state), strategy "
+          "(Strategy.state()), replica (downlink_target update: the model as the clients "
+          "hold it); clients' uplink compressor states are in the workers' own files "
+          "(<result>.rank<R>.round<N>.state)"),
     Field("rng/<name>", "u1", "bytes", "opaque RNG state bytes"),
 )
+
+# Columns added within schema 2: a file written before them lacks them and is still
+# read (checked, the column read as zeros) but not resumed (it was written by an older
+# fedmpi). Its checksums cover exactly the columns it has.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"rounds": ("infra_bytes",)}
 
 TABLES: dict[str, tuple[Field, ...]] = {
     "rounds": ROUNDS,

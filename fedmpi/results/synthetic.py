@@ -163,8 +163,8 @@ def stop_messages(r: int, workers: int) -> dict[str, np.ndarray]:
 
 def round_row(r: int, m: dict[str, np.ndarray], theta: float, local_epochs: int,
               rng: np.random.Generator, cum: int) -> dict[str, float | int]:
-    up, down = m["kind"] == 3, m["kind"] == 2
-    control = ~(up | down)
+    up, down, infra = m["kind"] == 3, m["kind"] == 2, m["kind"] == 7
+    control = ~(up | down | infra)
     ceiling = 0.95 - 0.25 * theta**3 + 0.01 * local_epochs
     row: dict[str, float | int] = {
         "round": r,
@@ -179,11 +179,13 @@ def round_row(r: int, m: dict[str, np.ndarray], theta: float, local_epochs: int,
         "up_bytes": int(m["sender_bytes"][up].sum()),
         "down_bytes": int(m["sender_bytes"][down].sum()),
         "control_bytes": int(m["sender_bytes"][control].sum()),
+        "infra_bytes": int(m["sender_bytes"][infra].sum()),
         "dense_up_bytes": int(m["dense_bytes"][up].sum()),
         "dense_down_bytes": int(m["dense_bytes"][down].sum()),
         "up_nnz": int(m["nnz"][up].sum()), "down_nnz": int(m["nnz"][down].sum()),
     }
     row["wall_s"] = 0.3 + row["compute_s"] / 2
-    row["cum_wire_bytes"] = cum + row["up_bytes"] + row["down_bytes"] + row["control_bytes"]
+    row["cum_wire_bytes"] = (cum + row["up_bytes"] + row["down_bytes"] + row["control_bytes"]
+                             + row["infra_bytes"])
     assert set(row) == set(schema.required_columns("rounds"))
     return row

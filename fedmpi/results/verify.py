@@ -130,7 +130,8 @@ def read_content(f: h5py.File, path: str | os.PathLike) -> Content:
             present = [fld for fld in fields if fld.name in g]
         missing = sorted({fld.name for fld in fields if not fld.optional}
                          - {fld.name for fld in present})
-        if attrs.checked and missing:
+        older = bool(missing) and set(missing) <= set(schema.ADDED_COLUMNS.get(table, ()))
+        if attrs.checked and missing and not older:
             raise ResultsError(f"{path}: /{table}: columns {missing} missing; {DAMAGED}")
         n = attrs.checksums["tables"][table]["rows"] if attrs.checked else None
         datasets = {fld.name: _column(path, g, table, fld, n, attrs.checked) for fld in present}
@@ -154,5 +155,8 @@ def read_content(f: h5py.File, path: str | os.PathLike) -> Content:
         for fld in fields:  # an optional column this file predates: NaN, as never written
             if fld.optional and fld.name not in cols:
                 cols[fld.name] = np.full(n, np.nan, dtype=fld.dtype)
+        if attrs.checked and older:  # written before these columns existed: none of it
+            cols.update({name: np.zeros(n, dtype=np.dtype(next(
+                fld.dtype for fld in fields if fld.name == name))) for name in missing})
         tables[table] = {fld.name: cols[fld.name] for fld in fields if fld.name in cols}
     return Content(attrs, tables, histogram)

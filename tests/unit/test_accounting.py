@@ -80,7 +80,7 @@ def test_report_payload_round_trip_and_bad_length():
 
 NUMEL = 1000
 RULES = accounting.ReportRules(worker=1, clients=frozenset({3, 5}), numel=NUMEL,
-                               samples={3: 17, 5: 20}, codecs={Kind.UPDATE: 9, Kind.MEMORY: 4})
+                               samples={3: 17, 5: 20}, codecs={Kind.UPDATE: 9})
 
 
 def worker_log(rnd=2):
@@ -92,8 +92,8 @@ def worker_log(rnd=2):
     w.log(round=rnd, kind=Kind.UPDATE, client=3, worker=1, nbytes=120, dense_bytes=4 * NUMEL,
           numel=NUMEL, nnz=100, codec_id=9, codec_s=0.125, compute_s=2.0, train_loss=0.5,
           samples=17)
-    w.log(round=rnd, kind=Kind.MEMORY, client=5, worker=1, nbytes=4100,
-          dense_bytes=4 * NUMEL, numel=NUMEL, nnz=NUMEL, codec_id=4, direction=accounting.UP)
+    # start-up infrastructure (the run identity), received: its row comes with round 2's
+    w.log(round=-1, kind=Kind.MEMORY, client=-1, worker=1, nbytes=180)
     w.log(round=rnd, kind=Kind.REPORT, client=-1, worker=1, nbytes=500)
     return w.drain()
 
@@ -157,6 +157,23 @@ def test_report_rows_out_of_range_are_refused(row, name, value, message):
         accounting.parse_report(payload)
     with pytest.raises(WireFormatError, match=f"REPORT row {row} .*{message}"):
         accounting.parse_report(payload, round=2, rules=RULES)
+
+
+def test_client_state_never_travels_in_a_report():
+    """Regression (issue 12): a worker's compressor-state snapshot (MEMORY sent up, one
+    per hosted client) was accepted; now MEMORY is start-up infrastructure only."""
+    from fedmpi.wire import WireFormatError
+
+    rows = worker_log()
+    rows[4]["direction"] = accounting.UP
+    with pytest.raises(WireFormatError, match="REPORT row 4 .*direction = 1"):
+        accounting.parse_report(accounting.report_payload(rows), round=2, rules=RULES)
+    for name, value, message in (("round", 2, "round = 2, allowed: -1 for MEMORY"),
+                                 ("client", 5, "client = 5")):
+        rows = worker_log()
+        rows[4][name] = value
+        with pytest.raises(WireFormatError, match=f"REPORT row 4 .*{message}"):
+            accounting.parse_report(accounting.report_payload(rows), round=2, rules=RULES)
 
 
 @pytest.mark.parametrize("row, name, value, message", WITH_RULES)

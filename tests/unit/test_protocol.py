@@ -86,7 +86,7 @@ def read(buf, *, last=None, feedback=False, rounds=10):
 
 
 def test_assign_and_stop_round_trip_and_bytes():
-    payload = protocol.assign_payload(protocol.SNAPSHOT, [1, 5])
+    payload = protocol.assign_payload(protocol.SAVE_STATE, [1, 5])
     assert payload == struct.pack("<3i", 1, 1, 5)  # int32 flags, then the clients
     msg = read(control(Kind.ASSIGN, payload), feedback=True, last=1)
     assert (msg.kind, msg.round, msg.flags, msg.clients) == (Kind.ASSIGN, 2, 1, (1, 5))
@@ -106,7 +106,7 @@ def test_assign_and_stop_round_trip_and_bytes():
     (control(Kind.ASSIGN, struct.pack("<2i", 4, 3)), {},
      "rank 1, round 2: ASSIGN flags 0x4 have unknown bits"),
     (control(Kind.ASSIGN, struct.pack("<2i", -1, 3)), {}, "unknown bits"),
-    (control(Kind.ASSIGN, struct.pack("<2i", 1, 3)), {}, "no memory stage"),
+    (control(Kind.ASSIGN, struct.pack("<2i", 1, 3)), {}, "save client compressor states, but the uplink compressor keeps no state"),
     (control(Kind.ASSIGN, struct.pack("<3i", 0, 1, 2)), {}, "assigned clients \\[2\\] it does not host"),
     (control(Kind.ASSIGN, b""), {}, "ASSIGN payload of 0 bytes"),
     (control(Kind.ASSIGN, b"\0" * 6), {}, "ASSIGN payload of 6 bytes"),
@@ -278,37 +278,40 @@ def test_report_with_an_unknown_kind_names_the_worker_and_round():
         protocol.read_report(report(rows, round=1), src=1, round=2, rules=RULES)
 
 
-def state_msg(state, *, round=4, client=3, n_tensors=None, codec_id=protocol.STATE_CODEC):
+def state_msg(state, *, round=0, client=-1, n_tensors=None, codec_id=protocol.STATE_CODEC):
     payload, _ = protocol.state_payload(state)
     return frame(Kind.MEMORY, round=round, client=client, payload=payload, codec_id=codec_id,
                  n_tensors=len(state) if n_tensors is None else n_tensors)
 
 
-# Any compressor's state: names and shapes need not be the model's (PowerSGD's Q factors).
+# Named float32 arrays of any shape (the format of every start-up MEMORY).
 STATE = {"w": MODEL["w"], "b.q": np.full((2, 4, 1), -0.5, np.float32)}
+RUN = "ab" * 32  # a run identity (sha256 hex)
 
 
-def test_compressor_states_round_trip_and_are_checked():
-    snap = state_msg(STATE)
-    got = protocol.read_snapshot(snap, src=1, round=4, client=3)
-    assert list(got) == list(STATE)
-    assert all(np.array_equal(got[k], STATE[k]) and got[k].dtype == np.float32 for k in STATE)
-    assert protocol.read_snapshot(state_msg({}), src=1, round=4, client=3) == {}
-    with pytest.raises(WireFormatError, match="server \\(rank 0\\), round 4, compressor state "
-                                              "from rank 1 \\(client 5\\): MEMORY for client 3"):
-        protocol.read_snapshot(snap, src=1, round=4, client=5)
-    restore = state_msg(STATE, round=0)
-    assert np.array_equal(protocol.read_restore(restore, rank=1, client=3)["b.q"], STATE["b.q"])
-    replica = state_msg(MODEL, round=0, client=-1)
-    assert np.array_equal(protocol.read_restore(replica, rank=1, client=-1, spec=SPEC)["b"],
-                          MODEL["b"])
+def test_start_up_memory_round_trips_and_is_checked():
+    """MEMORY is start-up infrastructure only: a fresh run's identity, or a resumed
+    rank's replica; client state never travels (no reader for it any more)."""
+    assert not hasattr(protocol, "read_snapshot") and not hasattr(protocol, "SNAPSHOT")
+    ident = state_msg(protocol.identity_payload(RUN))
+    assert protocol.read_identity(ident, rank=1) == RUN
+    replica = state_msg(MODEL)
+    assert np.array_equal(protocol.read_restore(replica, rank=1, spec=SPEC)["b"], MODEL["b"])
     with pytest.raises(WireFormatError, match="rank 1, resume \\(round -1\\), replica of "
-                                              "client -1: arrays .* are not the model's"):
-        protocol.read_restore(state_msg(STATE, round=0, client=-1), rank=1, client=-1,
-                              spec=SPEC)
-    with pytest.raises(WireFormatError, match="rank 1, resume \\(round -1\\), compressor state "
-                                              "of client 3: MEMORY for round 4"):
-        protocol.read_restore(snap, rank=1, client=3)
+                                              "the global model: arrays .* are not the model's"):
+        protocol.read_restore(state_msg(STATE), rank=1, spec=SPEC)
+    for bad, message in ((state_msg(MODEL, round=4), "MEMORY for round 4"),
+                         (state_msg(MODEL, client=3), "MEMORY for client 3")):
+        with pytest.raises(WireFormatError, match=message):
+            protocol.read_restore(bad, rank=1, spec=SPEC)
+        with pytest.raises(WireFormatError, match=message):
+            protocol.read_identity(bad, rank=1)
+    with pytest.raises(WireFormatError, match="run identity: arrays .* expected exactly 'run'"):
+        protocol.read_identity(replica, rank=1)
+    with pytest.raises(WireFormatError, match="not bytes"):
+        protocol.read_identity(state_msg({"run": np.full(32, 256, np.float32)}), rank=1)
+    with pytest.raises(ValueError, match="hex digits"):
+        protocol.identity_payload("abc")
 
 
 @pytest.mark.parametrize("payload, n, message", [
@@ -327,10 +330,10 @@ def test_compressor_states_round_trip_and_are_checked():
     (protocol.state_payload(STATE)[0], 1, "MEMORY declares 1 arrays, its payload has 2"),
 ])
 def test_malformed_compressor_states_are_refused(payload, n, message):
-    buf = frame(Kind.MEMORY, round=4, client=3, payload=payload, codec_id=protocol.STATE_CODEC,
+    buf = frame(Kind.MEMORY, round=0, client=-1, payload=payload, codec_id=protocol.STATE_CODEC,
                 n_tensors=n)
     with pytest.raises(WireFormatError, match=message):
-        protocol.read_snapshot(buf, src=1, round=4, client=3)
+        protocol.read_restore(buf, rank=1, spec=SPEC)
 
 
 @pytest.mark.parametrize("state, message", [
@@ -346,4 +349,4 @@ def test_a_sender_never_writes_a_state_the_reader_refuses(state, message):
 
 def test_a_state_of_another_codec_is_refused():
     with pytest.raises(WireFormatError, match="codec id"):
-        protocol.read_snapshot(state_msg(STATE, codec_id=7), src=1, round=4, client=3)
+        protocol.read_restore(state_msg(MODEL, codec_id=7), rank=1, spec=SPEC)

@@ -235,3 +235,38 @@ def test_every_sampled_bit_flip_is_found_or_harmless(tmp_path):
             assert isinstance(exc, ClientStateError) and str(path) in str(exc)
         else:
             _assert_states_equal(got, want)
+
+
+def test_remove_all_takes_every_rank_of_this_result_and_nothing_else(tmp_path):
+    """What a new run of a result (--overwrite) deletes: every rank's files of it, not
+    another result's, not a temporary, not the result itself."""
+    result = tmp_path / "run.h5"
+    for rank in (1, 2, 7):
+        with ClientStateStore(result, rank, RUN) as store:
+            store.save(3, _states(rank, clients=(rank,)))
+    with ClientStateStore(tmp_path / "run.h5x", 1, RUN) as other:  # a name that extends it
+        other.save(3, _states(9, clients=(1,)))
+    result.write_bytes(b"results")
+    keep = {p.name for p in tmp_path.iterdir()} - {f"run.h5.rank{r}.round3.state"
+                                                   for r in (1, 2, 7)}
+    assert [p.name for p in cs.all_files(result)] == [
+        "run.h5.rank1.round3.state", "run.h5.rank2.round3.state", "run.h5.rank7.round3.state"]
+    assert len(cs.remove_all(result)) == 3
+    assert {p.name for p in tmp_path.iterdir()} == keep
+    assert cs.all_files(tmp_path / "missing" / "run.h5") == []
+
+
+def test_load_states_without_a_store_names_the_file(tmp_path):
+    """The resume check of a worker reads without taking the rank's writer lock."""
+    result = tmp_path / "run.h5"
+    with ClientStateStore(result, 2, RUN) as store:
+        store.save(4, _states(4, clients=(2, 4)))
+        _assert_states_equal(cs.load_states(result, rank=2, round=4, run=RUN, clients=[2, 4]),
+                             _states(4, clients=(2, 4)))
+    with pytest.raises(ClientStateError, match=r"run\.h5\.rank2\.round3\.state: no client-state "
+                                               r"file for rank 2 at round 3 \(this rank has "
+                                               r"rounds \[4\]\)"):
+        cs.load_states(result, rank=2, round=3, run=RUN)
+    with pytest.raises(ClientStateError, match=r"rank2\.round4\.state: holds other clients "
+                                               r"than this rank hosts \(missing \[6\]"):
+        cs.load_states(result, rank=2, round=4, run=RUN, clients=[2, 4, 6])
