@@ -31,7 +31,7 @@ def test_bash_syntax(script):
 
 def bind(env: dict[str, str]) -> str:
     clean = {k: v for k, v in os.environ.items()
-             if k not in ("CUDA_VISIBLE_DEVICES", "MPI_LOCALRANKID", "SLURM_LOCALID",
+             if k not in ("CUDA_VISIBLE_DEVICES", "MPI_LOCALRANKID", "SLURM_LOCALID", "SLURM_NODEID",
                           "OMPI_COMM_WORLD_LOCAL_RANK")}
     res = subprocess.run(["bash", str(ROOT / "jobs" / "gpu-bind.sh"), "bash", "-c",
                           'echo "${CUDA_VISIBLE_DEVICES-unset}"'],
@@ -48,6 +48,18 @@ def test_gpu_bind_gives_worker_k_gpu_k_minus_1():
     # mpiexec inside a batch job: the ranks inherit SLURM_LOCALID=0; hydra's id wins.
     assert bind({**gpus, "SLURM_LOCALID": "0", "MPI_LOCALRANKID": "2"}) == "5"
     assert bind({**gpus, "MPI_LOCALRANKID": "1", "FEDMPI_GPU_BIND": "0"}) == "4,5"
+
+
+def test_gpu_bind_on_a_node_without_the_server_gives_worker_w_gpu_w():
+    """Issue 15: on the second node of a job (SLURM_NODEID=1) local rank 0 is a worker, and
+    the rule (fedmpi/devices.py) puts worker w on GPU w; the old (L-1) mod G rotated it."""
+    gpus = {"CUDA_VISIBLE_DEVICES": "4,5,6"}
+    for var in ("MPI_LOCALRANKID", "SLURM_LOCALID"):
+        got = [bind({**gpus, "SLURM_NODEID": "1", var: str(r)}) for r in range(3)]
+        assert got == ["4", "5", "6"], var
+        # the server's node (node 0): the server on the last GPU, workers from GPU 0
+        got = [bind({**gpus, "SLURM_NODEID": "0", var: str(r)}) for r in range(4)]
+        assert got == ["6", "4", "5", "6"], var
 
 
 def test_gpu_bind_without_gpus_changes_nothing(tmp_path):
