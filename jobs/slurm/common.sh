@@ -70,11 +70,17 @@ fedmpi_abspath() {
 #   mpiexec : the MPI's own launcher, which discovers the allocation from SLURM_* (hydra
 #             and Open MPI's mpirun both do). Use it when srun's PMI does not match the
 #             MPI you built mpi4py against.
+# No `srun --kill-on-bad-exit`: a rank killed on another node (OOM, kill -9) made srun
+# SIGTERM the step at once; rank 0 took that for a stop, waited for a round that could
+# not finish, and KillWait's SIGKILL left the file `running` with no reason. Without it,
+# fedmpi's own rules end the job: rank 0 names the silent rank within the liveness limit
+# (max(run.timeout_s, 10 x the slowest round)), marks the file `failed` (resumable) and
+# aborts; a rank that fails with an error reports it to rank 0 at once.
 fedmpi_launch_string() {
     local n=$1 bind=""
     [ "$GPU_BIND" = 1 ] && bind=" bash $(printf '%q' "$FEDMPI_DIR/jobs/gpu-bind.sh")"
     case "$LAUNCHER" in
-        srun) echo "srun --mpi=$SRUN_MPI -n $n --kill-on-bad-exit=1${bind}" ;;
+        srun) echo "srun --mpi=$SRUN_MPI -n $n${bind}" ;;
         mpiexec)
             local exe=${MPIEXEC:-}
             if [ -z "$exe" ]; then
@@ -250,7 +256,9 @@ fedmpi_outcome() {
     elif [ "$a_status" = running ] && [ "$a_rounds" -gt 0 ]; then
         echo "exit $fail run ended (exit $rc) without marking the file; it is left 'running' after $a_rounds rounds and resumable by hand from its last checkpoint"
     else
-        echo "exit $fail run failed (exit $rc); result file: $a_status after $a_rounds rounds"
+        local resumable=""
+        [ "$a_status" = failed ] && [ "$a_rounds" -gt 0 ] && resumable=", resumable by hand from its last checkpoint"
+        echo "exit $fail run failed (exit $rc); result file: $a_status after $a_rounds rounds$resumable"
     fi
 }
 

@@ -216,6 +216,19 @@ def test_a_failed_file_is_a_failure_even_if_the_launcher_says_0(batch):
     rc, log = batch.run("run.sbatch", QUICK, FAKE_MODE="fail-exit-0")
     assert rc == 1, log
     assert "result file: failed" in log and "requeue" not in batch.calls()
+    # a failed file keeps every completed round: the log says how to go on (issue 15)
+    assert "resumable by hand" in log and "resume by hand: sbatch" in log, log
+
+
+def test_the_srun_launch_leaves_a_dead_rank_to_fedmpi():
+    """Issue 15: with --kill-on-bad-exit a rank killed on one node made srun end the step
+    at once (the file left `running`, no reason); fedmpi's liveness rule must decide."""
+    script = (f"GPU_BIND=1 LAUNCHER=srun SRUN_MPI=pmi2 FEDMPI_DIR={ROOT}; "
+              f"source {ROOT}/jobs/slurm/common.sh; fedmpi_launch_string 4")
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[:4] == ["srun", "--mpi=pmi2", "-n", "4"], res.stdout
+    assert "kill-on-bad-exit" not in res.stdout and "gpu-bind.sh" in res.stdout
 
 
 def test_sigterm_stops_for_good_without_requeue(batch):
