@@ -76,20 +76,73 @@ fedmpi_abspath() {
 # fedmpi's own rules end the job: rank 0 names the silent rank within the liveness limit
 # (max(run.timeout_s, 10 x the slowest round)), marks the file `failed` (resumable) and
 # aborts; a rank that fails with an error reports it to rank 0 at once.
+# SERVER_NODE=alone: rank 0 alone on the first node of the allocation and the workers on
+# the others, as many on each as Slurm gave it tasks (sbatch -N 3 --ntasks-per-node=4:
+# 1 + 2 x 4 = 9 ranks); N is then that count, not the argument.
 fedmpi_launch_string() {
-    local n=$1 bind=""
+    local n=$1 bind="" place="" hosts=""
     [ "$GPU_BIND" = 1 ] && bind=" bash $(printf '%q' "$FEDMPI_DIR/jobs/gpu-bind.sh")"
+    case "${SERVER_NODE:-shared}" in
+        shared) ;;
+        alone)
+            local nodes counts i k file
+            mapfile -t nodes < <(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" 2>/dev/null)
+            read -r -a counts <<<"$(fedmpi_tasks_per_node "${SLURM_TASKS_PER_NODE:-}")"
+            if [ "${#nodes[@]}" -lt 2 ] || [ "${#counts[@]}" -ne "${#nodes[@]}" ]; then
+                fedmpi_log "ERROR: SERVER_NODE=alone needs an allocation of 2 or more nodes (sbatch --nodes=2 --ntasks-per-node=K); this job has nodes '${SLURM_JOB_NODELIST:-}' with tasks '${SLURM_TASKS_PER_NODE:-}'"
+                return 2
+            fi
+            file=$(mktemp "${TMPDIR:-/tmp}/fedmpi-hosts-${SLURM_JOB_ID:-x}.XXXXXX") || return 2
+            echo "${nodes[0]}" > "$file"
+            hosts="${nodes[0]}:1"
+            n=1
+            for ((i = 1; i < ${#nodes[@]}; i++)); do
+                for ((k = 0; k < counts[i]; k++)); do echo "${nodes[i]}" >> "$file"; done
+                hosts+=",${nodes[i]}:${counts[i]}"
+                n=$((n + counts[i]))
+            done
+            fedmpi_log "SERVER_NODE=alone: rank 0 alone on ${nodes[0]}; $((n - 1)) workers on ${nodes[*]:1} (hosts $hosts)"
+            place=$file ;;
+        *) fedmpi_log "ERROR: SERVER_NODE must be shared or alone, got '$SERVER_NODE'"; return 2 ;;
+    esac
     case "$LAUNCHER" in
-        srun) echo "srun --mpi=$SRUN_MPI -n $n${bind}" ;;
+        srun)
+            if [ -n "$place" ]; then  # one line per task: srun's arbitrary distribution
+                echo "env SLURM_HOSTFILE=$(printf '%q' "$place") srun --mpi=$SRUN_MPI --distribution=arbitrary -n $n${bind}"
+            else
+                echo "srun --mpi=$SRUN_MPI -n $n${bind}"
+            fi ;;
         mpiexec)
             local exe=${MPIEXEC:-}
             if [ -z "$exe" ]; then
                 exe=mpiexec
                 [ -x "$(dirname "$python")/mpiexec" ] && exe=$(dirname "$python")/mpiexec
             fi
-            echo "$(printf '%q' "$exe") -n $n ${MPIEXEC_ARGS}${bind}" ;;
+            if [ -n "$hosts" ]; then  # hydra's -hosts; Open MPI's mpirun takes --host
+                if "$exe" --version 2>&1 | grep -q "Open MPI\|OpenRTE"; then
+                    hosts="--host $hosts "
+                else
+                    hosts="-hosts $hosts "
+                fi
+            fi
+            echo "$(printf '%q' "$exe") -n $n ${hosts}${MPIEXEC_ARGS}${bind}" ;;
         *) fedmpi_log "ERROR: LAUNCHER must be srun or mpiexec, got '$LAUNCHER'"; return 2 ;;
     esac
+}
+
+# SLURM_TASKS_PER_NODE ("2(x3),1") as one count per node ("2 2 2 1").
+fedmpi_tasks_per_node() {
+    local part out=() c r
+    IFS=, read -r -a parts <<<"$1"
+    for part in "${parts[@]}"; do
+        if [[ "$part" =~ ^([0-9]+)\(x([0-9]+)\)$ ]]; then
+            c=${BASH_REMATCH[1]}
+            for ((r = 0; r < BASH_REMATCH[2]; r++)); do out+=("$c"); done
+        elif [[ "$part" =~ ^[0-9]+$ ]]; then
+            out+=("$part")
+        fi
+    done
+    echo "${out[*]}"
 }
 
 # ---------------------------------------------------------------------- the result file
