@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 import yaml
 from slurm_helpers import (
+    DONE_STATES,
     QUICK,
     QUICK_SET,
     ROOT,
@@ -43,8 +44,6 @@ from slurm_helpers import (
     h5_attrs,
     h5_rounds,
     job_records,
-    wait_done,
-    wait_rounds,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode, pytest.mark.timeout(900)]
@@ -55,6 +54,7 @@ JOB_TIMEOUT = 420
 SPAN = ("--nodes=2", "--ntasks=4", "--ntasks-per-node=2")
 PROBE = ROOT / "tests" / "slurm" / "probe.sbatch"
 ALONE = ("--nodes=2", "--ntasks=6", "--ntasks-per-node=3")  # 1 + 3 ranks with SERVER_NODE=alone
+KILLED_TIMEOUT_S = 30  # run.timeout_s of the job whose second node's ranks are killed
 
 
 @pytest.fixture(scope="session")
@@ -76,39 +76,102 @@ def span_opts(nodes: list[str]) -> tuple[str, ...]:
 
 @pytest.fixture(scope="module")
 def runs(nodes, tmp_path_factory):
-    """Three complete quick-start runs of 4 ranks, submitted together: across the two nodes
-    with srun and with mpiexec, and on one node; plus the node probe job."""
+    """Every job of this module, submitted at once and driven together (the waits -- the
+    requeue hold, the liveness limit -- overlap the other jobs' work; about 3 minutes on
+    2 cores instead of 6 one after the other):
+      sweep       a 2-task array, --exclusive (first, so that its tasks get a node each);
+      srun, mpiexec, one-node   complete 4-rank runs, across the nodes / on one node;
+      probe, probe-alone        node_probe.py under both launchers, shared / alone;
+      alone       a run with SERVER_NODE=alone;
+      requeued    stopped with SIGUSR1 after its first round: requeues, resumes;
+      killed      its ranks on the second node killed after round 2, then `resumed` by hand.
+    Returns the job ids, final records, result paths, logs and what the driver saw."""
     jobs = Jobs(tmp_path_factory.mktemp("multinode"))
     (jobs.tmp / "alone").mkdir()
+    sweep = jobs.tmp / "nodes.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "nodes", "base": str(QUICK),
+        "set": {"rounds": 2, "clients.num_clients": 6, "train.local_epochs": 1},
+        "seeds": [0, 1]}))
+    span, alone = span_opts(nodes), ALONE + (f"--nodelist={','.join(nodes)}",)
     try:
-        ids = {
-            "srun": jobs.submit("run.sbatch", QUICK, *QUICK_SET, sbatch_opts=span_opts(nodes),
+        ids = {"sweep": jobs.submit("sweep.sbatch", sweep,
+                                    sbatch_opts=("--array=0-1", "--exclusive", "--nodes=1"))}
+        ids.update({
+            "srun": jobs.submit("run.sbatch", QUICK, *QUICK_SET, sbatch_opts=span,
                                 RUN_NAME="srun", LAUNCHER="srun"),
-            "mpiexec": jobs.submit("run.sbatch", QUICK, *QUICK_SET, sbatch_opts=span_opts(nodes),
+            "mpiexec": jobs.submit("run.sbatch", QUICK, *QUICK_SET, sbatch_opts=span,
                                    RUN_NAME="mpiexec", LAUNCHER="mpiexec"),
             "one-node": jobs.submit("run.sbatch", QUICK, *QUICK_SET,
                                     sbatch_opts=("--nodes=1", "--ntasks=4"), RUN_NAME="one-node"),
-            "probe": jobs.submit(str(PROBE), jobs.tmp, sbatch_opts=span_opts(nodes),
+            "probe": jobs.submit(str(PROBE), jobs.tmp, sbatch_opts=span,
                                  CUDA_VISIBLE_DEVICES="0,1"),
-            # rank 0 alone on the first node, 3 workers on the second
-            "alone": jobs.submit("run.sbatch", QUICK, "--set", "rounds=2",
-                                 sbatch_opts=ALONE + (f"--nodelist={','.join(nodes)}",),
+            "alone": jobs.submit("run.sbatch", QUICK, "--set", "rounds=2", sbatch_opts=alone,
                                  RUN_NAME="alone", SERVER_NODE="alone", LAUNCHER="mpiexec"),
-            "probe-alone": jobs.submit(str(PROBE), jobs.tmp / "alone",
-                                       sbatch_opts=ALONE + (f"--nodelist={','.join(nodes)}",),
+            "probe-alone": jobs.submit(str(PROBE), jobs.tmp / "alone", sbatch_opts=alone,
                                        SERVER_NODE="alone", CUDA_VISIBLE_DEVICES="0,1,2"),
-        }
-        records = {k: wait_done(jobs, v, JOB_TIMEOUT)[0] for k, v in ids.items()}
-        yield {"jobs": jobs, "ids": ids, "records": records,
-               "out": {k: jobs.tmp / "results" / f"{k}-{v}.h5" for k, v in ids.items()}}
+            "requeued": jobs.submit("run.sbatch", QUICK, *QUICK_SET, sbatch_opts=span,
+                                    RUN_NAME="requeued", LAUNCHER="srun"),
+            "killed": jobs.submit("run.sbatch", QUICK, *QUICK_SET, "--set",
+                                  f"run.timeout_s={KILLED_TIMEOUT_S}", sbatch_opts=span,
+                                  RUN_NAME="killed", LAUNCHER="srun"),
+        })
+        out = {k: jobs.tmp / "results" / f"{k}-{v}.h5" for k, v in ids.items()}
+        seen: dict = {}
+        records: dict = {}
+        deadline = time.monotonic() + 2 * JOB_TIMEOUT
+        while len(records) < len(ids):
+            assert time.monotonic() < deadline, f"jobs not done: {set(ids) - set(records)}\n" \
+                + jobs.logs()
+            drive(jobs, ids, out, seen, nodes)
+            for name, job_id in list(ids.items()):
+                if name in records:
+                    continue
+                recs = job_records(job_id)
+                n = 2 if name == "sweep" else 1
+                if len(recs) >= n and all(r.get("JobState") in DONE_STATES for r in recs):
+                    records[name] = recs if name == "sweep" else recs[0]
+                    if name == "killed":  # resume the failed file by hand
+                        seen["killed_took"] = time.monotonic() - seen.get("kill_at", 0)
+                        seen["killed_attrs"] = h5_attrs(out["killed"])
+                        ids["resumed"] = jobs.submit("run.sbatch", "--resume", out["killed"],
+                                                     sbatch_opts=span)
+            time.sleep(0.5)
+        yield {"jobs": jobs, "ids": ids, "records": records, "out": out, "seen": seen,
+               "logs": jobs.logs()}
     finally:
         jobs.cancel_all()
 
 
-def check_accounting(out, world: int, incarnations: int = 1) -> None:
+def drive(jobs: Jobs, ids: dict, out: dict, seen: dict, nodes: list[str]) -> None:
+    """One step of the interventions: SIGUSR1 once `requeued` completed a round (and the
+    file's state while the job waits to restart); SIGKILL to `killed`'s ranks on the second
+    node once it completed 2 rounds."""
+    if "usr1" not in seen and completed_rounds(out["requeued"]) >= 1:
+        sig = subprocess.run(["scancel", "--signal=USR1", "--batch", ids["requeued"]],
+                             capture_output=True, text=True, timeout=30)
+        assert sig.returncode == 0, sig.stderr
+        seen["usr1"] = True
+    if "usr1" in seen and "requeue_attrs" not in seen:
+        rec = job_records(ids["requeued"])
+        if rec and int(rec[0].get("Restarts", 0)) >= 1 and rec[0]["JobState"] == "PENDING":
+            seen["requeue_attrs"] = h5_attrs(out["requeued"])  # held cred_expire+1 s: time to read
+    if "kill_at" not in seen and completed_rounds(out["killed"]) >= 2:
+        if not os.path.exists(f"/run/slurm/slurmd-{nodes[1]}.pid"):
+            seen["kill_at"], seen["no_kill"] = time.monotonic(), "not .ci/slurm-up.sh's cluster"
+            return
+        pids = rank_pids(ids["killed"], nodes[1])
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        seen["kill_at"], seen["killed_pids"] = time.monotonic(), pids
+
+
+def check_accounting(out, world: int, incarnations: int = 1, stopped: tuple = ()) -> None:
     """The file's byte accounting: every message counted alike by sender and receiver,
-    per-round totals equal to the messages, every worker in every round; each incarnation
-    of the run (a resume) logs its workers' hellos."""
+    per-round totals equal to the messages, every worker in every round, the total on the
+    wire equal to every message; each incarnation of the run (a resume) logs its workers'
+    hellos. In a round where an incarnation stopped, /messages also holds that
+    incarnation's stop messages, which the redone round's row does not count."""
     with h5py.File(out, "r", locking=False) as f:
         m = {k: f["messages"][k][()] for k in f["messages"]}
         r = {k: f["rounds"][k][()] for k in f["rounds"]}
@@ -122,7 +185,11 @@ def check_accounting(out, world: int, incarnations: int = 1) -> None:
         mod = rows & (m["kind"] == Kind.MODEL)
         assert r["up_bytes"][i] == m["sender_bytes"][upd].sum() > 0
         assert r["down_bytes"][i] == m["sender_bytes"][mod].sum() > 0
-        assert r["control_bytes"][i] == m["sender_bytes"][rows & ~upd & ~mod].sum()
+        control = m["sender_bytes"][rows & ~upd & ~mod].sum()
+        if rnd in stopped:
+            assert r["control_bytes"][i] <= control, rnd
+        else:
+            assert r["control_bytes"][i] == control, rnd
         assert set(m["worker"][upd].tolist()) == set(range(1, world)), rnd
     assert r["cum_wire_bytes"][-1] == m["sender_bytes"][m["round"] <= r["round"][-1]].sum()
 
@@ -178,44 +245,28 @@ def test_node_local_rank_and_gpu_are_right_on_each_node(runs, nodes, launcher):
 
 
 def test_usr1_requeues_and_resumes_across_both_nodes_bit_identically(runs, nodes):
-    ref = runs["out"]["srun"]
-    jobs = runs["jobs"]
-    job_id = jobs.submit("run.sbatch", QUICK, *QUICK_SET, sbatch_opts=span_opts(nodes),
-                         RUN_NAME="requeued", LAUNCHER="srun")
-    out = jobs.tmp / "results" / f"requeued-{job_id}.h5"
-    wait_rounds(jobs, job_id, out, 1, JOB_TIMEOUT)
-    sig = subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], capture_output=True,
-                         text=True, timeout=30)
-    assert sig.returncode == 0, sig.stderr
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while int(job_records(job_id)[0].get("Restarts", 0)) < 1:
-        rec = job_records(job_id)[0]
-        assert rec["JobState"] not in ("COMPLETED", "FAILED", "CANCELLED"), jobs.logs()
-        assert time.monotonic() < deadline, "job was not requeued in time\n" + jobs.logs()
-        time.sleep(0.5)
-    stopped_at = int(h5_attrs(out)["completed_rounds"])
-    assert h5_attrs(out)["status"] == "interrupted" and 1 <= stopped_at < ROUNDS
-
-    (record,) = wait_done(jobs, job_id, JOB_TIMEOUT)
-    logs = jobs.logs()
+    seen, logs = runs["seen"], runs["logs"]
+    record, out = runs["records"]["requeued"], runs["out"]["requeued"]
+    assert "usr1" in seen and "requeue_attrs" in seen, logs
+    a = seen["requeue_attrs"]
+    assert a["status"] == "interrupted" and 1 <= int(a["completed_rounds"]) < ROUNDS, logs
+    stopped_at = int(a["completed_rounds"])
     assert record["JobState"] == "COMPLETED" and int(record["Restarts"]) == 1, logs
-    assert "requeueing job" in logs and f"restart 1 on {nodes[0]}" in logs
+    assert f"requeueing job {runs['ids']['requeued']}" in logs
+    assert f"fedmpi-job {runs['ids']['requeued']}] restart 1 on {nodes[0]}" in logs
     a = h5_attrs(out)
     assert a["status"] == "completed" and int(a["completed_rounds"]) == ROUNDS
     assert json.loads(a["hosts"]) == [nodes[0], nodes[0], nodes[1], nodes[1]]
-    got, want = h5_rounds(out), h5_rounds(ref)
+    got, want = h5_rounds(out), h5_rounds(runs["out"]["srun"])
     for col in ("round", "test_accuracy", "test_loss", "up_bytes", "down_bytes"):
         np.testing.assert_array_equal(got[col], want[col], err_msg=col)
-    check_accounting(out, 4, incarnations=2)
+    check_accounting(out, 4, incarnations=2, stopped=(stopped_at,))
 
 
 def rank_pids(job_id: str, node: str) -> list[int]:
     """Process ids of the job's `fedmpi run` ranks on `node`: the processes in that node's
     UTS namespace (its slurmd's) whose environment carries the job's id."""
-    pid_file = f"/run/slurm/slurmd-{node}.pid"
-    if not os.path.exists(pid_file):
-        pytest.skip(f"no {pid_file}: the rank-killing test needs .ci/slurm-up.sh's cluster")
-    with open(pid_file) as f:
+    with open(f"/run/slurm/slurmd-{node}.pid") as f:  # written by .ci/slurm-up.sh's slurmd
         uts = os.readlink(f"/proc/{f.read().strip()}/ns/uts")
     found = []
     for d in filter(str.isdigit, os.listdir("/proc")):
@@ -235,64 +286,47 @@ def rank_pids(job_id: str, node: str) -> list[int]:
 
 
 def test_killed_ranks_on_the_second_node_fail_the_job_within_the_liveness_limit(runs, nodes):
-    jobs = runs["jobs"]
-    timeout_s = 30
-    job_id = jobs.submit("run.sbatch", QUICK, *QUICK_SET, "--set",
-                         f"run.timeout_s={timeout_s}", sbatch_opts=span_opts(nodes),
-                         RUN_NAME="killed", LAUNCHER="srun")
-    out = jobs.tmp / "results" / f"killed-{job_id}.h5"
-    wait_rounds(jobs, job_id, out, 2, JOB_TIMEOUT)
-    pids = rank_pids(job_id, nodes[1])
-    assert len(pids) == 2, f"{pids}\n{jobs.logs()}"
-    killed_at = time.monotonic()
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    # The limit is max(run.timeout_s, 10 x the slowest round): rounds here take < 3 s.
-    (record,) = wait_done(jobs, job_id, timeout_s + 120)
-    took = time.monotonic() - killed_at
-    logs = jobs.logs()
-    assert record["JobState"] == "FAILED", logs
-    assert took < timeout_s + 90, f"{took:.0f} s\n{logs}"
-    a = h5_attrs(out)
+    seen, logs = runs["seen"], runs["logs"]
+    if "no_kill" in seen:
+        pytest.skip(f"ranks not killed: {seen['no_kill']} (no /run/slurm/slurmd-NODE.pid)")
+    assert len(seen.get("killed_pids", [])) == 2, logs  # the two worker ranks on nodes[1]
+    assert runs["records"]["killed"]["JobState"] == "FAILED", logs
+    a = seen["killed_attrs"]
     assert a["status"] == "failed", logs
-    m = re.search(r"rank 0 failed: LivenessError: rank 0: no \w+ .*from rank ([23]) in round", logs)
-    assert m, logs
-    assert "resume by hand: sbatch" in logs
     stopped_at = int(a["completed_rounds"])
     assert 2 <= stopped_at < ROUNDS
+    m = re.search(rf"fedmpi: rank 0 failed: LivenessError: rank 0: no \w+ .*from rank ([23]) in "
+                  rf"round {stopped_at} within (\d+) s \(liveness limit: max\(run.timeout_s "
+                  rf"{KILLED_TIMEOUT_S} s, 10 x slowest round ([\d.]+) s\)\)", logs)
+    assert m, logs
+    limit = max(KILLED_TIMEOUT_S, 10 * float(m.group(3)))
+    # the limit, plus the poll before the kill and Slurm's end of the job
+    assert seen["killed_took"] < limit + 60, (seen["killed_took"], limit, logs)
+    assert f"resume by hand: sbatch {ROOT}/jobs/slurm/run.sbatch --resume {runs['out']['killed']}" \
+        in logs
 
-    again = jobs.submit("run.sbatch", "--resume", out, sbatch_opts=span_opts(nodes))
-    (record,) = wait_done(jobs, again, JOB_TIMEOUT)
-    logs = jobs.logs()
-    assert record["JobState"] == "COMPLETED", logs
-    a = h5_attrs(out)
+    assert runs["records"]["resumed"]["JobState"] == "COMPLETED", logs
+    a = h5_attrs(runs["out"]["killed"])
     assert a["status"] == "completed" and int(a["completed_rounds"]) == ROUNDS, logs
-    np.testing.assert_array_equal(h5_rounds(out)["round"], np.arange(ROUNDS))
-    check_accounting(out, 4, incarnations=2)
+    assert json.loads(a["hosts"]) == [nodes[0], nodes[0], nodes[1], nodes[1]]
+    got, want = h5_rounds(runs["out"]["killed"]), h5_rounds(runs["out"]["srun"])
+    for col in ("round", "test_accuracy", "up_bytes", "down_bytes"):
+        np.testing.assert_array_equal(got[col], want[col], err_msg=col)
+    check_accounting(runs["out"]["killed"], 4, incarnations=2, stopped=(stopped_at,))
 
 
-def test_a_sweep_array_runs_its_tasks_on_different_nodes(nodes, tmp_path):
-    jobs = Jobs(tmp_path)
-    try:
-        sweep = tmp_path / "nodes.yaml"
-        sweep.write_text(yaml.safe_dump({
-            "name": "nodes", "base": str(QUICK),
-            "set": {"rounds": 2, "clients.num_clients": 6, "train.local_epochs": 1},
-            "seeds": [0, 1]}))
-        # --exclusive: one node per task, so the two tasks run at once on both nodes
-        job_id = jobs.submit("sweep.sbatch", sweep,
-                             sbatch_opts=("--array=0-1", "--exclusive", "--nodes=1"))
-        records = wait_done(jobs, job_id, JOB_TIMEOUT, n_tasks=2)
-        assert [r["JobState"] for r in records] == ["COMPLETED"] * 2, jobs.logs()
-        assert sorted(r["NodeList"] for r in records) == nodes, records
-        hosts = []
-        for seed in (0, 1):
-            a = h5_attrs(tmp_path / "results" / "nodes" / f"seed={seed}.h5")
-            assert a["status"] == "completed" and int(a["completed_rounds"]) == 2
-            hosts.append(set(json.loads(a["hosts"])))
-        assert sorted(h.pop() for h in hosts if len(h) == 1) == nodes, hosts
-    finally:
-        jobs.cancel_all()
+def test_a_sweep_array_runs_its_tasks_on_different_nodes(runs, nodes):
+    records, logs = runs["records"]["sweep"], runs["logs"]
+    assert [r["JobState"] for r in records] == ["COMPLETED"] * 2, logs
+    # --exclusive: a node per task, both at once
+    assert sorted(r["NodeList"] for r in records) == nodes, records
+    hosts = []
+    for seed in (0, 1):
+        a = h5_attrs(runs["jobs"].tmp / "results" / "nodes" / f"seed={seed}.h5")
+        assert a["status"] == "completed" and int(a["completed_rounds"]) == 2
+        assert len(set(json.loads(a["hosts"]))) == 1  # 3 ranks: one node
+        hosts.append(json.loads(a["hosts"])[0])
+    assert sorted(hosts) == nodes, hosts
 
 
 def test_server_alone_on_the_first_node_and_workers_packed(runs, nodes):
