@@ -21,6 +21,24 @@ from mpi4py import MPI
 from fedmpi.devices import node_of, place, restricted
 
 
+def ancestors(pid: int, depth: int = 4) -> list[str]:
+    """Names of the processes above `pid` (parent first): who started this rank."""
+    names = []
+    for _ in range(depth):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after "(comm)"
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            break
+    return names
+
+
 def main() -> None:
     comm = MPI.COMM_WORLD
     node = node_of(comm)
@@ -33,7 +51,7 @@ def main() -> None:
     me = {"rank": comm.rank, "host": socket.gethostname(), "proc": MPI.Get_processor_name(),
           "local_rank": node.local_rank, "local_size": node.local_size,
           "server_here": node.server_here, "visible": cvd, "device": device,
-          "gpu": physical, **{k: os.environ.get(k) for k in
+          "gpu": physical, "started_by": ancestors(os.getpid()), **{k: os.environ.get(k) for k in
                               ("MPI_LOCALRANKID", "SLURM_LOCALID", "SLURM_NODEID")}}
     everyone = comm.gather(me, root=0)
     if comm.rank == 0:

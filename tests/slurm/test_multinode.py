@@ -242,6 +242,11 @@ def test_node_local_rank_and_gpu_are_right_on_each_node(runs, nodes, launcher):
             assert [r["device"] for r in ranks] == ["cuda:1", "cuda:0", "cuda:0", "cuda:1"], where
         if launcher == "mpiexec":  # hydra's node-local rank, not the inherited SLURM_LOCALID
             assert [r["MPI_LOCALRANKID"] for r in ranks] == ["0", "1", "0", "1"], where
+            # hydra bootstrapped through Slurm: its proxy on each node started by slurmstepd
+            for r in ranks:
+                assert r["started_by"][:2] == ["hydra_pmi_proxy", "slurmstepd"], where
+        else:
+            assert all(r["started_by"][0] == "slurmstepd" for r in ranks), where
 
 
 def test_usr1_requeues_and_resumes_across_both_nodes_bit_identically(runs, nodes):
