@@ -20,7 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
 SCRIPTS = sorted([*ROOT.glob("jobs/**/*.sh"), *ROOT.glob("jobs/**/*.sbatch"),
-                  ROOT / ".ci" / "slurm-up.sh", ROOT / ".ci" / "slurm-down.sh"])
+                  ROOT / ".ci" / "slurm-up.sh", ROOT / ".ci" / "slurm-down.sh",
+                  ROOT / "tests" / "slurm" / "probe.sbatch"])
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
