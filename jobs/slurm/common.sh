@@ -132,7 +132,7 @@ fedmpi_launch_string() {
 
 # SLURM_TASKS_PER_NODE ("2(x3),1") as one count per node ("2 2 2 1").
 fedmpi_tasks_per_node() {
-    local part out=() c r
+    local part parts out=() c r
     IFS=, read -r -a parts <<<"$1"
     for part in "${parts[@]}"; do
         if [[ "$part" =~ ^([0-9]+)\(x([0-9]+)\)$ ]]; then

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,53 @@ def test_workstation_rejects_one_rank():
                                     "jobs/slurm/run.sbatch", "jobs/slurm/sweep.sbatch"])
 def test_user_facing_scripts_are_executable(script):
     assert os.access(ROOT / script, os.X_OK), f"chmod +x {script}"
+
+
+
+def launch_line(tmp_path, nodes: str, tasks: str, **env: str) -> subprocess.CompletedProcess:
+    """fedmpi_launch_string 99 in a job on `nodes` ("n1,n2") with SLURM_TASKS_PER_NODE
+    `tasks`, with a fake `scontrol show hostnames`."""
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "scontrol").write_text('#!/bin/sh\necho "$3" | tr , "\\n"\n')
+    (fake / "scontrol").chmod(0o755)
+    script = f"source {ROOT}/jobs/slurm/common.sh; fedmpi_launch_string 99"
+    base = {"PATH": f"{fake}:{os.environ['PATH']}", "FEDMPI_DIR": str(ROOT), "GPU_BIND": "0",
+            "SRUN_MPI": "pmi2", "SLURM_JOB_NODELIST": nodes, "SLURM_TASKS_PER_NODE": tasks,
+            "SLURM_JOB_ID": "7", "TMPDIR": str(tmp_path), "python": sys.executable}
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
+                          env={**base, **env})
+
+
+def test_server_alone_puts_rank_0_alone_on_the_first_node(tmp_path):
+    res = launch_line(tmp_path, "a,b,c", "4(x3)", SERVER_NODE="alone", LAUNCHER="srun")
+    assert res.returncode == 0, res.stderr
+    assert "rank 0 alone on a; 8 workers on b c" in res.stderr
+    words = res.stdout.split()
+    assert words[0] == "env" and words[1].startswith("SLURM_HOSTFILE=")
+    assert words[2:] == ["srun", "--mpi=pmi2", "--distribution=arbitrary", "-n", "9"]
+    hostfile = words[1].split("=", 1)[1]
+    with open(hostfile) as f:
+        assert f.read().split() == ["a"] + ["b"] * 4 + ["c"] * 4
+    hydra = str(VENV / "bin" / "mpiexec")  # the mpich wheel's
+    res = launch_line(tmp_path, "a,b", "2,3", SERVER_NODE="alone", LAUNCHER="mpiexec",
+                      MPIEXEC=hydra)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [hydra, "-n", "4", "-hosts", "a:1,b:3"]
+    if shutil.which("mpirun.openmpi"):  # Open MPI's spelling
+        res = launch_line(tmp_path, "a,b", "2,3", SERVER_NODE="alone", LAUNCHER="mpiexec",
+                          MPIEXEC="mpirun.openmpi")
+        assert res.stdout.split() == ["mpirun.openmpi", "-n", "4", "--host", "a:1,b:3"]
+    shared = launch_line(tmp_path, "a,b", "2(x2)", LAUNCHER="srun")
+    assert shared.stdout.split() == ["srun", "--mpi=pmi2", "-n", "99"], shared.stderr
+
+
+def test_server_alone_on_one_node_is_a_clear_error(tmp_path):
+    res = launch_line(tmp_path, "a", "4", SERVER_NODE="alone", LAUNCHER="srun")
+    assert res.returncode == 2 and "SERVER_NODE=alone needs an allocation of 2 or more nodes" \
+        in res.stderr, res.stderr
+    res = launch_line(tmp_path, "a,b", "4(x2)", SERVER_NODE="apart", LAUNCHER="srun")
+    assert res.returncode == 2 and "SERVER_NODE must be shared or alone, got 'apart'" in res.stderr
 
 
 # ------------------------------------------------------------------ batch scripts, no Slurm
