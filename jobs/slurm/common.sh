@@ -108,7 +108,8 @@ fedmpi_launch_string() {
     case "$LAUNCHER" in
         srun)
             if [ -n "$place" ]; then  # one line per task: srun's arbitrary distribution
-                echo "env SLURM_HOSTFILE=$(printf '%q' "$place") srun --mpi=$SRUN_MPI --distribution=arbitrary -n $n${bind}"
+                # (without the job's --ntasks-per-node, which srun would warn it ignores)
+                echo "env -u SLURM_NTASKS_PER_NODE SLURM_HOSTFILE=$(printf '%q' "$place") srun --mpi=$SRUN_MPI --distribution=arbitrary -n $n${bind}"
             else
                 echo "srun --mpi=$SRUN_MPI -n $n${bind}"
             fi ;;

@@ -120,9 +120,10 @@ def test_server_alone_puts_rank_0_alone_on_the_first_node(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "rank 0 alone on a; 8 workers on b c" in res.stderr
     words = res.stdout.split()
-    assert words[0] == "env" and words[1].startswith("SLURM_HOSTFILE=")
-    assert words[2:] == ["srun", "--mpi=pmi2", "--distribution=arbitrary", "-n", "9"]
-    hostfile = words[1].split("=", 1)[1]
+    assert words[:3] == ["env", "-u", "SLURM_NTASKS_PER_NODE"]
+    assert words[3].startswith("SLURM_HOSTFILE=")
+    assert words[4:] == ["srun", "--mpi=pmi2", "--distribution=arbitrary", "-n", "9"]
+    hostfile = words[3].split("=", 1)[1]
     with open(hostfile) as f:
         assert f.read().split() == ["a"] + ["b"] * 4 + ["c"] * 4
     hydra = str(VENV / "bin" / "mpiexec")  # the mpich wheel's
