@@ -109,6 +109,7 @@ fedmpi_launch_string() {
         srun)
             if [ -n "$place" ]; then  # one line per task: srun's arbitrary distribution
                 # (without the job's --ntasks-per-node, which srun would warn it ignores)
+                [ "$GPU_BIND" = 1 ] || fedmpi_log "WARNING: SERVER_NODE=alone under srun: MPICH gets no node map from PMI2 and fedmpi sees every rank alone on its node, so with GPU_BIND=$GPU_BIND all workers of a node take its GPU 0; keep GPU_BIND=1 or use LAUNCHER=mpiexec"
                 echo "env -u SLURM_NTASKS_PER_NODE SLURM_HOSTFILE=$(printf '%q' "$place") srun --mpi=$SRUN_MPI --distribution=arbitrary -n $n${bind}"
             else
                 echo "srun --mpi=$SRUN_MPI -n $n${bind}"
