@@ -97,7 +97,12 @@ def runs(nodes, tmp_path_factory):
     try:
         ids = {"sweep": jobs.submit("sweep.sbatch", sweep,
                                     sbatch_opts=("--array=0-1", "--exclusive", "--nodes=1"))}
-        ids.update({
+        ids.update({  # the longest chains first: kill -> liveness -> resume; stop -> requeue
+            "requeued": jobs.submit("run.sbatch", QUICK, *QUICK_SET, sbatch_opts=span,
+                                    RUN_NAME="requeued", LAUNCHER="srun"),
+            "killed": jobs.submit("run.sbatch", QUICK, *QUICK_SET, "--set",
+                                  f"run.timeout_s={KILLED_TIMEOUT_S}", sbatch_opts=span,
+                                  RUN_NAME="killed", LAUNCHER="srun"),
             "srun": jobs.submit("run.sbatch", QUICK, *QUICK_SET, sbatch_opts=span,
                                 RUN_NAME="srun", LAUNCHER="srun"),
             "mpiexec": jobs.submit("run.sbatch", QUICK, *QUICK_SET, sbatch_opts=span,
@@ -110,11 +115,6 @@ def runs(nodes, tmp_path_factory):
                                  RUN_NAME="alone", SERVER_NODE="alone", LAUNCHER="mpiexec"),
             "probe-alone": jobs.submit(str(PROBE), jobs.tmp / "alone", sbatch_opts=alone,
                                        SERVER_NODE="alone", CUDA_VISIBLE_DEVICES="0,1,2"),
-            "requeued": jobs.submit("run.sbatch", QUICK, *QUICK_SET, sbatch_opts=span,
-                                    RUN_NAME="requeued", LAUNCHER="srun"),
-            "killed": jobs.submit("run.sbatch", QUICK, *QUICK_SET, "--set",
-                                  f"run.timeout_s={KILLED_TIMEOUT_S}", sbatch_opts=span,
-                                  RUN_NAME="killed", LAUNCHER="srun"),
         })
         out = {k: jobs.tmp / "results" / f"{k}-{v}.h5" for k, v in ids.items()}
         seen: dict = {}
