@@ -66,8 +66,8 @@ fi
 for ns in $(recorded netns); do
     [ -e "/run/netns/$ns" ] && ip netns del "$ns" && log "netns $ns deleted"
 done
-for veth in $(recorded veth); do
-    ip link show "$veth" >/dev/null 2>&1 && ip link del "$veth" && log "veth $veth deleted"
+for veth in $(recorded veth); do  # normally gone with its namespace already
+    ip link show "$veth" >/dev/null 2>&1 && ip link del "$veth" 2>/dev/null && log "veth $veth deleted"
 done
 for br in $(recorded bridge); do
     ip link show "$br" >/dev/null 2>&1 && ip link del "$br" && log "bridge $br deleted"

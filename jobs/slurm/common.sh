@@ -85,30 +85,33 @@ fedmpi_launch_string() {
     case "${SERVER_NODE:-shared}" in
         shared) ;;
         alone)
-            local nodes counts i k file
+            local nodes counts i k
             mapfile -t nodes < <(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" 2>/dev/null)
             read -r -a counts <<<"$(fedmpi_tasks_per_node "${SLURM_TASKS_PER_NODE:-}")"
             if [ "${#nodes[@]}" -lt 2 ] || [ "${#counts[@]}" -ne "${#nodes[@]}" ]; then
                 fedmpi_log "ERROR: SERVER_NODE=alone needs an allocation of 2 or more nodes (sbatch --nodes=2 --ntasks-per-node=K); this job has nodes '${SLURM_JOB_NODELIST:-}' with tasks '${SLURM_TASKS_PER_NODE:-}'"
                 return 2
             fi
-            file=$(mktemp "${TMPDIR:-/tmp}/fedmpi-hosts-${SLURM_JOB_ID:-x}.XXXXXX") || return 2
-            echo "${nodes[0]}" > "$file"
+            place=${nodes[0]}
             hosts="${nodes[0]}:1"
             n=1
             for ((i = 1; i < ${#nodes[@]}; i++)); do
-                for ((k = 0; k < counts[i]; k++)); do echo "${nodes[i]}" >> "$file"; done
+                for ((k = 0; k < counts[i]; k++)); do place+=$'\n'${nodes[i]}; done
                 hosts+=",${nodes[i]}:${counts[i]}"
                 n=$((n + counts[i]))
             done
-            fedmpi_log "SERVER_NODE=alone: rank 0 alone on ${nodes[0]}; $((n - 1)) workers on ${nodes[*]:1} (hosts $hosts)"
-            place=$file ;;
+            fedmpi_log "SERVER_NODE=alone: rank 0 alone on ${nodes[0]}; $((n - 1)) workers on ${nodes[*]:1} (hosts $hosts)" ;;
         *) fedmpi_log "ERROR: SERVER_NODE must be shared or alone, got '$SERVER_NODE'"; return 2 ;;
     esac
     case "$LAUNCHER" in
         srun)
             if [ -n "$place" ]; then  # one line per task: srun's arbitrary distribution
-                # (without the job's --ntasks-per-node, which srun would warn it ignores)
+                # (without the job's --ntasks-per-node, which srun would warn it ignores);
+                # fedmpi_finish removes the file
+                local file
+                file=$(mktemp "${TMPDIR:-/tmp}/fedmpi-hosts-${SLURM_JOB_ID:-x}.XXXXXX") || return 2
+                printf '%s\n' "$place" > "$file"
+                place=$file
                 [ "$GPU_BIND" = 1 ] || fedmpi_log "WARNING: SERVER_NODE=alone under srun: MPICH gets no node map from PMI2 and fedmpi sees every rank alone on its node, so with GPU_BIND=$GPU_BIND all workers of a node take its GPU 0; keep GPU_BIND=1 or use LAUNCHER=mpiexec"
                 echo "env -u SLURM_NTASKS_PER_NODE SLURM_HOSTFILE=$(printf '%q' "$place") srun --mpi=$SRUN_MPI --distribution=arbitrary -n $n${bind}"
             else
@@ -321,6 +324,7 @@ fedmpi_outcome() {
 # Usage: fedmpi_finish RC FILE BEFORE_STATE RESUME_HINT
 fedmpi_finish() {
     local rc=$1 file=$2 before=$3 hint=$4 after decision action code message
+    rm -f "${TMPDIR:-/tmp}/fedmpi-hosts-${SLURM_JOB_ID:-x}".*  # SERVER_NODE=alone's host file
     after=$(fedmpi_file_state "$file")
     if [ "$_fedmpi_got_term" = 1 ]; then
         # srun may return while rank 0 still checkpoints: give it until Slurm's SIGKILL.
