@@ -92,6 +92,8 @@ print(f"$(OPENMPI_VENV): mpi4py {mpi4py.__version__} on {v}; torch {torch.__vers
 endef
 export OPENMPI_CHECK
 
+# Needs a running Slurm (as root: bash .ci/slurm-up.sh starts two nodes, n1 and n2; with
+# FEDMPI_SLURM_NODES=1 one); tests/slurm/test_multinode.py skips with a message on one node.
 test-slurm: install
 	$(PY) -m pytest -q -rs tests/slurm
 

@@ -2,10 +2,13 @@
 # Per-rank GPU binding: `launcher ... jobs/gpu-bind.sh python -m fedmpi run ...`.
 #
 # Each rank sees exactly one GPU through CUDA_VISIBLE_DEVICES, chosen from its
-# node-local rank L as  gpus[(L - 1) mod G]  -- the same rule `fedmpi run` uses for
-# worker ranks (cuda:(local_rank-1) % ngpus), so worker ranks 1..G on the first node get
-# GPUs 0..G-1 and the server (rank 0, local rank 0) shares the last one (it only
-# evaluates). Inside the rank the GPU is then cuda:0.
+# node-local rank L as  gpus[w mod G]  with w = L - 1 on the node of rank 0 (the server,
+# local rank 0 there) and w = L on every other node -- the rule `fedmpi run` applies
+# itself (fedmpi/devices.py: worker w of a node on GPU w), so the worker ranks of each node
+# get GPUs 0..G-1 and the server gets the last GPU of its node, gpus[-1] (it only
+# evaluates). Inside the rank the GPU is then cuda:0. The server's node is Slurm's node 0
+# (SLURM_NODEID, set for srun's tasks and for hydra's proxies alike; rank 0 always runs on
+# the first node); outside Slurm there is one node.
 #
 # The node-local rank comes from the launcher, most specific first:
 #   MPI_LOCALRANKID            MPICH / Intel MPI hydra (mpiexec)
@@ -29,7 +32,9 @@ if [ "${FEDMPI_GPU_BIND:-1}" != 0 ]; then
     fi
     if [ -n "$local_rank" ] && [ "${#gpus[@]}" -gt 0 ]; then
         g=${#gpus[@]}
-        export CUDA_VISIBLE_DEVICES=${gpus[$(( ((local_rank - 1) % g + g) % g ))]}
+        w=$local_rank
+        [ "${SLURM_NODEID:-0}" = 0 ] && w=$((local_rank - 1))  # the server's node
+        export CUDA_VISIBLE_DEVICES=${gpus[$(( (w % g + g) % g ))]}
     fi
 fi
 exec "$@"

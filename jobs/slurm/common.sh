@@ -70,20 +70,84 @@ fedmpi_abspath() {
 #   mpiexec : the MPI's own launcher, which discovers the allocation from SLURM_* (hydra
 #             and Open MPI's mpirun both do). Use it when srun's PMI does not match the
 #             MPI you built mpi4py against.
+# No `srun --kill-on-bad-exit`: a rank killed on another node (OOM, kill -9) made srun
+# SIGTERM the step at once; rank 0 took that for a stop, waited for a round that could
+# not finish, and KillWait's SIGKILL left the file `running` with no reason. Without it,
+# fedmpi's own rules end the job: rank 0 names the silent rank within the liveness limit
+# (max(run.timeout_s, 10 x the slowest round)), marks the file `failed` (resumable) and
+# aborts; a rank that fails with an error reports it to rank 0 at once.
+# SERVER_NODE=alone: rank 0 alone on the first node of the allocation and the workers on
+# the others, as many on each as Slurm gave it tasks (sbatch -N 3 --ntasks-per-node=4:
+# 1 + 2 x 4 = 9 ranks); N is then that count, not the argument.
 fedmpi_launch_string() {
-    local n=$1 bind=""
+    local n=$1 bind="" place="" hosts=""
     [ "$GPU_BIND" = 1 ] && bind=" bash $(printf '%q' "$FEDMPI_DIR/jobs/gpu-bind.sh")"
+    case "${SERVER_NODE:-shared}" in
+        shared) ;;
+        alone)
+            local nodes counts i k
+            mapfile -t nodes < <(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" 2>/dev/null)
+            read -r -a counts <<<"$(fedmpi_tasks_per_node "${SLURM_TASKS_PER_NODE:-}")"
+            if [ "${#nodes[@]}" -lt 2 ] || [ "${#counts[@]}" -ne "${#nodes[@]}" ]; then
+                fedmpi_log "ERROR: SERVER_NODE=alone needs an allocation of 2 or more nodes (sbatch --nodes=2 --ntasks-per-node=K); this job has nodes '${SLURM_JOB_NODELIST:-}' with tasks '${SLURM_TASKS_PER_NODE:-}'"
+                return 2
+            fi
+            place=${nodes[0]}
+            hosts="${nodes[0]}:1"
+            n=1
+            for ((i = 1; i < ${#nodes[@]}; i++)); do
+                for ((k = 0; k < counts[i]; k++)); do place+=$'\n'${nodes[i]}; done
+                hosts+=",${nodes[i]}:${counts[i]}"
+                n=$((n + counts[i]))
+            done
+            fedmpi_log "SERVER_NODE=alone: rank 0 alone on ${nodes[0]}; $((n - 1)) workers on ${nodes[*]:1} (hosts $hosts)" ;;
+        *) fedmpi_log "ERROR: SERVER_NODE must be shared or alone, got '$SERVER_NODE'"; return 2 ;;
+    esac
     case "$LAUNCHER" in
-        srun) echo "srun --mpi=$SRUN_MPI -n $n --kill-on-bad-exit=1${bind}" ;;
+        srun)
+            if [ -n "$place" ]; then  # one line per task: srun's arbitrary distribution
+                # (without the job's --ntasks-per-node, which srun would warn it ignores);
+                # fedmpi_finish removes the file
+                local file
+                file=$(mktemp "${TMPDIR:-/tmp}/fedmpi-hosts-${SLURM_JOB_ID:-x}.XXXXXX") || return 2
+                printf '%s\n' "$place" > "$file"
+                place=$file
+                [ "$GPU_BIND" = 1 ] || fedmpi_log "WARNING: SERVER_NODE=alone under srun: MPICH gets no node map from PMI2 and fedmpi sees every rank alone on its node, so with GPU_BIND=$GPU_BIND all workers of a node take its GPU 0; keep GPU_BIND=1 or use LAUNCHER=mpiexec"
+                echo "env -u SLURM_NTASKS_PER_NODE SLURM_HOSTFILE=$(printf '%q' "$place") srun --mpi=$SRUN_MPI --distribution=arbitrary -n $n${bind}"
+            else
+                echo "srun --mpi=$SRUN_MPI -n $n${bind}"
+            fi ;;
         mpiexec)
             local exe=${MPIEXEC:-}
             if [ -z "$exe" ]; then
                 exe=mpiexec
                 [ -x "$(dirname "$python")/mpiexec" ] && exe=$(dirname "$python")/mpiexec
             fi
-            echo "$(printf '%q' "$exe") -n $n ${MPIEXEC_ARGS}${bind}" ;;
+            if [ -n "$hosts" ]; then  # hydra's -hosts; Open MPI's mpirun takes --host
+                if "$exe" --version 2>&1 | grep -q "Open MPI\|OpenRTE"; then
+                    hosts="--host $hosts "
+                else
+                    hosts="-hosts $hosts "
+                fi
+            fi
+            echo "$(printf '%q' "$exe") -n $n ${hosts}${MPIEXEC_ARGS}${bind}" ;;
         *) fedmpi_log "ERROR: LAUNCHER must be srun or mpiexec, got '$LAUNCHER'"; return 2 ;;
     esac
+}
+
+# SLURM_TASKS_PER_NODE ("2(x3),1") as one count per node ("2 2 2 1").
+fedmpi_tasks_per_node() {
+    local part parts out=() c r
+    IFS=, read -r -a parts <<<"$1"
+    for part in "${parts[@]}"; do
+        if [[ "$part" =~ ^([0-9]+)\(x([0-9]+)\)$ ]]; then
+            c=${BASH_REMATCH[1]}
+            for ((r = 0; r < BASH_REMATCH[2]; r++)); do out+=("$c"); done
+        elif [[ "$part" =~ ^[0-9]+$ ]]; then
+            out+=("$part")
+        fi
+    done
+    echo "${out[*]}"
 }
 
 # ---------------------------------------------------------------------- the result file
@@ -250,7 +314,9 @@ fedmpi_outcome() {
     elif [ "$a_status" = running ] && [ "$a_rounds" -gt 0 ]; then
         echo "exit $fail run ended (exit $rc) without marking the file; it is left 'running' after $a_rounds rounds and resumable by hand from its last checkpoint"
     else
-        echo "exit $fail run failed (exit $rc); result file: $a_status after $a_rounds rounds"
+        local resumable=""
+        [ "$a_status" = failed ] && [ "$a_rounds" -gt 0 ] && resumable=", resumable by hand from its last checkpoint"
+        echo "exit $fail run failed (exit $rc); result file: $a_status after $a_rounds rounds$resumable"
     fi
 }
 
@@ -258,6 +324,7 @@ fedmpi_outcome() {
 # Usage: fedmpi_finish RC FILE BEFORE_STATE RESUME_HINT
 fedmpi_finish() {
     local rc=$1 file=$2 before=$3 hint=$4 after decision action code message
+    rm -f "${TMPDIR:-/tmp}/fedmpi-hosts-${SLURM_JOB_ID:-x}".*  # SERVER_NODE=alone's host file
     after=$(fedmpi_file_state "$file")
     if [ "$_fedmpi_got_term" = 1 ]; then
         # srun may return while rank 0 still checkpoints: give it until Slurm's SIGKILL.

@@ -18,6 +18,9 @@ MPIEXEC=${MPIEXEC:-}                  # (env) mpiexec to use; empty: the one bes
                                       #       python if any, else mpiexec on PATH
 MPIEXEC_ARGS=${MPIEXEC_ARGS:-}        # (env) e.g. --allow-run-as-root (Open MPI as root)
 GPU_BIND=${GPU_BIND:-1}               # (env) 1: one GPU per rank via jobs/gpu-bind.sh
+SERVER_NODE=${SERVER_NODE:-shared}    # (env) shared: rank 0 and workers fill the nodes in order;
+                                      #       alone: rank 0 alone on the first node, the workers
+                                      #       on the others (--nodes >= 2; see jobs/README.md)
 RESULTS_DIR=${RESULTS_DIR:-results}   # (env) where the .h5 files go (relative: to the repository)
 REQUEUE=${REQUEUE:-1}                 # (env) 1: requeue after a stop for the time limit / SIGUSR1
 STOP_MARGIN=${STOP_MARGIN:-300}       # (env) seconds before the time limit at which the run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
 SCRIPTS = sorted([*ROOT.glob("jobs/**/*.sh"), *ROOT.glob("jobs/**/*.sbatch"),
-                  ROOT / ".ci" / "slurm-up.sh", ROOT / ".ci" / "slurm-down.sh"])
+                  ROOT / ".ci" / "slurm-up.sh", ROOT / ".ci" / "slurm-down.sh",
+                  ROOT / "tests" / "slurm" / "probe.sbatch"])
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -31,7 +33,7 @@ def test_bash_syntax(script):
 
 def bind(env: dict[str, str]) -> str:
     clean = {k: v for k, v in os.environ.items()
-             if k not in ("CUDA_VISIBLE_DEVICES", "MPI_LOCALRANKID", "SLURM_LOCALID",
+             if k not in ("CUDA_VISIBLE_DEVICES", "MPI_LOCALRANKID", "SLURM_LOCALID", "SLURM_NODEID",
                           "OMPI_COMM_WORLD_LOCAL_RANK")}
     res = subprocess.run(["bash", str(ROOT / "jobs" / "gpu-bind.sh"), "bash", "-c",
                           'echo "${CUDA_VISIBLE_DEVICES-unset}"'],
@@ -48,6 +50,18 @@ def test_gpu_bind_gives_worker_k_gpu_k_minus_1():
     # mpiexec inside a batch job: the ranks inherit SLURM_LOCALID=0; hydra's id wins.
     assert bind({**gpus, "SLURM_LOCALID": "0", "MPI_LOCALRANKID": "2"}) == "5"
     assert bind({**gpus, "MPI_LOCALRANKID": "1", "FEDMPI_GPU_BIND": "0"}) == "4,5"
+
+
+def test_gpu_bind_on_a_node_without_the_server_gives_worker_w_gpu_w():
+    """Issue 15: on the second node of a job (SLURM_NODEID=1) local rank 0 is a worker, and
+    the rule (fedmpi/devices.py) puts worker w on GPU w; the old (L-1) mod G rotated it."""
+    gpus = {"CUDA_VISIBLE_DEVICES": "4,5,6"}
+    for var in ("MPI_LOCALRANKID", "SLURM_LOCALID"):
+        got = [bind({**gpus, "SLURM_NODEID": "1", var: str(r)}) for r in range(3)]
+        assert got == ["4", "5", "6"], var
+        # the server's node (node 0): the server on the last GPU, workers from GPU 0
+        got = [bind({**gpus, "SLURM_NODEID": "0", var: str(r)}) for r in range(4)]
+        assert got == ["6", "4", "5", "6"], var
 
 
 def test_gpu_bind_without_gpus_changes_nothing(tmp_path):
@@ -83,6 +97,54 @@ def test_workstation_rejects_one_rank():
                                     "jobs/slurm/run.sbatch", "jobs/slurm/sweep.sbatch"])
 def test_user_facing_scripts_are_executable(script):
     assert os.access(ROOT / script, os.X_OK), f"chmod +x {script}"
+
+
+
+def launch_line(tmp_path, nodes: str, tasks: str, **env: str) -> subprocess.CompletedProcess:
+    """fedmpi_launch_string 99 in a job on `nodes` ("n1,n2") with SLURM_TASKS_PER_NODE
+    `tasks`, with a fake `scontrol show hostnames`."""
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "scontrol").write_text('#!/bin/sh\necho "$3" | tr , "\\n"\n')
+    (fake / "scontrol").chmod(0o755)
+    script = f"source {ROOT}/jobs/slurm/common.sh; fedmpi_launch_string 99"
+    base = {"PATH": f"{fake}:{os.environ['PATH']}", "FEDMPI_DIR": str(ROOT), "GPU_BIND": "0",
+            "SRUN_MPI": "pmi2", "SLURM_JOB_NODELIST": nodes, "SLURM_TASKS_PER_NODE": tasks,
+            "SLURM_JOB_ID": "7", "TMPDIR": str(tmp_path), "python": sys.executable}
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
+                          env={**base, **env})
+
+
+def test_server_alone_puts_rank_0_alone_on_the_first_node(tmp_path):
+    res = launch_line(tmp_path, "a,b,c", "4(x3)", SERVER_NODE="alone", LAUNCHER="srun")
+    assert res.returncode == 0, res.stderr
+    assert "rank 0 alone on a; 8 workers on b c" in res.stderr
+    words = res.stdout.split()
+    assert words[:3] == ["env", "-u", "SLURM_NTASKS_PER_NODE"]
+    assert words[3].startswith("SLURM_HOSTFILE=")
+    assert words[4:] == ["srun", "--mpi=pmi2", "--distribution=arbitrary", "-n", "9"]
+    hostfile = words[3].split("=", 1)[1]
+    with open(hostfile) as f:
+        assert f.read().split() == ["a"] + ["b"] * 4 + ["c"] * 4
+    hydra = str(VENV / "bin" / "mpiexec")  # the mpich wheel's
+    res = launch_line(tmp_path, "a,b", "2,3", SERVER_NODE="alone", LAUNCHER="mpiexec",
+                      MPIEXEC=hydra)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [hydra, "-n", "4", "-hosts", "a:1,b:3"]
+    if shutil.which("mpirun.openmpi"):  # Open MPI's spelling
+        res = launch_line(tmp_path, "a,b", "2,3", SERVER_NODE="alone", LAUNCHER="mpiexec",
+                          MPIEXEC="mpirun.openmpi")
+        assert res.stdout.split() == ["mpirun.openmpi", "-n", "4", "--host", "a:1,b:3"]
+    shared = launch_line(tmp_path, "a,b", "2(x2)", LAUNCHER="srun")
+    assert shared.stdout.split() == ["srun", "--mpi=pmi2", "-n", "99"], shared.stderr
+
+
+def test_server_alone_on_one_node_is_a_clear_error(tmp_path):
+    res = launch_line(tmp_path, "a", "4", SERVER_NODE="alone", LAUNCHER="srun")
+    assert res.returncode == 2 and "SERVER_NODE=alone needs an allocation of 2 or more nodes" \
+        in res.stderr, res.stderr
+    res = launch_line(tmp_path, "a,b", "4(x2)", SERVER_NODE="apart", LAUNCHER="srun")
+    assert res.returncode == 2 and "SERVER_NODE must be shared or alone, got 'apart'" in res.stderr
 
 
 # ------------------------------------------------------------------ batch scripts, no Slurm
@@ -204,6 +266,19 @@ def test_a_failed_file_is_a_failure_even_if_the_launcher_says_0(batch):
     rc, log = batch.run("run.sbatch", QUICK, FAKE_MODE="fail-exit-0")
     assert rc == 1, log
     assert "result file: failed" in log and "requeue" not in batch.calls()
+    # a failed file keeps every completed round: the log says how to go on (issue 15)
+    assert "resumable by hand" in log and "resume by hand: sbatch" in log, log
+
+
+def test_the_srun_launch_leaves_a_dead_rank_to_fedmpi():
+    """Issue 15: with --kill-on-bad-exit a rank killed on one node made srun end the step
+    at once (the file left `running`, no reason); fedmpi's liveness rule must decide."""
+    script = (f"GPU_BIND=1 LAUNCHER=srun SRUN_MPI=pmi2 FEDMPI_DIR={ROOT}; "
+              f"source {ROOT}/jobs/slurm/common.sh; fedmpi_launch_string 4")
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[:4] == ["srun", "--mpi=pmi2", "-n", "4"], res.stdout
+    assert "kill-on-bad-exit" not in res.stdout and "gpu-bind.sh" in res.stdout
 
 
 def test_sigterm_stops_for_good_without_requeue(batch):
