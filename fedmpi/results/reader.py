@@ -154,12 +154,29 @@ def _frames(c: Content) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     messages = pd.DataFrame(c.tables["messages"])
     if len(messages):
         messages = _named(messages, c.attrs.groups.get("messages", {}))
+    _older_snapshots_as_infra(rounds, messages)
     clients = pd.DataFrame(c.tables["clients"])
     hist = c.histogram
     if hist is not None and len(clients) and hist.shape[0] >= len(clients):
         for k in range(hist.shape[1]):
             clients[f"class_{k}"] = hist[: len(clients), k]
     return rounds, messages, clients
+
+
+def _older_snapshots_as_infra(rounds: pd.DataFrame, messages: pd.DataFrame) -> None:
+    """Files written before `infra_bytes` counted the error-feedback snapshots that
+    workers copied to rank 0 for checkpoints (kind memory) in `control_bytes`. They
+    were checkpoint infrastructure, not FL traffic (today client state never travels):
+    move them to `infra_bytes`, where a newer file counts what remains of that kind, so
+    that old and new files mean the same by each column."""
+    if not len(messages) or "infra_bytes" not in rounds or not len(rounds):
+        return
+    memory = messages[messages["kind"] == MEMORY].groupby("round")["sender_bytes"].sum()
+    per_round = rounds["round"].map(memory).fillna(0).astype("int64")
+    older = (rounds["infra_bytes"] == 0) & (per_round > 0)
+    if older.any():
+        rounds.loc[older, "control_bytes"] -= per_round[older]
+        rounds.loc[older, "infra_bytes"] = per_round[older]
 
 
 def _read_once(path: str) -> Content:
