@@ -15,7 +15,8 @@ written and read in `fedmpi.protocol`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from mpi4py import MPI
 
 from fedmpi import accounting, protocol
 from fedmpi.channel import Channel, Outgoing, encoded, message, state_message
-from fedmpi.experiment import Experiment, worker_of
+from fedmpi.experiment import Experiment
+from fedmpi.experiment import worker_of as home
 from fedmpi.faults import maybe_corrupt, maybe_fail
 from fedmpi.signals import StopFlag
 from fedmpi.train import evaluate, set_state
@@ -102,6 +104,9 @@ class Server:
                 samples={c: int(samples[c]) for c in self.hosted[w]},
                 codecs={Kind.UPDATE: exp.uplink.codec_id, Kind.MEMORY: protocol.STATE_CODEC})
             for w in self.workers}
+        self.placed = {w: list(self.hosted[w]) for w in self.workers}  # the round's placement
+        self.rank_of: dict[int, int] = {}  # client -> its rank this round
+        self.window = self.cfg.run.reorder_window
         self.x_test = torch.from_numpy(exp.test.x).to(exp.device)
         self.y_test = torch.from_numpy(exp.test.y).to(exp.device)
         self.cum_bytes = 0
@@ -131,6 +136,7 @@ class Server:
         status = "completed"
         every = self.cfg.run.checkpoint_every
         first = state.round + 1
+        pending = None  # the previous round's evaluation, row and checkpoint (overlapped)
         for rnd in range(first, self.cfg.rounds):
             t_round = time.perf_counter()
             due = (rnd + 1) % every == 0 or rnd == self.cfg.rounds - 1
@@ -138,24 +144,21 @@ class Server:
             # A round counts the broadcast it encodes for the next one; the first round
             # also the one encoded before the loop.
             times = RoundTimes(encode_s=bcast.encode_s if rnd == first else 0.0)
-            new_global, stats = self._round(rnd, bcast, times, snapshot)
+            new_global, stats = self._round(rnd, bcast, times, snapshot, pending)
             # What the next round starts from, before the broadcast encoding changes it.
             saved = {"server": _copy(self.down_state), "strategy": self.strategy.state()}
             if self.update_down:
                 saved["replica"] = _copy(self.replica)
             bcast = self._encode_broadcast(new_global, rnd + 1)
             times.encode_s += bcast.encode_s
-            acc, loss = self._evaluate(bcast.reference, rnd, times)
-            self._log_round(rnd, stats, times, acc, loss, t_round)
             last = rnd
             can_stop = snapshot or not self.uplink_state
             interrupted = self.stop.requested and can_stop and rnd < self.cfg.rounds - 1
-            if interrupted or due:
-                saved.update({f"client_{c}": m for c, m in self.client_states.items()})
-                self.writer.save_checkpoint(round=rnd, global_state=_copy(new_global),
-                                            memories=saved, rng={})
-            self.writer.flush()
+            pending = partial(self._finish, rnd, stats, times, bcast.reference, new_global,
+                              saved, t_round, interrupted or due)
             self.channel.liveness.observe_round(time.perf_counter() - t_round)
+            if interrupted or not self.cfg.run.overlap_eval or rnd == self.cfg.rounds - 1:
+                pending = pending()
             if interrupted:
                 status = "interrupted"
                 break
@@ -165,10 +168,16 @@ class Server:
 
     # ------------------------------------------------------------------ one round
 
-    def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes, snapshot: bool):
+    def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes, snapshot: bool,
+               previous=None):
+        """One round; `previous`: the last round's `_finish`, run once this round's
+        clients train (the server would otherwise idle until their updates come)."""
+        t_start = time.perf_counter()
         settings = self._select(rnd)  # client -> its settings, in client order
         self._assign(rnd, settings, snapshot)
         self._send_models(rnd, bcast, list(settings))
+        if previous is not None:
+            previous(end=t_start)
         exp = self.exp
         self.strategy.begin(rnd, bcast.reference, fold=exp.uplink.fold(
             bcast.reference if self.cfg.compression.target == "update" else None))
@@ -194,13 +203,18 @@ class Server:
         return dict(sorted(settings.items()))
 
     def _by_worker(self, clients) -> dict[int, list[int]]:
-        return {w: [c for c in clients if worker_of(c, self.exp.num_workers) == w]
-                for w in self.workers}
+        """The round's placement of `clients` (all sampled, or a subset): rank -> clients."""
+        keep = set(clients)
+        return {w: [c for c in self.placed[w] if c in keep] for w in self.workers}
 
     def _assign(self, rnd: int, settings: dict[int, dict[str, float]], snapshot: bool) -> None:
-        """ASSIGN to every worker: its clients of the round and their settings."""
+        """Place the round's clients on the worker ranks (`Experiment.place`: balanced by
+        work when clients are stateless, their home rank otherwise), then ASSIGN to every
+        worker its clients of the round and their settings."""
+        self.placed = self.exp.place(list(settings))
+        self.rank_of = {c: w for w, cs in self.placed.items() for c in cs}
         names = self.strategy.client_settings
-        for w, clients in self._by_worker(settings).items():
+        for w, clients in self.placed.items():
             values = [[settings[c][n] for n in names] for c in clients] if names else ()
             payload = protocol.assign_payload(SNAPSHOT if snapshot else 0, clients, values)
             self.channel.send(message(Kind.ASSIGN, round=rnd, payload=payload), w, post=True)
@@ -212,7 +226,7 @@ class Server:
         for i, c in enumerate(sampled):
             tamper = (lambda buf: maybe_corrupt(cfg, 0, rnd, buf, where="corrupt_down")) \
                 if i == 0 else None
-            self.channel.send(bcast.out.to(c), worker_of(c, self.exp.num_workers), post=True,
+            self.channel.send(bcast.out.to(c), self.rank_of[c], post=True,
                               tamper=tamper)
         if self.update_down:
             for w, clients in self._by_worker(sampled).items():
@@ -220,35 +234,54 @@ class Server:
                     self.channel.send(bcast.out, w, post=True)
 
     def _fold_updates(self, rnd: int, settings: dict, times: RoundTimes) -> None:
-        """Decode each UPDATE and fold it into the strategy as it arrives (deterministic
-        mode: in client order, so the sums do not depend on arrival order)."""
-        exp = self.exp
-        sampled = list(settings)
-        expected = set(sampled)
-        for i in range(len(sampled)):
-            if self.cfg.run.deterministic:
-                source, want = worker_of(sampled[i], exp.num_workers), {sampled[i]}
-                what = f"UPDATE of client {sampled[i]}"
+        """Receive the round's UPDATEs from any rank as they come, decode each and fold it
+        into the strategy.
+
+        Non-deterministic mode folds in arrival order. Deterministic mode folds in client
+        order, so the sums do not depend on placement or arrival order, through a bounded
+        reorder window: an update that comes before its turn waits decoded, at most
+        `run.reorder_window` of them; with the window full the server receives only from
+        the rank of the next client in order (a rank sends its clients in ascending order,
+        so its next message is that client's). Senders never block on the order.
+        """
+        order = list(settings)  # ascending client ids
+        expected = set(order)
+        waiting: dict[int, dict] = {}  # decoded updates before their turn (deterministic)
+        nxt = 0  # deterministic: index in `order` of the next client to fold
+        deterministic = self.cfg.run.deterministic
+        while expected:
+            if deterministic and len(waiting) >= self.window:
+                c = order[nxt]
+                source, want, what = self.rank_of[c], {c}, f"UPDATE of client {c}"
             else:
                 source, want = MPI.ANY_SOURCE, set(expected)
-                what = _owing(expected, exp.num_workers)
+                what = _owing(expected, self.rank_of)
             got = self.channel.recv(Kind.UPDATE, source, self._update_reader(rnd, want, settings),
                                     what=what, round=rnd)
             client, tensors, _ = got.value
             expected.discard(client)
             times.wait_s += got.waited
             times.decode_s += got.read_s
-            t0 = time.perf_counter()
-            maybe_fail(self.cfg, rank=0, round=rnd, where="aggregate")
-            self.strategy.fold(client, tensors, float(exp.samples[client]))
-            times.aggregate_s += time.perf_counter() - t0
+            if not deterministic:
+                self._fold_one(rnd, client, tensors, times)
+                continue
+            waiting[client] = tensors
+            while nxt < len(order) and order[nxt] in waiting:
+                self._fold_one(rnd, order[nxt], waiting.pop(order[nxt]), times)
+                nxt += 1
+
+    def _fold_one(self, rnd: int, client: int, tensors: dict, times: RoundTimes) -> None:
+        t0 = time.perf_counter()
+        maybe_fail(self.cfg, rank=0, round=rnd, where="aggregate")
+        self.strategy.fold(client, tensors, float(self.exp.samples[client]))
+        times.aggregate_s += time.perf_counter() - t0
 
     def _update_reader(self, rnd: int, expected: set[int], settings: dict):
         exp = self.exp
 
         def read(buf, src):
             return protocol.read_update(
-                buf, src=src, round=rnd, expected=expected, hosted=self.hosted[src],
+                buf, src=src, round=rnd, expected=expected, hosted=self.placed[src],
                 codec=exp.uplink, spec=exp.spec,
                 ctx_of=lambda c: exp.context(rnd, c, "up", settings=settings[c]).for_decode())
         return read
@@ -260,10 +293,17 @@ class Server:
             if snapshot:
                 self._receive_states(rnd, w, times)
             got = self.channel.recv(Kind.REPORT, w, lambda buf, src: protocol.read_report(
-                buf, src=src, round=rnd, rules=self.report_rules[src]), what="REPORT", round=rnd)
+                buf, src=src, round=rnd, rules=self._rules(src)), what="REPORT", round=rnd)
             times.wait_s += got.waited
             rows.append(got.value)
         return rows
+
+    def _rules(self, w: int) -> accounting.ReportRules:
+        """What rank w's REPORT may hold: with stateless clients, only the clients it ran
+        this round (the placement changes every round); else the clients it hosts."""
+        if self.uplink_state:
+            return self.report_rules[w]
+        return replace(self.report_rules[w], clients=frozenset(self.placed[w]))
 
     def _account(self, rnd: int, worker_rows: list[np.ndarray]) -> RoundStats:
         """Join both logs of this round's messages, check them, write /messages."""
@@ -299,7 +339,7 @@ class Server:
                 if c not in states:
                     raise WireFormatError(f"checkpoint has no compressor state for client {c}")
                 self.channel.send(state_message(states[c], round=0, client=c),
-                                  worker_of(c, self.exp.num_workers), post=True, log_round=-1)
+                                  home(c, self.exp.num_workers), post=True, log_round=-1)
             self.client_states = dict(states)
         if self.update_down:
             replica = state_message(_copy(self.replica), round=0, client=-1)
@@ -343,6 +383,17 @@ class Server:
             out[name] = v
         return out
 
+    def _finish(self, rnd, stats, times, reference, new_global, saved, t_round, checkpoint,
+                end=None) -> None:
+        """After a round: evaluate its model, write its row, its checkpoint if one is due."""
+        acc, loss = self._evaluate(reference, rnd, times)
+        self._log_round(rnd, stats, times, acc, loss, t_round, end)
+        if checkpoint:
+            saved.update({f"client_{c}": m for c, m in self.client_states.items()})
+            self.writer.save_checkpoint(round=rnd, global_state=_copy(new_global),
+                                        memories=saved, rng={})
+        self.writer.flush()
+
     def _evaluate(self, state, rnd: int, times: RoundTimes) -> tuple[float, float]:
         if (rnd + 1) % self.cfg.run.eval_every and rnd != self.cfg.rounds - 1:
             return float("nan"), float("nan")
@@ -353,7 +404,9 @@ class Server:
         times.evaluate_s += time.perf_counter() - t0
         return acc, loss
 
-    def _log_round(self, rnd, stats, times: RoundTimes, acc, loss, t_round) -> None:
+    def _log_round(self, rnd, stats, times: RoundTimes, acc, loss, t_round, end=None) -> None:
+        """The round's row; `wall_s` runs from its start to `end` (the next round's start,
+        when its evaluation overlaps that round), else to now."""
         cols, updates = stats.columns, stats.updates
         # Startup hellos (round -1) count in the cumulative total only.
         self.cum_bytes += int(cols["sender_bytes"].sum())
@@ -389,7 +442,7 @@ class Server:
             "up_nnz": int(cols["nnz"][update & up].sum()),
             "down_nnz": int(cols["nnz"][model].sum()),
         }
-        row["wall_s"] = time.perf_counter() - t_round
+        row["wall_s"] = (time.perf_counter() if end is None else end) - t_round
         self.writer.append_round(row)
         self.writer.set_attrs(completed_rounds=rnd + 1, cum_wire_bytes=self.cum_bytes)
         self.progress.update(row)
@@ -407,9 +460,9 @@ class Server:
         self.writer.set_attrs(cum_wire_bytes=self.cum_bytes)
 
 
-def _owing(expected: set[int], num_workers: int) -> str:
+def _owing(expected: set[int], rank_of: dict[int, int]) -> str:
     """What an any-source wait for updates awaits: which clients, on which ranks."""
-    ranks = sorted({worker_of(c, num_workers) for c in expected})
+    ranks = sorted({rank_of[c] for c in expected})
     return (f"UPDATE of client(s) {', '.join(map(str, sorted(expected)))} from rank(s) "
             f"{', '.join(map(str, ranks))}")
 
