@@ -504,7 +504,8 @@ def _serve(exp, net, writer, state, stop) -> int:
 
     announce(devices)
     writer.write_clients(client=list(range(cfg.clients.num_clients)),
-                         worker=[1 + c % exp.num_workers for c in range(cfg.clients.num_clients)],
+                         worker=[1 + c % exp.num_workers if exp.stateful else 0
+                                 for c in range(cfg.clients.num_clients)],
                          samples=exp.samples, class_histogram=exp.histogram)
     if state is None:
         state = ServerState(round=-1, global_state=exp.initial_state())

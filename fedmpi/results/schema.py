@@ -142,7 +142,8 @@ MESSAGES: tuple[Field, ...] = (
 
 CLIENTS: tuple[Field, ...] = (
     Field("client", "i4", "1", "virtual client id"),
-    Field("worker", "i4", "rank", "MPI rank that hosts the client"),
+    Field("worker", "i4", "rank", "MPI rank that keeps the client's compressor state; 0: "
+          "stateless, placed per round (the round's rank is /messages worker)"),
     Field("samples", "i8", "samples", "training samples of the client"),
 )
 CLIENT_HISTOGRAM = Field(
