@@ -101,6 +101,7 @@ test-gpu: install
 
 bench: install
 	$(PY) -m fedmpi bench codec
+	$(PY) -m fedmpi bench round --config configs/quickstart.yaml --set rounds=4
 
 # Reproduce the paper at CPU scale (about an hour on 2 cores): θ ∈ {0, 0.5, 0.7, 0.9} × E ∈ {1, 10}
 # on CIFAR-10 images; finished tasks are skipped, interrupted ones resumed.

@@ -13,7 +13,8 @@ import json
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "codec": ("fedmpi.bench.codec", "compression pipelines on a ResNet-18-sized model"),
     "train": ("fedmpi.bench.train", "local-training images/s of one process on a device"),
-    "round": ("fedmpi.bench.round", "a round's time split and efficiency Σ training / (workers × wall)"),
+    "round": ("fedmpi.bench.round",
+              "a short run's round time split and efficiency Σ training / (workers × wall)"),
 }
 
 
