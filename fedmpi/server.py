@@ -14,7 +14,9 @@ written and read in `fedmpi.protocol`.
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -71,6 +73,42 @@ class ServerState:
     client_memories: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # uplink
     strategy: dict[str, np.ndarray] = field(default_factory=dict)  # Strategy.state()
     replica: dict[str, np.ndarray] | None = None  # downlink_target update: what clients hold
+
+
+@dataclass
+class Finished:
+    """A round whose evaluation, row and checkpoint are still to do (`Server._finish`)."""
+
+    round: int
+    stats: RoundStats
+    times: RoundTimes
+    reference: dict  # the model clients hold next: what round `round` is evaluated on
+    new_global: dict
+    saved: dict  # the checkpoint's memories
+    t_round: float
+    checkpoint: bool
+
+
+class _Background:
+    """`fn()` in a daemon thread; `get()` joins it and returns (or raises) its result.
+    torch releases the GIL in its kernels, so the main thread goes on polling MPI."""
+
+    def __init__(self, fn):
+        self.fn, self.result, self.error = fn, None, None
+        self.thread = threading.Thread(target=self._run, name="fedmpi-eval", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # handed to the main thread by get()
+            self.error = exc
+
+    def get(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class Server:
@@ -154,11 +192,11 @@ class Server:
             last = rnd
             can_stop = snapshot or not self.uplink_state
             interrupted = self.stop.requested and can_stop and rnd < self.cfg.rounds - 1
-            pending = partial(self._finish, rnd, stats, times, bcast.reference, new_global,
-                              saved, t_round, interrupted or due)
+            pending = Finished(rnd, stats, times, bcast.reference, new_global, saved, t_round,
+                               interrupted or due)
             self.channel.liveness.observe_round(time.perf_counter() - t_round)
             if interrupted or not self.cfg.run.overlap_eval or rnd == self.cfg.rounds - 1:
-                pending = pending()
+                pending = self._finish(pending)
             if interrupted:
                 status = "interrupted"
                 break
@@ -170,18 +208,28 @@ class Server:
 
     def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes, snapshot: bool,
                previous=None):
-        """One round; `previous`: the last round's `_finish`, run once this round's
-        clients train (the server would otherwise idle until their updates come)."""
+        """One round. `previous`: the last round, evaluated in a thread from the moment
+        this round's MODELs are out (the main thread keeps receiving, which also drives
+        MPI progress), its row and checkpoint written once this round's updates are in."""
         t_start = time.perf_counter()
         settings = self._select(rnd)  # client -> its settings, in client order
         self._assign(rnd, settings, snapshot)
         self._send_models(rnd, bcast, list(settings))
         if previous is not None:
-            previous(end=t_start)
+            evaluation = _Background(partial(self._evaluate, previous.reference,
+                                             previous.round, previous.times))
         exp = self.exp
-        self.strategy.begin(rnd, bcast.reference, fold=exp.uplink.fold(
-            bcast.reference if self.cfg.compression.target == "update" else None))
-        self._fold_updates(rnd, settings, times)
+        try:
+            self.strategy.begin(rnd, bcast.reference, fold=exp.uplink.fold(
+                bcast.reference if self.cfg.compression.target == "update" else None))
+            self._fold_updates(rnd, settings, times)
+        except BaseException:
+            if previous is not None:  # a failing round still leaves the last one written
+                with suppress(Exception):
+                    self._finish(previous, end=t_start, result=evaluation.get())
+            raise
+        if previous is not None:
+            self._finish(previous, end=t_start, result=evaluation.get())
         t0 = time.perf_counter()
         new_global = self._device(self.strategy.finish())
         times.aggregate_s += time.perf_counter() - t0
@@ -383,15 +431,16 @@ class Server:
             out[name] = v
         return out
 
-    def _finish(self, rnd, stats, times, reference, new_global, saved, t_round, checkpoint,
-                end=None) -> None:
-        """After a round: evaluate its model, write its row, its checkpoint if one is due."""
-        acc, loss = self._evaluate(reference, rnd, times)
-        self._log_round(rnd, stats, times, acc, loss, t_round, end)
-        if checkpoint:
-            saved.update({f"client_{c}": m for c, m in self.client_states.items()})
-            self.writer.save_checkpoint(round=rnd, global_state=_copy(new_global),
-                                        memories=saved, rng={})
+    def _finish(self, done: Finished, end=None, result=None) -> None:
+        """After a round: evaluate its model (unless `result` has it), write its row,
+        its checkpoint if one is due. Returns None (nothing left pending)."""
+        rnd, times = done.round, done.times
+        acc, loss = self._evaluate(done.reference, rnd, times) if result is None else result
+        self._log_round(rnd, done.stats, times, acc, loss, done.t_round, end)
+        if done.checkpoint:
+            done.saved.update({f"client_{c}": m for c, m in self.client_states.items()})
+            self.writer.save_checkpoint(round=rnd, global_state=_copy(done.new_global),
+                                        memories=done.saved, rng={})
         self.writer.flush()
 
     def _evaluate(self, state, rnd: int, times: RoundTimes) -> tuple[float, float]:
