@@ -104,6 +104,9 @@ class _Background:
         except BaseException as exc:  # handed to the main thread by get()
             self.error = exc
 
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
     def get(self):
         self.thread.join()
         if self.error is not None:
@@ -215,21 +218,26 @@ class Server:
         settings = self._select(rnd)  # client -> its settings, in client order
         self._assign(rnd, settings, snapshot)
         self._send_models(rnd, bcast, list(settings))
-        if previous is not None:
+        left = [previous] if previous is not None else []  # the round still to write
+        if left:
             evaluation = _Background(partial(self._evaluate, previous.reference,
                                              previous.round, previous.times))
+
+        def write_previous(wait: bool = True) -> None:
+            """Its row and checkpoint, as soon as its evaluation is done."""
+            if left and (wait or evaluation.done()):
+                self._finish(left.pop(), end=t_start, result=evaluation.get())
+
         exp = self.exp
         try:
             self.strategy.begin(rnd, bcast.reference, fold=exp.uplink.fold(
                 bcast.reference if self.cfg.compression.target == "update" else None))
-            self._fold_updates(rnd, settings, times)
+            self._fold_updates(rnd, settings, times, between=lambda: write_previous(False))
         except BaseException:
-            if previous is not None:  # a failing round still leaves the last one written
-                with suppress(Exception):
-                    self._finish(previous, end=t_start, result=evaluation.get())
+            with suppress(Exception):  # a failing round still leaves the last one written
+                write_previous()
             raise
-        if previous is not None:
-            self._finish(previous, end=t_start, result=evaluation.get())
+        write_previous()
         t0 = time.perf_counter()
         new_global = self._device(self.strategy.finish())
         times.aggregate_s += time.perf_counter() - t0
@@ -281,7 +289,8 @@ class Server:
                 if not clients:
                     self.channel.send(bcast.out, w, post=True)
 
-    def _fold_updates(self, rnd: int, settings: dict, times: RoundTimes) -> None:
+    def _fold_updates(self, rnd: int, settings: dict, times: RoundTimes,
+                      between=lambda: None) -> None:
         """Receive the round's UPDATEs from any rank as they come, decode each and fold it
         into the strategy.
 
@@ -291,6 +300,7 @@ class Server:
         `run.reorder_window` of them; with the window full the server receives only from
         the rank of the next client in order (a rank sends its clients in ascending order,
         so its next message is that client's). Senders never block on the order.
+        `between()` runs after each UPDATE (the last round's row, once it is evaluated).
         """
         order = list(settings)  # ascending client ids
         expected = set(order)
@@ -310,6 +320,7 @@ class Server:
             expected.discard(client)
             times.wait_s += got.waited
             times.decode_s += got.read_s
+            between()
             if not deterministic:
                 self._fold_one(rnd, client, tensors, times)
                 continue
