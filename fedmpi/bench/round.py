@@ -6,7 +6,9 @@ share of the worker ranks' time spent in `train_local`. A round's `wall_s` is th
 time from its start to the next round's start (the last: to its row's write), so
 the rounds' walls add up to the run's loop time even when the evaluation of a
 round overlaps the next one (see "How a round works" in the README). The first
-`--skip` rounds are left out (start-up: data on the device, first kernels).
+`--skip` rounds are left out (start-up: data on the device, first kernels); the
+efficiency is also given without the last round, whose evaluation has no next round
+to overlap with.
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     total.update({k: sum(x[k] for x in rows) for k in SPLIT})
     total["efficiency"] = total["compute_s"] / (workers * total["wall_s"])
     total.update(workers=workers, config=args.config, overrides=" ".join(overrides))
+    # The last round evaluates at once (no next round to overlap it with): the steady
+    # state is the rounds before it.
+    steady = rows[:-1] or rows
+    total["steady_efficiency"] = (sum(x["compute_s"] for x in steady)
+                                  / (workers * sum(x["wall_s"] for x in steady)))
+    total["mean_wall_s"] = total["wall_s"] / len(rows)
     return rows + [total]
 
 
@@ -84,4 +92,6 @@ def print_rows(rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['round']:>5} {r['wall_s']:7.2f} " + " ".join(f"{r[k]:11.2f}" for k in SPLIT)
               + f" {100 * r['efficiency']:9.1f}%")
-    print(f"round efficiency Σ training / (workers × wall) = {100 * total['efficiency']:.1f}%")
+    print(f"round efficiency Σ training / (workers × wall) = {100 * total['efficiency']:.1f}% "
+          f"(without the last round: {100 * total['steady_efficiency']:.1f}%); "
+          f"mean round wall {total['mean_wall_s']:.2f} s")
