@@ -9,6 +9,8 @@ mode must give the same model within float tolerance. And 200 clients per round 
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -81,3 +83,25 @@ def test_200_clients_over_2_workers_exact_accounting(tmp_path):
     upd0 = (m["round"] == 0) & (m["kind"] == Kind.UPDATE)
     load = {w: int(samples[m["client"][upd0][m["worker"][upd0] == w]].sum()) for w in (1, 2)}
     assert abs(load[1] - load[2]) <= int(samples.max()), load
+
+
+def test_bench_round_reports_the_time_split(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from mpijobs import ROOT
+
+    out = tmp_path / "rows.json"
+    res = subprocess.run([sys.executable, "-m", "fedmpi", "bench", "round", "--config",
+                          str(QUICK), "--set", "rounds=3", "--json", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "FEDMPI_PROGRESS": "0"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "round efficiency" in res.stdout
+    rows = json.loads(out.read_text())
+    per_round, total = rows[:-1], rows[-1]
+    assert [r["round"] for r in per_round] == [1, 2]  # round 0 (start-up) left out
+    assert total["wall_s"] == pytest.approx(sum(r["wall_s"] for r in per_round))
+    assert total["efficiency"] == pytest.approx(total["compute_s"] / (2 * total["wall_s"]))
+    assert all(r["compute_s"] > 0 and r["wall_s"] > 0 for r in per_round)
