@@ -155,6 +155,8 @@ class Channel:
             elif not first.req.Test():
                 break
             self.later.pop(0)
+            # the transport's list keeps the buffer alive until now; drop it there too
+            self.net.pending = [p for p in self.net.pending if p[0] is not first.req]
             self.ledger.log(round=first.msg.round, kind=first.msg.kind, client=first.msg.client,
                             worker=self._worker(first.peer), nbytes=len(first.buf),
                             dense_bytes=4 * first.msg.numel, numel=first.msg.numel,

@@ -55,6 +55,7 @@ def test_rows_are_logged_on_completion_oldest_first():
     ch.send_later(_update(2), 0, compute_s=1.0, train_loss=0.5, samples=7)
     ch.settle()
     assert [r["client"] for r in ch.drain()] == [0, 1, 2] and not ch.later
+    assert net.pending == []  # no buffer of a completed send is kept alive
 
 
 def test_no_report_with_sends_in_flight():
