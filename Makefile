@@ -104,6 +104,7 @@ test-gpu: install
 bench: install
 	$(PY) -m fedmpi bench codec
 	$(MPIEXEC) -n 2 $(PY) -m fedmpi bench transport
+	$(PY) -m fedmpi bench round --config configs/quickstart.yaml --set rounds=4
 
 # Reproduce the paper at CPU scale with ResNet-12: θ ∈ {0, 0.5, 0.7, 0.9, 0.95} × E = 1 ×
 # seeds 0-2 (15 runs), then E = 10, seed 0 (5 runs); finished tasks are skipped,

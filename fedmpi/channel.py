@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fedmpi import accounting, protocol, wire
+from fedmpi.liveness import when
 from fedmpi.transport import TAG_OF, Transport
 from fedmpi.wire import Kind
 
@@ -71,6 +72,18 @@ def state_message(state, *, round: int, client: int) -> Outgoing:
                    n_tensors=len(state), codec_id=protocol.STATE_CODEC, numel=numel, nnz=numel)
 
 
+@dataclass
+class _Later:
+    """A posted send: its request, the buffer kept alive until it completes, its row."""
+
+    req: Any
+    buf: np.ndarray
+    msg: Outgoing
+    peer: int
+    blocked: float  # seconds the sender spent in it so far
+    row: dict
+
+
 @dataclass(frozen=True)
 class Received:
     value: Any  # what the reader returned
@@ -86,6 +99,7 @@ class Channel:
         self.net = transport
         self.rank = transport.rank
         self.ledger = accounting.Ledger()
+        self.later: list[_Later] = []  # posted by `send_later`, oldest first
 
     @property
     def liveness(self):
@@ -116,6 +130,41 @@ class Channel:
                         direction=self._direction(sending=True), **row)
         return xfer
 
+    def send_later(self, msg: Outgoing, peer: int, *, tamper: Callable | None = None,
+                   **row) -> None:
+        """Post a send and return at once (the caller goes on working: a worker trains its
+        next client); `settle` completes it. Its row is logged on completion, with the
+        seconds the sender was blocked by it (the post and the wait in `settle`)."""
+        buf = msg.buf if tamper is None else tamper(msg.buf)
+        post_s = self.net.post(buf, peer, TAG_OF[msg.kind])
+        req = self.net.pending[-1].request  # the transport keeps `buf` alive until it completes
+        self.later.append(_Later(req, buf, msg, peer, post_s, row))
+
+    def settle(self, *, keep: int = 0, round: int | None = None) -> float:
+        """Complete posted `send_later` messages, oldest first, until at most `keep` are in
+        flight (the finished ones too: their rows are logged); returns seconds blocked."""
+        t0 = time.perf_counter()
+        while self.later:
+            first = self.later[0]
+            if len(self.later) > keep:
+                t = time.perf_counter()
+                self.net._wait(first.req.Test, lambda: (
+                    f"rank {first.peer} did not take the {first.msg.kind.name} of client "
+                    f"{first.msg.client} {when(round)}"))
+                first.blocked += time.perf_counter() - t
+            elif not first.req.Test():
+                break
+            self.later.pop(0)
+            # the transport's list keeps the buffer alive until now; drop it there too
+            self.net.pending = [p for p in self.net.pending if p.request is not first.req]
+            self.ledger.log(round=first.msg.round, kind=first.msg.kind, client=first.msg.client,
+                            worker=self._worker(first.peer), nbytes=len(first.buf),
+                            dense_bytes=4 * first.msg.numel, numel=first.msg.numel,
+                            nnz=first.msg.nnz, codec_id=first.msg.codec_id,
+                            codec_s=first.msg.codec_s, xfer_s=first.blocked,
+                            direction=self._direction(sending=True), **first.row)
+        return time.perf_counter() - t0
+
     def recv(self, kind: Kind, peer: int, read: Callable[[np.ndarray, int], Any], *,
              tag: int | None = None, log_round: int | None = None, what: str = "",
              round: int | None = None) -> Received:
@@ -139,6 +188,8 @@ class Channel:
     def report(self, round: int, *, tamper: Callable | None = None) -> None:
         """A worker's REPORT: its log of the round, which includes this very message
         (its size is known before it is framed)."""
+        if self.later:
+            raise RuntimeError("REPORT before every posted message was settled")
         rows = self.ledger.rows
         size = wire.HEADER_SIZE + (len(rows) + 1) * accounting.VIEW_DTYPE.itemsize
         self.ledger.log(round=round, kind=Kind.REPORT, client=-1, worker=self.rank, nbytes=size,

@@ -138,6 +138,11 @@ class RunConfig:
     eval_every: int = num(1, 1, MAX_COUNT)
     checkpoint_every: int = num(1, 1, MAX_COUNT)
     eval_batch_size: int = num(1000, 1, MAX_COUNT)
+    # Deterministic mode: decoded UPDATEs the server may hold before their turn in the
+    # fixed (client) order; 0: receive strictly in that order. Memory: this many models.
+    reorder_window: int = num(4, 0, 1024)
+    # Evaluate round r's model while round r+1 trains (its row is written then)
+    overlap_eval: bool = True
     # Liveness: a rank silent this long while others wait on it ends the job (the limit
     # grows with the slowest round; see fedmpi/liveness.py). Covers start-up and round 0.
     timeout_s: float = num(DEFAULT_TIMEOUT_S, 1, MAX_TIMEOUT_S)

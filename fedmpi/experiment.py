@@ -26,8 +26,24 @@ from fedmpi.train import device_state, get_state
 
 
 def worker_of(client: int, num_workers: int) -> int:
-    """MPI rank hosting a virtual client: fixed for the whole run (error-feedback state lives there)."""
+    """The static home rank of a virtual client: where it runs when its compressor state
+    (error-feedback residuals) lives on its worker, fixed for the whole run."""
     return 1 + client % num_workers
+
+
+def balance(work: dict[int, float], num_workers: int) -> dict[int, list[int]]:
+    """Longest processing time first: rank -> its clients (ascending), for clients with
+    `work` (samples × local epochs), each in turn (most work first, ties by id) given to
+    the rank with the least work so far (ties: the lowest rank). A pure function of its
+    inputs, so the server and the tests agree; the makespan is at most 4/3 of the optimum
+    (Graham 1969)."""
+    load = [0.0] * num_workers
+    out: dict[int, list[int]] = {w: [] for w in range(1, num_workers + 1)}
+    for c in sorted(work, key=lambda c: (-work[c], c)):
+        i = min(range(num_workers), key=lambda i: (load[i], i))
+        load[i] += work[c]
+        out[i + 1].append(c)
+    return {w: sorted(cs) for w, cs in out.items()}
 
 
 def sample_clients(seed: int, round: int, num_clients: int, k: int) -> np.ndarray:
@@ -161,9 +177,29 @@ class Experiment:
     def samples(self) -> np.ndarray:
         return np.array([len(p) for p in self.parts], dtype=np.int64)
 
+    @property
+    def stateful(self) -> bool:
+        """Whether clients keep uplink compressor state (it then lives on their home rank)."""
+        return self.uplink.new_state() is not None
+
     def clients_of(self, rank: int) -> list[int]:
+        """The clients rank `rank` may run: every client when clients are stateless (the
+        placement of a round decides), else those whose state it keeps."""
+        if not self.stateful:
+            return list(range(self.cfg.clients.num_clients))
         return [c for c in range(self.cfg.clients.num_clients)
                 if worker_of(c, self.num_workers) == rank]
+
+    def place(self, clients) -> dict[int, list[int]]:
+        """Rank -> its clients of a round (ascending). Stateless clients: balanced by their
+        work (samples × local epochs, `balance`); stateful ones: their home rank (their
+        compressor state lives there). Results never depend on it: the server folds in
+        client order in deterministic mode."""
+        if self.stateful:
+            return {w: [c for c in clients if worker_of(c, self.num_workers) == w]
+                    for w in range(1, self.num_workers + 1)}
+        samples, epochs = self.samples, self.cfg.train.local_epochs
+        return balance({int(c): float(samples[c]) * epochs for c in clients}, self.num_workers)
 
     def initial_state(self) -> dict[str, np.ndarray]:
         return get_state(self.model)

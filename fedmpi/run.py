@@ -574,7 +574,8 @@ def _serve(exp, net, writer, state, stop) -> int:
 
     announce(devices)
     writer.write_clients(client=list(range(cfg.clients.num_clients)),
-                         worker=[1 + c % exp.num_workers for c in range(cfg.clients.num_clients)],
+                         worker=[1 + c % exp.num_workers if exp.stateful else 0
+                                 for c in range(cfg.clients.num_clients)],
                          samples=exp.samples, class_histogram=exp.histogram)
     if state.round < 0:  # a fresh run
         state.global_state = exp.initial_state()

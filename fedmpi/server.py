@@ -19,8 +19,11 @@ written and read in `fedmpi.protocol`.
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -28,7 +31,8 @@ from mpi4py import MPI
 
 from fedmpi import accounting, protocol
 from fedmpi.channel import Channel, Outgoing, encoded, message, state_message
-from fedmpi.experiment import Experiment, worker_of
+from fedmpi.experiment import Experiment
+from fedmpi.experiment import worker_of as home
 from fedmpi.faults import maybe_corrupt, maybe_fail
 from fedmpi.signals import StopFlag
 from fedmpi.train import evaluate, set_state
@@ -76,6 +80,45 @@ class ServerState:
     replica: dict[str, np.ndarray] | None = None  # downlink_target update: what clients hold
 
 
+@dataclass
+class Finished:
+    """A round whose evaluation, row and checkpoint are still to do (`Server._finish`)."""
+
+    round: int
+    stats: RoundStats
+    times: RoundTimes
+    reference: dict  # the model clients hold next: what round `round` is evaluated on
+    new_global: dict
+    saved: dict  # the checkpoint's memories
+    t_round: float
+    checkpoint: bool
+
+
+class _Background:
+    """`fn()` in a daemon thread; `get()` joins it and returns (or raises) its result.
+    torch releases the GIL in its kernels, so the main thread goes on polling MPI."""
+
+    def __init__(self, fn):
+        self.fn, self.result, self.error = fn, None, None
+        self.thread = threading.Thread(target=self._run, name="fedmpi-eval", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # handed to the main thread by get()
+            self.error = exc
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def get(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 class Server:
     def __init__(self, exp: Experiment, transport: Transport, writer, progress,
                  stop: StopFlag):
@@ -106,6 +149,9 @@ class Server:
                 samples={c: int(samples[c]) for c in self.hosted[w]},
                 codecs={Kind.UPDATE: exp.uplink.codec_id})
             for w in self.workers}
+        self.placed = {w: list(self.hosted[w]) for w in self.workers}  # the round's placement
+        self.rank_of: dict[int, int] = {}  # client -> its rank this round
+        self.window = self.cfg.run.reorder_window
         self.x_test = torch.from_numpy(exp.test.x).to(exp.device)
         self.y_test = torch.from_numpy(exp.test.y).to(exp.device)
         self.cum_bytes = 0
@@ -134,6 +180,7 @@ class Server:
         status = "completed"
         every = self.cfg.run.checkpoint_every
         first = state.round + 1
+        pending = None  # the previous round's evaluation, row and checkpoint (overlapped)
         for rnd in range(first, self.cfg.rounds):
             t_round = time.perf_counter()
             due = (rnd + 1) % every == 0 or rnd == self.cfg.rounds - 1
@@ -141,24 +188,22 @@ class Server:
             # A round counts the broadcast it encodes for the next one; the first round
             # also the one encoded before the loop.
             times = RoundTimes(encode_s=bcast.encode_s if rnd == first else 0.0)
-            new_global, stats = self._round(rnd, bcast, times, save)
+            new_global, stats = self._round(rnd, bcast, times, save, pending)
             # What the next round starts from, before the broadcast encoding changes it.
             saved = {"server": _copy(self.down_state), "strategy": self.strategy.state()}
             if self.update_down:
                 saved["replica"] = _copy(self.replica)
             bcast = self._encode_broadcast(new_global, rnd + 1)
             times.encode_s += bcast.encode_s
-            acc, loss = self._evaluate(bcast.reference, rnd, times)
-            self._log_round(rnd, stats, times, acc, loss, t_round)
             last = rnd
             # A stop waits for a round whose client states the workers saved.
             can_stop = save or not self.uplink_state
             interrupted = self.stop.requested and can_stop and rnd < self.cfg.rounds - 1
-            if interrupted or due:  # every worker's REPORT came after its state file
-                self.writer.save_checkpoint(round=rnd, global_state=_copy(new_global),
-                                            memories=saved, rng={})
-            self.writer.flush()
+            pending = Finished(rnd, stats, times, bcast.reference, new_global, saved, t_round,
+                               interrupted or due)
             self.channel.liveness.observe_round(time.perf_counter() - t_round)
+            if interrupted or not self.cfg.run.overlap_eval or rnd == self.cfg.rounds - 1:
+                pending = self._finish(pending)
             if interrupted:
                 status = "interrupted"
                 break
@@ -168,14 +213,35 @@ class Server:
 
     # ------------------------------------------------------------------ one round
 
-    def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes, save: bool):
+    def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes, save: bool,
+               previous=None):
+        """One round. `previous`: the last round, evaluated in a thread from the moment
+        this round's MODELs are out (the main thread keeps receiving, which also drives
+        MPI progress), its row and checkpoint written once this round's updates are in."""
+        t_start = time.perf_counter()
         settings = self._select(rnd)  # client -> its settings, in client order
         self._assign(rnd, settings, save)
         self._send_models(rnd, bcast, list(settings))
+        left = [previous] if previous is not None else []  # the round still to write
+        if left:
+            evaluation = _Background(partial(self._evaluate, previous.reference,
+                                             previous.round, previous.times))
+
+        def write_previous(wait: bool = True) -> None:
+            """Its row and checkpoint, as soon as its evaluation is done."""
+            if left and (wait or evaluation.done()):
+                self._finish(left.pop(), end=t_start, result=evaluation.get())
+
         exp = self.exp
-        self.strategy.begin(rnd, bcast.reference, fold=exp.uplink.fold(
-            bcast.reference if self.cfg.compression.target == "update" else None))
-        self._fold_updates(rnd, settings, times)
+        try:
+            self.strategy.begin(rnd, bcast.reference, fold=exp.uplink.fold(
+                bcast.reference if self.cfg.compression.target == "update" else None))
+            self._fold_updates(rnd, settings, times, between=lambda: write_previous(False))
+        except BaseException:
+            with suppress(Exception):  # a failing round still leaves the last one written
+                write_previous()
+            raise
+        write_previous()
         t0 = time.perf_counter()
         new_global = self._device(self.strategy.finish())
         times.aggregate_s += time.perf_counter() - t0
@@ -197,14 +263,19 @@ class Server:
         return dict(sorted(settings.items()))
 
     def _by_worker(self, clients) -> dict[int, list[int]]:
-        return {w: [c for c in clients if worker_of(c, self.exp.num_workers) == w]
-                for w in self.workers}
+        """The round's placement of `clients` (all sampled, or a subset): rank -> clients."""
+        keep = set(clients)
+        return {w: [c for c in self.placed[w] if c in keep] for w in self.workers}
 
     def _assign(self, rnd: int, settings: dict[int, dict[str, float]], save: bool) -> None:
-        """ASSIGN to every worker: its clients of the round and their settings (and
-        SAVE_STATE: write the hosted clients' compressor states this round)."""
+        """Place the round's clients on the worker ranks (`Experiment.place`: balanced by
+        work when clients are stateless, their home rank otherwise), then ASSIGN to every
+        worker its clients of the round and their settings (and SAVE_STATE: write the
+        hosted clients' compressor states this round)."""
+        self.placed = self.exp.place(list(settings))
+        self.rank_of = {c: w for w, cs in self.placed.items() for c in cs}
         names = self.strategy.client_settings
-        for w, clients in self._by_worker(settings).items():
+        for w, clients in self.placed.items():
             values = [[settings[c][n] for n in names] for c in clients] if names else ()
             payload = protocol.assign_payload(SAVE_STATE if save else 0, clients, values)
             self.channel.send(message(Kind.ASSIGN, round=rnd, payload=payload), w, post=True)
@@ -216,43 +287,65 @@ class Server:
         for i, c in enumerate(sampled):
             tamper = (lambda buf: maybe_corrupt(cfg, 0, rnd, buf, where="corrupt_down")) \
                 if i == 0 else None
-            self.channel.send(bcast.out.to(c), worker_of(c, self.exp.num_workers), post=True,
+            self.channel.send(bcast.out.to(c), self.rank_of[c], post=True,
                               tamper=tamper)
         if self.update_down:
             for w, clients in self._by_worker(sampled).items():
                 if not clients:
                     self.channel.send(bcast.out, w, post=True)
 
-    def _fold_updates(self, rnd: int, settings: dict, times: RoundTimes) -> None:
-        """Decode each UPDATE and fold it into the strategy as it arrives (deterministic
-        mode: in client order, so the sums do not depend on arrival order)."""
-        exp = self.exp
-        sampled = list(settings)
-        expected = set(sampled)
-        for i in range(len(sampled)):
-            if self.cfg.run.deterministic:
-                source, want = worker_of(sampled[i], exp.num_workers), {sampled[i]}
-                what = f"UPDATE of client {sampled[i]}"
+    def _fold_updates(self, rnd: int, settings: dict, times: RoundTimes,
+                      between=lambda: None) -> None:
+        """Receive the round's UPDATEs from any rank as they come, decode each and fold it
+        into the strategy.
+
+        Non-deterministic mode folds in arrival order. Deterministic mode folds in client
+        order, so the sums do not depend on placement or arrival order, through a bounded
+        reorder window: an update that comes before its turn waits decoded, at most
+        `run.reorder_window` of them; with the window full the server receives only from
+        the rank of the next client in order (a rank sends its clients in ascending order,
+        so its next message is that client's). Senders never block on the order.
+        `between()` runs after each UPDATE (the last round's row, once it is evaluated).
+        """
+        order = list(settings)  # ascending client ids
+        expected = set(order)
+        waiting: dict[int, dict] = {}  # decoded updates before their turn (deterministic)
+        nxt = 0  # deterministic: index in `order` of the next client to fold
+        deterministic = self.cfg.run.deterministic
+        while expected:
+            if deterministic and len(waiting) >= self.window:
+                c = order[nxt]
+                source, want, what = self.rank_of[c], {c}, f"UPDATE of client {c}"
             else:
                 source, want = MPI.ANY_SOURCE, set(expected)
-                what = _owing(expected, exp.num_workers)
+                what = _owing(expected, self.rank_of)
             got = self.channel.recv(Kind.UPDATE, source, self._update_reader(rnd, want, settings),
                                     what=what, round=rnd)
             client, tensors, _ = got.value
             expected.discard(client)
             times.wait_s += got.waited
             times.decode_s += got.read_s
-            t0 = time.perf_counter()
-            maybe_fail(self.cfg, rank=0, round=rnd, where="aggregate")
-            self.strategy.fold(client, tensors, float(exp.samples[client]))
-            times.aggregate_s += time.perf_counter() - t0
+            between()
+            if not deterministic:
+                self._fold_one(rnd, client, tensors, times)
+                continue
+            waiting[client] = tensors
+            while nxt < len(order) and order[nxt] in waiting:
+                self._fold_one(rnd, order[nxt], waiting.pop(order[nxt]), times)
+                nxt += 1
+
+    def _fold_one(self, rnd: int, client: int, tensors: dict, times: RoundTimes) -> None:
+        t0 = time.perf_counter()
+        maybe_fail(self.cfg, rank=0, round=rnd, where="aggregate")
+        self.strategy.fold(client, tensors, float(self.exp.samples[client]))
+        times.aggregate_s += time.perf_counter() - t0
 
     def _update_reader(self, rnd: int, expected: set[int], settings: dict):
         exp = self.exp
 
         def read(buf, src):
             return protocol.read_update(
-                buf, src=src, round=rnd, expected=expected, hosted=self.hosted[src],
+                buf, src=src, round=rnd, expected=expected, hosted=self.placed[src],
                 codec=exp.uplink, spec=exp.spec,
                 ctx_of=lambda c: exp.context(rnd, c, "up", settings=settings[c]).for_decode())
         return read
@@ -261,10 +354,17 @@ class Server:
         rows = []
         for w in self.workers:
             got = self.channel.recv(Kind.REPORT, w, lambda buf, src: protocol.read_report(
-                buf, src=src, round=rnd, rules=self.report_rules[src]), what="REPORT", round=rnd)
+                buf, src=src, round=rnd, rules=self._rules(src)), what="REPORT", round=rnd)
             times.wait_s += got.waited
             rows.append(got.value)
         return rows
+
+    def _rules(self, w: int) -> accounting.ReportRules:
+        """What rank w's REPORT may hold: with stateless clients, only the clients it ran
+        this round (the placement changes every round); else the clients it hosts."""
+        if self.uplink_state:
+            return self.report_rules[w]
+        return replace(self.report_rules[w], clients=frozenset(self.placed[w]))
 
     def _account(self, rnd: int, worker_rows: list[np.ndarray]) -> RoundStats:
         """Join both logs of this round's messages, check them, write /messages."""
@@ -335,6 +435,17 @@ class Server:
             out[name] = v
         return out
 
+    def _finish(self, done: Finished, end=None, result=None) -> None:
+        """After a round: evaluate its model (unless `result` has it), write its row,
+        its checkpoint if one is due. Returns None (nothing left pending)."""
+        rnd, times = done.round, done.times
+        acc, loss = self._evaluate(done.reference, rnd, times) if result is None else result
+        self._log_round(rnd, done.stats, times, acc, loss, done.t_round, end)
+        if done.checkpoint:
+            self.writer.save_checkpoint(round=rnd, global_state=_copy(done.new_global),
+                                        memories=done.saved, rng={})
+        self.writer.flush()
+
     def _evaluate(self, state, rnd: int, times: RoundTimes) -> tuple[float, float]:
         if (rnd + 1) % self.cfg.run.eval_every and rnd != self.cfg.rounds - 1:
             return float("nan"), float("nan")
@@ -345,7 +456,9 @@ class Server:
         times.evaluate_s += time.perf_counter() - t0
         return acc, loss
 
-    def _log_round(self, rnd, stats, times: RoundTimes, acc, loss, t_round) -> None:
+    def _log_round(self, rnd, stats, times: RoundTimes, acc, loss, t_round, end=None) -> None:
+        """The round's row; `wall_s` runs from its start to `end` (the next round's start,
+        when its evaluation overlaps that round), else to now."""
         cols, updates = stats.columns, stats.updates
         # Startup hellos (round -1) count in the cumulative total only.
         self.cum_bytes += int(cols["sender_bytes"].sum())
@@ -384,7 +497,7 @@ class Server:
             "up_nnz": int(cols["nnz"][update & up].sum()),
             "down_nnz": int(cols["nnz"][model].sum()),
         }
-        row["wall_s"] = time.perf_counter() - t_round
+        row["wall_s"] = (time.perf_counter() if end is None else end) - t_round
         self.writer.append_round(row)
         self.writer.set_attrs(completed_rounds=rnd + 1, cum_wire_bytes=self.cum_bytes)
         self.progress.update(row)
@@ -402,9 +515,9 @@ class Server:
         self.writer.set_attrs(cum_wire_bytes=self.cum_bytes)
 
 
-def _owing(expected: set[int], num_workers: int) -> str:
+def _owing(expected: set[int], rank_of: dict[int, int]) -> str:
     """What an any-source wait for updates awaits: which clients, on which ranks."""
-    ranks = sorted({worker_of(c, num_workers) for c in expected})
+    ranks = sorted({rank_of[c] for c in expected})
     return (f"UPDATE of client(s) {', '.join(map(str, sorted(expected)))} from rank(s) "
             f"{', '.join(map(str, ranks))}")
 

@@ -18,6 +18,7 @@ Every message goes through `fedmpi.channel`, which logs it.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import dataclass, replace
@@ -53,12 +54,16 @@ class ClientWorker:
         self.exp = exp
         self.channel = Channel(transport)
         self.rank = transport.rank
+        # The clients this rank may run: every client when clients are stateless (the
+        # server places each round's clients by their work), else its home clients.
         self.hosted = exp.clients_of(self.rank)
+        self.stateful = exp.stateful
         # Per hosted client: its uplink compressor state (ctx.state), if the method keeps one.
         self.states = {c: exp.uplink.new_state() or {} for c in self.hosted}
-        self.stateful = exp.uplink.new_state() is not None
         self.result, self.resume = result, resume  # the result file's path: state files beside it
         self.store: ClientStateStore | None = None  # opened by start() if stateful
+        # UPDATE sends in flight while the next client trains (bounded: their buffers live)
+        self.in_flight = max(1, exp.cfg.run.reorder_window)
         self.replica = None  # the global model as this rank's clients hold it (update mode)
         if exp.cfg.compression.downlink_target == "update":
             self.replica = _on(exp.codec_device, exp.initial_state())
@@ -100,6 +105,7 @@ class ClientWorker:
                 self._model(msg.round, -1)  # keep the replica in step
             for client, values in zip(msg.clients, settings):
                 self._serve(msg.round, client, values)
+            self.channel.settle(round=msg.round)
             if msg.flags & SAVE_STATE:  # durable before the REPORT lets rank 0 checkpoint
                 self.store.save(msg.round, {c: _host(s) for c, s in self.states.items()})
             self.channel.report(msg.round)
@@ -185,15 +191,18 @@ class ClientWorker:
             local = {k: local[k] - start[k] for k in local}
 
         t0 = time.perf_counter()
-        ctx = exp.context(rnd, client, "up", state=self.states[client], settings=settings)
+        ctx = exp.context(rnd, client, "up", state=self.states[client] if self.stateful else {},
+                          settings=settings)
         enc = exp.encode(exp.uplink, local, ctx)
         out = encoded(Kind.UPDATE, enc, round=rnd, client=client, codec_id=exp.uplink.codec_id,
                       n_tensors=len(local))
         out = replace(out, codec_s=time.perf_counter() - t0)
-        self.channel.send(out, SERVER, what=f"UPDATE of client {client}",
-                          tamper=lambda buf: maybe_corrupt(cfg, self.rank, rnd, buf),
-                          compute_s=compute_s, train_loss=loss,
-                          samples=len(self.parts[client]))
+        _test_delay(cfg.seed, rnd, client)
+        # Posted: the next client trains while it travels (the server may take it late).
+        self.channel.send_later(out, SERVER, tamper=lambda buf: maybe_corrupt(cfg, self.rank,
+                                rnd, buf), compute_s=compute_s, train_loss=loss,
+                                samples=len(self.parts[client]))
+        self.channel.settle(keep=self.in_flight, round=rnd)
 
 
 def _host(state: dict) -> dict[str, np.ndarray]:
@@ -207,3 +216,14 @@ def _on(device, state: dict) -> dict:
     if device is None:
         return {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in state.items()}
+
+
+TEST_DELAY = "FEDMPI_TEST_DELAY"  # tests only: at most this many seconds before each UPDATE
+
+
+def _test_delay(seed: int, rnd: int, client: int) -> None:
+    """Tests only: hold each UPDATE back by a random time (a pure function of seed, round
+    and client), so that updates reach the server in another order than client order."""
+    top = float(os.environ.get(TEST_DELAY) or 0)
+    if top > 0:
+        time.sleep(top * np.random.default_rng([seed, rnd, client, 0xDE1A]).random())

@@ -16,6 +16,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "train": ("fedmpi.bench.train", "local-training images/s of one process on a device"),
     "transport": ("fedmpi.bench.transport",
                   "latency and bandwidth of the suite's MPI path vs plain mpi4py (2 ranks)"),
+    "round": ("fedmpi.bench.round",
+              "a short run's round time split and efficiency Σ training / (workers × wall)"),
 }
 
 

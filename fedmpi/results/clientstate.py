@@ -25,12 +25,14 @@ the folder). A crash leaves the previous generation untouched and at worst a
 temporary, which the next store of the same rank deletes when its process is
 gone (`writer.remove_stale_temporaries`); `load` never reads a temporary.
 
-Retention policy: after writing round N, the rank keeps exactly two generations,
-N and the latest one before N, and deletes every other (older ones, and any of a
+Retention policy: after writing round N, the rank keeps exactly three generations,
+N and the latest two before N, and deletes every other (older ones, and any of a
 later round: those belong to a timeline abandoned by a resume, or to the run this
-one `--overwrite`s). Two, because the server's checkpoint of round N is written
-after the workers' files of N: a crash between the two leaves the server at the
-previous checkpoint round, whose files must still exist. The caller must make a
+one `--overwrite`s). Three, because the server's checkpoint of round N is written
+after the workers' files of N, and with the overlapped evaluation
+(`run.overlap_eval`) as late as during round N+1, after the workers may have
+written their files of N+1: a crash then leaves the server at checkpoint N-1 (with
+`checkpoint_every: 1`), whose files must still exist. The caller must make a
 worker's file of round N durable (`save` returns) before the server's checkpoint
 of round N can be written, i.e. before the worker sends the round's last message.
 
@@ -82,7 +84,7 @@ from fedmpi.results.writer import remove_stale_temporaries
 
 FORMAT = "fedmpi-clientstate"
 VERSION = 1
-KEEP = 2  # generations kept per rank, see the module doc
+KEEP = 3  # generations kept per rank, see the module doc
 
 States = dict[int, dict[str, np.ndarray]]
 

@@ -98,7 +98,8 @@ ROUNDS: tuple[Field, ...] = (
     Field("train_loss", "f8", "1", "local training loss, sample-weighted over participants"),
     Field("participants", "i4", "clients", "clients that trained this round"),
     Field("samples", "i8", "samples", "training samples over participants"),
-    Field("wall_s", "f8", _S, "wall-clock time of the round on the server"),
+    Field("wall_s", "f8", _S, "wall-clock time of the round on the server (from its start to "
+          "the next round's start; the last round: to its row)"),
     Field("compute_s", "f8", _S, "client training time, summed over clients"),
     Field("encode_s", "f8", _S, "encoding time, server + clients"),
     Field("decode_s", "f8", _S, "decoding time, server + clients"),
@@ -106,7 +107,8 @@ ROUNDS: tuple[Field, ...] = (
           "estimated non-overlapped communication: wait_s minus the busiest worker's "
           "compute + codec time, floored at 0"),
     Field("aggregate_s", "f8", _S, "server aggregation time"),
-    Field("evaluate_s", "f8", _S, "server evaluation time"),
+    Field("evaluate_s", "f8", _S, "server evaluation time (with run.overlap_eval in a "
+          "thread, during the next round's wait_s)"),
     Field("wait_s", "f8", _S, "server time blocked waiting for messages (client work + transfers)"),
     Field("up_bytes", "i8", "bytes", "wire bytes of model updates, worker -> server"),
     Field("down_bytes", "i8", "bytes", "wire bytes of models, server -> worker"),
@@ -157,7 +159,8 @@ MESSAGES: tuple[Field, ...] = (
 
 CLIENTS: tuple[Field, ...] = (
     Field("client", "i4", "1", "virtual client id"),
-    Field("worker", "i4", "rank", "MPI rank that hosts the client"),
+    Field("worker", "i4", "rank", "MPI rank that keeps the client's compressor state; 0: "
+          "stateless, placed per round (the round's rank is /messages worker)"),
     Field("samples", "i8", "samples", "training samples of the client"),
 )
 CLIENT_HISTOGRAM = Field(

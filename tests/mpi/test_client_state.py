@@ -46,21 +46,23 @@ def _run(comm, config, out, overrides, *, resume=False, overwrite=False):
 
 
 def _interrupted(monkeypatch, comm, config, out, overrides, after: int):
-    """Run until a graceful stop requested while round `after` is logged (as SIGUSR1)."""
+    """Run until a graceful stop requested while round `after` is accounted (as SIGUSR1;
+    the round's row itself may be written later, with the overlapped evaluation)."""
     from fedmpi import server, signals
 
-    orig_log = server.Server._log_round
+    orig_account = server.Server._account
 
-    def log_round(self, rnd, *a):
-        orig_log(self, rnd, *a)
+    def account(self, rnd, *a):
+        out = orig_account(self, rnd, *a)
         if rnd == after:
             self.stop.requested = True
+        return out
 
-    monkeypatch.setattr(server.Server, "_log_round", log_round)
+    monkeypatch.setattr(server.Server, "_account", account)
     try:
         return _run(comm, config, out, overrides)
     finally:
-        monkeypatch.setattr(server.Server, "_log_round", orig_log)
+        monkeypatch.setattr(server.Server, "_account", orig_account)
         signals.install().requested = False  # as in a fresh process
 
 

@@ -215,16 +215,17 @@ def test_resume_is_bit_identical_with_stateful_strategy_and_compressors(
     if comm.rank:  # the settings the strategy chose reached the workers' training
         assert mus and set(mus) <= {float(np.float32(0.001 * k)) for k in (1, 2, 3)}
 
-    orig_log = server.Server._log_round
+    orig_account = server.Server._account
 
-    def log_round(self, rnd, *a):
-        orig_log(self, rnd, *a)
+    def account(self, rnd, *a):  # the end of a round (its row may be written later)
+        out = orig_account(self, rnd, *a)
         if rnd == 1:
             self.stop.requested = True  # as SIGUSR1 does
+        return out
 
-    monkeypatch.setattr(server.Server, "_log_round", log_round)
+    monkeypatch.setattr(server.Server, "_account", account)
     assert _run(monkeypatch, comm, d / "cut.h5", overrides) == signals.EXIT_INTERRUPTED
-    monkeypatch.setattr(server.Server, "_log_round", orig_log)
+    monkeypatch.setattr(server.Server, "_account", orig_account)
     signals.install().requested = False  # as in a fresh process (later tests share this one)
     if "test_half_ef" in uplink:  # any state entry, not only residuals of model tensors,
         # kept in the workers' own files (rounds 0 and 1: 2 clients per round)

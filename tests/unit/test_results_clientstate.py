@@ -64,27 +64,29 @@ def test_load_gives_exactly_the_round_asked_for(tmp_path):
             store.load(2, clients=[3, 4, 5])
 
 
-def test_pruning_keeps_exactly_two_generations(tmp_path):
+def test_pruning_keeps_exactly_three_generations(tmp_path):
     result = tmp_path / "run.h5"
     with ClientStateStore(result, 1, RUN) as store:
         store.save(0, _states(0))
         assert store.rounds() == [0]
-        for r in (2, 4, 6):
+        store.save(2, _states(2))
+        assert store.rounds() == [0, 2]
+        for r in (4, 6, 8):
             store.save(r, _states(r))
-            assert store.rounds() == [r - 2, r]
-        # A resume from the server's checkpoint at 4 redoes round 5: round 6 belongs to the
-        # abandoned timeline and goes, 4 (the checkpoint the server may still hold) stays.
-        store.save(5, _states(5))
-        assert store.rounds() == [4, 5]
-        _assert_states_equal(store.load(4), _states(4))
-        store.save(5, _states(55))  # the same round again replaces it
-        assert store.rounds() == [4, 5]
-        _assert_states_equal(store.load(5), _states(55))
+            assert store.rounds() == [r - 4, r - 2, r]
+        # A resume from the server's checkpoint at 6 redoes round 7: round 8 belongs to the
+        # abandoned timeline and goes; 4 and 6 (checkpoints the server may still hold) stay.
+        store.save(7, _states(7))
+        assert store.rounds() == [4, 6, 7]
+        _assert_states_equal(store.load(6), _states(6))
+        store.save(7, _states(77))  # the same round again replaces it
+        assert store.rounds() == [4, 6, 7]
+        _assert_states_equal(store.load(7), _states(77))
     with ClientStateStore(result, 2, RUN) as other:  # ranks prune only their own files
         other.save(9, _states(9))
-    assert cs.generations(result, 1).keys() == {4, 5}
-    assert sorted(os.listdir(tmp_path)) == ["run.h5.rank1.round4.state", "run.h5.rank1.round5.state",
-                                            "run.h5.rank2.round9.state"]
+    assert cs.generations(result, 1).keys() == {4, 6, 7}
+    assert sorted(os.listdir(tmp_path)) == ["run.h5.rank1.round4.state", "run.h5.rank1.round6.state",
+                                            "run.h5.rank1.round7.state", "run.h5.rank2.round9.state"]
     with ClientStateStore(result, 1, RUN) as store:  # a completed run drops its generations
         store.discard()
     assert sorted(os.listdir(tmp_path)) == ["run.h5.rank2.round9.state"]
