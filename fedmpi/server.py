@@ -14,6 +14,7 @@ written and read in `fedmpi.protocol`.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from fedmpi import accounting, protocol
+from fedmpi import accounting, protocol, wire
 from fedmpi.channel import Channel, Outgoing, encoded, message, state_message
 from fedmpi.experiment import Experiment, worker_of
 from fedmpi.faults import maybe_corrupt, maybe_fail
@@ -48,6 +49,7 @@ class RoundTimes:
     aggregate_s: float = 0.0
     evaluate_s: float = 0.0
     wait_s: float = 0.0
+    dropped: list[int] = field(default_factory=list)  # updates past the round deadline
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Server:
         self.x_test = torch.from_numpy(exp.test.x).to(exp.device)
         self.y_test = torch.from_numpy(exp.test.y).to(exp.device)
         self.cum_bytes = 0
+        self.dropped_updates: dict[str, list[int]] = {}  # round -> clients past the deadline
 
     def hellos(self) -> list[dict]:
         """One hello per worker, in rank order (a worker that failed to start sends FAIL)."""
@@ -168,14 +171,21 @@ class Server:
     def _round(self, rnd: int, bcast: Broadcast, times: RoundTimes, snapshot: bool):
         settings = self._select(rnd)  # client -> its settings, in client order
         self._assign(rnd, settings, snapshot)
-        self._send_models(rnd, bcast, list(settings))
+        first_model = self._send_models(rnd, bcast, list(settings))
         exp = self.exp
         self.strategy.begin(rnd, bcast.reference, fold=exp.uplink.fold(
             bcast.reference if self.cfg.compression.target == "update" else None))
-        self._fold_updates(rnd, settings, times)
+        limit = self.cfg.run.round_deadline_s
+        until = None if limit is None else first_model + limit
+        dropped = self._fold_updates(rnd, settings, times, until)
         t0 = time.perf_counter()
-        new_global = self._device(self.strategy.finish())
+        if len(dropped) < len(settings):
+            new_global = self._device(self.strategy.finish())
+        else:  # every update dropped: the model the clients started from
+            new_global = self._device(bcast.reference)
         times.aggregate_s += time.perf_counter() - t0
+        self._discard_late(rnd, dropped, settings, times)
+        times.dropped = dropped
 
         worker_rows = self._collect_reports(rnd, times, snapshot)
         times.wait_s += self.channel.complete(round=rnd)
@@ -205,35 +215,66 @@ class Server:
             payload = protocol.assign_payload(SNAPSHOT if snapshot else 0, clients, values)
             self.channel.send(message(Kind.ASSIGN, round=rnd, payload=payload), w, post=True)
 
-    def _send_models(self, rnd: int, bcast: Broadcast, sampled: list[int]) -> None:
+    def _send_models(self, rnd: int, bcast: Broadcast, sampled: list[int]) -> float:
         """The round's MODEL to each sampled client; with downlink_target update, also to
-        every rank with none, so that its replica keeps in step."""
+        every rank with none, so that its replica keeps in step. Returns when the first
+        was posted (`time.perf_counter()`; the round deadline counts from there).
+
+        Each copy is the broadcast's payload with the client's own 40-byte header, posted
+        without a copy (`Outgoing.to`): the server holds one payload however many clients
+        a round has. The broadcast's encode time is logged once, on the first copy.
+        """
         cfg = self.cfg
+        started = time.perf_counter()
         for i, c in enumerate(sampled):
             tamper = (lambda buf: maybe_corrupt(cfg, 0, rnd, buf, where="corrupt_down")) \
                 if i == 0 else None
-            self.channel.send(bcast.out.to(c), worker_of(c, self.exp.num_workers), post=True,
+            out = bcast.out.to(c, codec_s=bcast.encode_s if i == 0 else 0.0)
+            self.channel.send(out, worker_of(c, self.exp.num_workers), post=True,
                               tamper=tamper)
         if self.update_down:
             for w, clients in self._by_worker(sampled).items():
                 if not clients:
                     self.channel.send(bcast.out, w, post=True)
+        return started
 
-    def _fold_updates(self, rnd: int, settings: dict, times: RoundTimes) -> None:
+    def _fold_updates(self, rnd: int, settings: dict, times: RoundTimes,
+                      until: float | None = None) -> list[int]:
         """Decode each UPDATE and fold it into the strategy as it arrives (deterministic
-        mode: in client order, so the sums do not depend on arrival order)."""
+        mode: in client order, so the sums do not depend on arrival order).
+
+        With a round deadline (`until`, perf_counter time) the updates not there by then
+        are dropped; returns their clients. (Deterministic mode: a rank's updates arrive
+        in client order, so once one is late every later one of that rank is too.)
+        """
         exp = self.exp
         sampled = list(settings)
         expected = set(sampled)
+        dropped, late_ranks = [], set()
         for i in range(len(sampled)):
             if self.cfg.run.deterministic:
                 source, want = worker_of(sampled[i], exp.num_workers), {sampled[i]}
                 what = f"UPDATE of client {sampled[i]}"
+                if source in late_ranks:
+                    dropped.append(sampled[i])
+                    continue
             else:
                 source, want = MPI.ANY_SOURCE, set(expected)
                 what = _owing(expected, exp.num_workers)
-            got = self.channel.recv(Kind.UPDATE, source, self._update_reader(rnd, want, settings),
-                                    what=what, round=rnd)
+            reader = self._update_reader(rnd, want, settings)
+            if until is None:
+                got = self.channel.recv(Kind.UPDATE, source, reader, what=what, round=rnd)
+            else:
+                t0 = time.perf_counter()
+                got = self.channel.recv_by(until, Kind.UPDATE, source, reader, what=what,
+                                           round=rnd)
+                if got is None:
+                    times.wait_s += time.perf_counter() - t0
+                    if not self.cfg.run.deterministic:
+                        return sorted(expected)
+                    dropped.append(sampled[i])
+                    late_ranks.add(source)
+                    continue
             client, tensors, _ = got.value
             expected.discard(client)
             times.wait_s += got.waited
@@ -242,6 +283,25 @@ class Server:
             maybe_fail(self.cfg, rank=0, round=rnd, where="aggregate")
             self.strategy.fold(client, tensors, float(exp.samples[client]))
             times.aggregate_s += time.perf_counter() - t0
+        return sorted(dropped)
+
+    def _discard_late(self, rnd: int, late: list[int], settings: dict,
+                      times: RoundTimes) -> None:
+        """Receive the UPDATEs dropped by the round deadline, check their headers and
+        discard them: their senders wait for it (and send their REPORT after), and
+        every message is accounted, dropped or not."""
+        exp, left = self.exp, set(late)
+        while left:
+            def read(buf, src):
+                with protocol.context(f"rank 0, round {rnd}, late update from rank {src}"):
+                    h, _ = wire.parse(buf, expect_kind=Kind.UPDATE, round=rnd,
+                                      client=left & self.hosted[src],
+                                      codec_id=exp.uplink.codec_id, n_tensors=len(exp.spec))
+                return h.client
+            got = self.channel.recv(Kind.UPDATE, MPI.ANY_SOURCE, read, round=rnd,
+                                    what="late " + _owing(left, exp.num_workers))
+            left.discard(got.value)
+            times.wait_s += got.waited
 
     def _update_reader(self, rnd: int, expected: set[int], settings: dict):
         exp = self.exp
@@ -328,7 +388,7 @@ class Server:
         out = encoded(Kind.MODEL, enc, round=rnd, client=-1, codec_id=exp.downlink.codec_id,
                       n_tensors=len(exp.spec))
         encode_s = time.perf_counter() - t0
-        return Broadcast(_timed(out, encode_s), reference, encode_s)
+        return Broadcast(out, reference, encode_s)  # the first copy sent logs encode_s
 
     def _device(self, state: dict) -> dict:
         """`state` in model order, where the codec works (the GPU with the torch codec)."""
@@ -362,18 +422,24 @@ class Server:
         model = this & (cols["kind"] == Kind.MODEL)
         update = this & (cols["kind"] == Kind.UPDATE)
         control = this & ~(model | update)
+        trained = updates  # every client that trained; `updates`: those folded
+        if times.dropped:
+            updates = updates[~np.isin(updates["client"], times.dropped)]
+            self.dropped_updates[str(rnd)] = [int(c) for c in times.dropped]
+            self.writer.set_attrs(dropped_updates=json.dumps(self.dropped_updates))
         samples = updates["samples"].astype(np.float64)
-        encode_s = times.encode_s + float(updates["codec_s"].sum())
+        encode_s = times.encode_s + float(trained["codec_s"].sum())
         client_decode = float(cols["decode_s"][model].sum())
         row = {
             "round": rnd,
             "test_accuracy": acc,
             "test_loss": loss,
-            "train_loss": float((updates["train_loss"] * samples).sum() / samples.sum()),
+            "train_loss": float((updates["train_loss"] * samples).sum() / samples.sum())
+            if len(updates) else float("nan"),
             "participants": int(len(updates)),
             "samples": int(samples.sum()),
             "wall_s": 0.0,
-            "compute_s": float(updates["compute_s"].sum()),
+            "compute_s": float(trained["compute_s"].sum()),
             "encode_s": encode_s,
             "decode_s": times.decode_s + client_decode,
             "communicate_s": max(0.0, times.wait_s - stats.max_worker_busy_s),
@@ -419,8 +485,3 @@ def _copy(state: dict) -> dict[str, np.ndarray]:
     return {k: np.array(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v,
                         dtype=np.float32, copy=True) for k, v in state.items()}
 
-
-def _timed(out: Outgoing, encode_s: float) -> Outgoing:
-    from dataclasses import replace
-
-    return replace(out, codec_s=encode_s)

@@ -22,6 +22,7 @@ from fedmpi.messages import TAG_NUMBER, TAGS, tag_of
 from fedmpi.wire import Kind
 
 POLL_S = 0.0005
+_BLOCK = 1 << 30  # bytes per block of a post_parts datatype (MPI counts are C ints)
 # MPI tags, from the protocol table (fedmpi.messages)
 TAG_CONTROL = TAG_NUMBER["CONTROL"]  # ASSIGN, STOP
 TAG_MODEL = TAG_NUMBER["MODEL"]
@@ -55,7 +56,10 @@ class Transport:
         self.comm = comm
         self.rank = comm.Get_rank()
         self.liveness = liveness or Liveness(hub=self.rank == 0)
-        self.pending: list[tuple[MPI.Request, np.ndarray, int]] = []
+        # posted sends: (request, what it keeps alive, dest, key, post time)
+        self.pending: list[tuple[MPI.Request, object, int, object, float]] = []
+        self.completed: dict = {}  # key -> seconds from post to completion, of `complete`
+        self._posts = 0
 
     def send(self, buf: np.ndarray, dest: int, tag: int, *, what: str = "",
              round: int | None = None) -> float:
@@ -66,26 +70,80 @@ class Transport:
                    f"{what or _tag_name(tag)} {when(round)}")
         return time.perf_counter() - t0
 
-    def post(self, buf: np.ndarray, dest: int, tag: int) -> float:
-        """Start a send that completes later (see `complete`); keeps `buf` alive."""
+    def post(self, buf: np.ndarray, dest: int, tag: int, *, key=None) -> float:
+        """Start a send that completes later (see `complete`); keeps `buf` alive.
+
+        `key` names the post in `completed` (default: its number on this Transport).
+        """
         t0 = time.perf_counter()
-        self.pending.append((self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag), buf, dest))
+        req = self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag)
+        self._pend(req, buf, dest, key, t0)
         return time.perf_counter() - t0
+
+    def post_parts(self, parts, dest: int, tag: int, *, key=None) -> float:
+        """Post one message made of several uint8 arrays (e.g. a client's own 40-byte
+        header and the broadcast payload all clients share), without joining them.
+
+        Why: a broadcast re-framed per client held K copies of the model until the
+        round's end. An hindexed MPI datatype over the parts' addresses, sent from
+        MPI.BOTTOM, sends the same bytes as their concatenation (the receiver sees one
+        message of sum(len) bytes) and copies nothing; blocks are split below 2**30
+        bytes so any size fits MPI's int counts.
+        """
+        t0 = time.perf_counter()
+        lengths, displs = [], []
+        for part in parts:
+            part = np.asarray(part)
+            assert part.dtype == np.uint8 and part.ndim == 1 and part.flags.c_contiguous
+            base = MPI.Get_address(part) if part.size else 0
+            for off in range(0, part.size, _BLOCK):
+                lengths.append(min(_BLOCK, part.size - off))
+                displs.append(base + off)
+        dtype = MPI.BYTE.Create_hindexed(lengths, displs).Commit()
+        try:
+            req = self.comm.Isend([MPI.BOTTOM, 1, dtype], dest=dest, tag=tag)
+        finally:
+            dtype.Free()  # MPI keeps it for the pending send
+        self._pend(req, tuple(parts), dest, key, t0)
+        return time.perf_counter() - t0
+
+    def _pend(self, req, keep, dest: int, key, t0: float) -> None:
+        self.pending.append((req, keep, dest, self._posts if key is None else key, t0))
+        self._posts += 1
+
+    def wait_message(self, source: int, tag: int, until: float) -> bool:
+        """Poll until a `tag` message from `source` is there (True) or `time.perf_counter()`
+        passes `until` (False; at least one probe either way). FAIL messages end it early;
+        the liveness limit does not apply (`until` is the caller's own, bounded deadline).
+        """
+        while not self.comm.Iprobe(source=source, tag=tag):
+            self._check_failures()
+            if time.perf_counter() >= until:
+                return False
+            time.sleep(POLL_S)
+        return True
 
     def complete(self, *, round: int | None = None) -> float:
         """Wait for every posted send; the deadline restarts whenever one completes."""
         t0 = time.perf_counter()
         watch = Stopwatch(self.liveness.limit())
+        self.completed = {}
         while self.pending:
             before = len(self.pending)
-            self.pending = [p for p in self.pending if not p[0].Test()]
+            now, left = time.perf_counter(), []
+            for p in self.pending:
+                if p[0].Test():
+                    self.completed[p[3]] = now - p[4]
+                else:
+                    left.append(p)
+            self.pending = left
             if not self.pending:
                 break
             if len(self.pending) < before:
                 watch.progress()
             self._check_failures()
             if watch.expired():
-                ranks = sorted({dest for _, _, dest in self.pending})
+                ranks = sorted({p[2] for p in self.pending})
                 self._expired(watch.limit, f"rank(s) {_ranks(ranks)} did not take "
                               f"{len(self.pending)} posted message(s) {when(round)}")
             time.sleep(POLL_S)
