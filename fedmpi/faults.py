@@ -9,7 +9,7 @@ worker sees one). `forge` / `forge_down` damage the same messages as a wrong
 sender would, with valid checksums: the header declares one tensor more than
 the model has, so only the receiver's field checks can catch it. `sleep` makes a
 client worker a straggler instead of a failure: it sleeps `seconds` (default 5)
-before training each of its clients in round N (`run.round_deadline_s` tests).
+once, before training its first client of round N (`run.round_deadline_s` tests).
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from fedmpi.errors import ConfigError
 
 WHERE = ("train", "aggregate", "data", "corrupt", "corrupt_down", "forge", "forge_down", "sleep")
 _FORGED = {"corrupt": "forge", "corrupt_down": "forge_down"}  # same message, valid CRCs
+
+
+_SLEPT: set[tuple[int, int]] = set()  # (rank, round) where `sleep` already slept
 
 
 class InjectedFault(RuntimeError):
@@ -61,7 +64,8 @@ def maybe_fail(cfg, *, rank: int, round: int | None, where: str) -> None:
 
 def maybe_sleep(cfg, *, rank: int, round: int) -> None:
     """`where: sleep`: this rank is a straggler in this round (sleeps, then goes on)."""
-    if _hit(cfg, rank, round, "sleep"):
+    if _hit(cfg, rank, round, "sleep") and (rank, round) not in _SLEPT:
+        _SLEPT.add((rank, round))
         time.sleep(float(cfg.run.fail_at.get("seconds", 5)))
 
 
