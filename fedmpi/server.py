@@ -164,6 +164,7 @@ class Server:
                 break
         self._stop_workers(last + 1, status)
         self.totals.check()
+        self.writer.set_attrs(server_peak_rss_bytes=_peak_rss())
         return status
 
     # ------------------------------------------------------------------ one round
@@ -478,6 +479,15 @@ def _owing(expected: set[int], num_workers: int) -> str:
     ranks = sorted({worker_of(c, num_workers) for c in expected})
     return (f"UPDATE of client(s) {', '.join(map(str, sorted(expected)))} from rank(s) "
             f"{', '.join(map(str, ranks))}")
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set size in bytes (Linux reports KiB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _copy(state: dict) -> dict[str, np.ndarray]:
