@@ -13,6 +13,8 @@ import json
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "codec": ("fedmpi.bench.codec", "compression pipelines on a ResNet-18-sized model"),
     "train": ("fedmpi.bench.train", "local-training images/s of one process on a device"),
+    "scale": ("fedmpi.bench.scale", "server peak RSS and time per round at 10..1,000 "
+              "clients per round"),
 }
 
 
