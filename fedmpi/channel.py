@@ -207,7 +207,8 @@ class Channel:
         reaches `until`; else None (nothing received, nothing logged)."""
         tag = kw.get("tag")
         t0 = time.perf_counter()
-        if not self.net.wait_message(peer, TAG_OF[kind] if tag is None else tag, until):
+        if not self.net.wait_message(peer, TAG_OF[kind] if tag is None else tag, until,
+                                     what=kw.get("what", ""), round=kw.get("round")):
             return None
         before = time.perf_counter() - t0
         got = self.recv(kind, peer, read, **kw)

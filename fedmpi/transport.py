@@ -111,15 +111,20 @@ class Transport:
         self.pending.append((req, keep, dest, self._posts if key is None else key, t0))
         self._posts += 1
 
-    def wait_message(self, source: int, tag: int, until: float) -> bool:
+    def wait_message(self, source: int, tag: int, until: float, *, what: str = "",
+                     round: int | None = None) -> bool:
         """Poll until a `tag` message from `source` is there (True) or `time.perf_counter()`
-        passes `until` (False; at least one probe either way). FAIL messages end it early;
-        the liveness limit does not apply (`until` is the caller's own, bounded deadline).
+        passes `until` (False; at least one probe either way). FAIL messages and the
+        liveness limit end it early, as in every other wait.
         """
+        watch = Stopwatch(self.liveness.limit())
         while not self.comm.Iprobe(source=source, tag=tag):
             self._check_failures()
             if time.perf_counter() >= until:
                 return False
+            if watch.expired():
+                peer = "" if source == MPI.ANY_SOURCE else f" from rank {source}"
+                self._expired(watch.limit, f"no {what or _tag_name(tag)}{peer} {when(round)}")
             time.sleep(POLL_S)
         return True
 

@@ -87,3 +87,32 @@ def test_draining_before_posted_sends_completed_is_refused():
     ch.net.recv(0, TAG_MODEL)
     ch.complete()
     assert len(ch.drain()) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_deadline_wait_returns_none_when_nothing_came_and_the_message_when_it_did():
+    from fedmpi import protocol
+
+    ch = _self_channel()
+    t0 = time.perf_counter()
+    assert ch.recv_by(t0 + 0.2, Kind.UPDATE, 0, lambda buf, src: 1) is None
+    assert time.perf_counter() - t0 >= 0.2
+    assert ch.drain().size == 0  # nothing received, nothing logged
+    ch.send(message(Kind.ASSIGN, round=1, payload=protocol.assign_payload(0, [2])), 0,
+            post=True)
+    got = ch.recv_by(time.perf_counter() + 5, Kind.ASSIGN, 0, lambda buf, src: "ok")
+    assert got.value == "ok"
+    ch.complete()
+    assert len(ch.drain()) == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_deadline_wait_still_ends_at_the_liveness_limit():
+    from fedmpi.liveness import LivenessError
+
+    ch = _self_channel()
+    ch.net.liveness.limit = lambda: 0.3
+    ch.net.liveness.explain = lambda: "0.3 s (test)"
+    with pytest.raises(LivenessError, match="UPDATE"):
+        ch.recv_by(time.perf_counter() + 60, Kind.UPDATE, 0, lambda buf, src: 1,
+                   what="UPDATE of client 3", round=1)
