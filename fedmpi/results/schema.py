@@ -148,7 +148,8 @@ MESSAGES: tuple[Field, ...] = (
           "its time is on the first copy sent (the lowest sampled client), 0 on the others, "
           "so the column sums to the encoding work done"),
     Field("decode_s", "f8", _S,
-          "time to decode on the receiver (0 for an UPDATE dropped by the round deadline)"),
+          "time to decode on the receiver (an UPDATE dropped by the round deadline: its "
+          "header and checksum check only)"),
     Field("send_s", "f8", _S,
           "sender's time from starting the send to its completion: blocking sends (worker "
           "messages, STOP) block that long; posted ones (ASSIGN, MODEL, state restores) "
