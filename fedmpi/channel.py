@@ -28,7 +28,8 @@ from fedmpi.transport import TAG_OF, Transport
 from fedmpi.wire import Kind
 
 SERVER = 0
-DECODED = (Kind.MODEL, Kind.UPDATE)  # kinds whose receive time is decode time (codec_s)
+DECODED = (Kind.MODEL, Kind.UPDATE)
+_XFER = accounting.VIEW_DTYPE.names.index("xfer_s")  # in a ledger row tuple  # kinds whose receive time is decode time (codec_s)
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,27 @@ class Outgoing:
     numel: int = 0
     nnz: int = 0
     codec_s: float = 0.0  # encode seconds
+    # Readdressed (`to`): this message's own header; `buf` is then the original message,
+    # whose payload it shares (sent as header + buf[HEADER_SIZE:], never joined)
+    head: np.ndarray | None = None
 
-    def to(self, client: int) -> "Outgoing":
-        """The same message addressed to another client (payload not copied twice)."""
-        return replace(self, buf=wire.reframe(self.buf, client=client), client=int(client))
+    def to(self, client: int, *, codec_s: float = 0.0) -> "Outgoing":
+        """The same message addressed to another client: a new 40-byte header, the
+        payload shared, not copied (`codec_s`: what this copy's row logs as encode time)."""
+        return replace(self, head=wire.header_for(self.buf, client=client), client=int(client),
+                       codec_s=codec_s)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.buf)
+
+    def joined(self) -> np.ndarray:
+        """The whole message as one new buffer (a readdressed one is copied)."""
+        if self.head is None:
+            return self.buf
+        out = self.buf.copy()
+        out[:wire.HEADER_SIZE] = self.head
+        return out
 
 
 def message(kind: Kind, *, round: int, client: int = -1, payload=b"", n_tensors: int = 0,
@@ -100,6 +118,8 @@ class Channel:
         self.rank = transport.rank
         self.ledger = accounting.Ledger()
         self.later: list[_Later] = []  # posted by `send_later`, oldest first
+        self._posted: dict[int, int] = {}  # post key -> its ledger row, until completed
+        self._keys = 0
 
     @property
     def liveness(self):
@@ -115,16 +135,29 @@ class Channel:
 
         `tamper(buf)` lets fault injection alter the bytes after framing; `row` adds
         UPDATE fields (compute_s, train_loss, samples); `log_round` logs another round
-        than the header's (start-up messages: -1).
+        than the header's (start-up messages: -1). A posted message's row logs, once
+        `complete` has seen it complete, the seconds from its post to its completion.
+        A readdressed message (`Outgoing.to`) is posted as its header + the shared
+        payload, with no copy.
         """
-        buf = msg.buf if tamper is None else tamper(msg.buf)
         tag = TAG_OF[msg.kind] if tag is None else tag
+        if tamper is not None or (msg.head is not None and not post):
+            buf = msg.joined() if tamper is None else tamper(msg.joined())
+            msg = replace(msg, buf=buf, head=None)
+        key = None
         if post:
-            xfer = self.net.post(buf, peer, tag)
+            key, self._keys = self._keys, self._keys + 1
+            if msg.head is not None:
+                xfer = self.net.post_parts((msg.head, msg.buf[wire.HEADER_SIZE:]), peer, tag,
+                                           key=key)
+            else:
+                xfer = self.net.post(msg.buf, peer, tag, key=key)
         else:
-            xfer = self.net.send(buf, peer, tag, what=what, round=msg.round)
+            xfer = self.net.send(msg.buf, peer, tag, what=what, round=msg.round)
+        if key is not None:
+            self._posted[key] = len(self.ledger.rows)
         self.ledger.log(round=msg.round if log_round is None else log_round, kind=msg.kind,
-                        client=msg.client, worker=self._worker(peer), nbytes=len(buf),
+                        client=msg.client, worker=self._worker(peer), nbytes=msg.nbytes,
                         dense_bytes=4 * msg.numel, numel=msg.numel, nnz=msg.nnz,
                         codec_id=msg.codec_id, codec_s=msg.codec_s, xfer_s=xfer,
                         direction=self._direction(sending=True), **row)
@@ -136,7 +169,7 @@ class Channel:
         next client); `settle` completes it. Its row is logged on completion, with the
         seconds the sender was blocked by it (the post and the wait in `settle`)."""
         buf = msg.buf if tamper is None else tamper(msg.buf)
-        post_s = self.net.post(buf, peer, TAG_OF[msg.kind])
+        post_s = self.net.post(buf, peer, TAG_OF[msg.kind], key=("later", id(buf)))
         req = self.net.pending[-1].request  # the transport keeps `buf` alive until it completes
         self.later.append(_Later(req, buf, msg, peer, post_s, row))
 
@@ -201,10 +234,39 @@ class Channel:
 
     def drain(self) -> np.ndarray:
         """This round's rows (the server joins them with the workers' reports)."""
+        if self._posted:  # their send times are not known yet
+            raise RuntimeError(f"{len(self._posted)} posted message(s) not completed "
+                               "before the ledger was drained")
         return self.ledger.drain()
 
     def complete(self, *, round: int | None = None) -> float:
-        return self.net.complete(round=round)
+        """Wait for every posted message; their rows get their send times (post to
+        completion, as the transport saw it). Returns the seconds blocked here."""
+        waited = self.net.complete(round=round)
+        done = self.net.completed
+        for key in list(self._posted):
+            if key in done:
+                i = self._posted.pop(key)
+                row = list(self.ledger.rows[i])
+                row[_XFER] = float(done[key])
+                self.ledger.rows[i] = tuple(row)
+        return waited
+
+    def recv_by(self, until: float, kind: Kind, peer: int, read: Callable, **kw
+                ) -> Received | None:
+        """`recv`, if a `kind` message from `peer` arrives before `time.perf_counter()`
+        reaches `until`; else None (nothing received, nothing logged)."""
+        tag = kw.get("tag")
+        t0 = time.perf_counter()
+        if not self.net.wait_message(peer, TAG_OF[kind] if tag is None else tag, until,
+                                     what=kw.get("what", ""), round=kw.get("round")):
+            return None
+        before = time.perf_counter() - t0
+        got = self.recv(kind, peer, read, **kw)
+        row = list(self.ledger.rows[-1])  # its row: blocked = the wait + the receive
+        row[_XFER] += before
+        self.ledger.rows[-1] = tuple(row)
+        return replace(got, waited=got.waited + before)
 
     def _direction(self, *, sending: bool) -> int:
         server_sends = (self.rank == SERVER) == sending

@@ -147,7 +147,10 @@ class RunConfig:
     # grows with the slowest round; see fedmpi/liveness.py). Covers start-up and round 0.
     timeout_s: float = num(DEFAULT_TIMEOUT_S, 1, MAX_TIMEOUT_S)
     poll: PollConfig = field(default_factory=PollConfig)
-    fail_at: dict | None = None  # fault injection for tests: {rank: R, round: N, where: train|aggregate|data}
+    # Stragglers: UPDATEs not back this many seconds after the round's first MODEL was
+    # sent are dropped from the round (received and discarded later); null: wait for all
+    round_deadline_s: float | None = num(None, 0, MAX_TIMEOUT_S, lo_open=True)
+    fail_at: dict | None = None  # fault injection for tests: {rank: R, round: N, where: train|aggregate|data|sleep|...}
 
 
 @dataclass

@@ -19,6 +19,7 @@ written and read in `fedmpi.protocol`.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from contextlib import suppress
@@ -29,10 +30,9 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from fedmpi import accounting, protocol
+from fedmpi import accounting, protocol, wire
 from fedmpi.channel import Channel, Outgoing, encoded, message, state_message
 from fedmpi.experiment import Experiment
-from fedmpi.experiment import worker_of as home
 from fedmpi.faults import maybe_corrupt, maybe_fail
 from fedmpi.signals import StopFlag
 from fedmpi.train import evaluate, set_state
@@ -57,6 +57,7 @@ class RoundTimes:
     aggregate_s: float = 0.0
     evaluate_s: float = 0.0
     wait_s: float = 0.0
+    dropped: list[int] = field(default_factory=list)  # updates past the round deadline
 
 
 @dataclass
@@ -155,6 +156,7 @@ class Server:
         self.x_test = torch.from_numpy(exp.test.x).to(exp.device)
         self.y_test = torch.from_numpy(exp.test.y).to(exp.device)
         self.cum_bytes = 0
+        self.dropped_updates: dict[str, list[int]] = {}  # round -> clients past the deadline
 
     def hellos(self) -> list[dict]:
         """One hello per worker, in rank order (a worker that failed to start sends FAIL)."""
@@ -209,6 +211,7 @@ class Server:
                 break
         self._stop_workers(last + 1, status)
         self.totals.check()
+        self.writer.set_attrs(server_peak_rss_bytes=_peak_rss())
         return status
 
     # ------------------------------------------------------------------ one round
@@ -221,7 +224,7 @@ class Server:
         t_start = time.perf_counter()
         settings = self._select(rnd)  # client -> its settings, in client order
         self._assign(rnd, settings, save)
-        self._send_models(rnd, bcast, list(settings))
+        first_model = self._send_models(rnd, bcast, list(settings))
         left = [previous] if previous is not None else []  # the round still to write
         if left:
             evaluation = _Background(partial(self._evaluate, previous.reference,
@@ -233,18 +236,26 @@ class Server:
                 self._finish(left.pop(), end=t_start, result=evaluation.get())
 
         exp = self.exp
+        limit = self.cfg.run.round_deadline_s
+        until = None if limit is None else first_model + limit
         try:
             self.strategy.begin(rnd, bcast.reference, fold=exp.uplink.fold(
                 bcast.reference if self.cfg.compression.target == "update" else None))
-            self._fold_updates(rnd, settings, times, between=lambda: write_previous(False))
+            dropped = self._fold_updates(rnd, settings, times,
+                                         between=lambda: write_previous(False), until=until)
         except BaseException:
             with suppress(Exception):  # a failing round still leaves the last one written
                 write_previous()
             raise
         write_previous()
         t0 = time.perf_counter()
-        new_global = self._device(self.strategy.finish())
+        if len(dropped) < len(settings):
+            new_global = self._device(self.strategy.finish())
+        else:  # every update dropped: the model the clients started from
+            new_global = self._device(bcast.reference)
         times.aggregate_s += time.perf_counter() - t0
+        self._discard_late(rnd, dropped, settings, times)
+        times.dropped = dropped
 
         worker_rows = self._collect_reports(rnd, times)
         times.wait_s += self.channel.complete(round=rnd)
@@ -280,24 +291,33 @@ class Server:
             payload = protocol.assign_payload(SAVE_STATE if save else 0, clients, values)
             self.channel.send(message(Kind.ASSIGN, round=rnd, payload=payload), w, post=True)
 
-    def _send_models(self, rnd: int, bcast: Broadcast, sampled: list[int]) -> None:
+    def _send_models(self, rnd: int, bcast: Broadcast, sampled: list[int]) -> float:
         """The round's MODEL to each sampled client; with downlink_target update, also to
-        every rank with none, so that its replica keeps in step."""
+        every rank with none, so that its replica keeps in step. Returns when the first
+        was posted (`time.perf_counter()`; the round deadline counts from there).
+
+        Each copy is the broadcast's payload with the client's own 40-byte header, posted
+        without a copy (`Outgoing.to`): the server holds one payload however many clients
+        a round has. The broadcast's encode time is logged once, on the first copy.
+        """
         cfg = self.cfg
+        started = time.perf_counter()
         for i, c in enumerate(sampled):
             tamper = (lambda buf: maybe_corrupt(cfg, 0, rnd, buf, where="corrupt_down")) \
                 if i == 0 else None
-            self.channel.send(bcast.out.to(c), self.rank_of[c], post=True,
+            out = bcast.out.to(c, codec_s=bcast.encode_s if i == 0 else 0.0)
+            self.channel.send(out, self.rank_of[c], post=True,
                               tamper=tamper)
         if self.update_down:
             for w, clients in self._by_worker(sampled).items():
                 if not clients:
                     self.channel.send(bcast.out, w, post=True)
+        return started
 
     def _fold_updates(self, rnd: int, settings: dict, times: RoundTimes,
-                      between=lambda: None) -> None:
+                      between=lambda: None, until: float | None = None) -> list[int]:
         """Receive the round's UPDATEs from any rank as they come, decode each and fold it
-        into the strategy.
+        into the strategy; returns the clients dropped by the round deadline.
 
         Non-deterministic mode folds in arrival order. Deterministic mode folds in client
         order, so the sums do not depend on placement or arrival order, through a bounded
@@ -306,12 +326,17 @@ class Server:
         the rank of the next client in order (a rank sends its clients in ascending order,
         so its next message is that client's). Senders never block on the order.
         `between()` runs after each UPDATE (the last round's row, once it is evaluated).
+
+        With a round deadline (`until`, perf_counter time) the updates not there by then
+        are dropped (`_discard_late` receives them later); the ones received are folded,
+        in client order in deterministic mode.
         """
         order = list(settings)  # ascending client ids
         expected = set(order)
         waiting: dict[int, dict] = {}  # decoded updates before their turn (deterministic)
         nxt = 0  # deterministic: index in `order` of the next client to fold
         deterministic = self.cfg.run.deterministic
+        dropped: list[int] = []
         while expected:
             if deterministic and len(waiting) >= self.window:
                 c = order[nxt]
@@ -319,8 +344,17 @@ class Server:
             else:
                 source, want = MPI.ANY_SOURCE, set(expected)
                 what = _owing(expected, self.rank_of)
-            got = self.channel.recv(Kind.UPDATE, source, self._update_reader(rnd, want, settings),
-                                    what=what, round=rnd)
+            reader = self._update_reader(rnd, want, settings)
+            if until is None:
+                got = self.channel.recv(Kind.UPDATE, source, reader, what=what, round=rnd)
+            else:
+                t0 = time.perf_counter()
+                got = self.channel.recv_by(until, Kind.UPDATE, source, reader, what=what,
+                                           round=rnd)
+                if got is None:
+                    times.wait_s += time.perf_counter() - t0
+                    dropped = sorted(expected)
+                    break
             client, tensors, _ = got.value
             expected.discard(client)
             times.wait_s += got.waited
@@ -333,12 +367,33 @@ class Server:
             while nxt < len(order) and order[nxt] in waiting:
                 self._fold_one(rnd, order[nxt], waiting.pop(order[nxt]), times)
                 nxt += 1
+        for c in sorted(waiting):  # after a deadline: the ones that came, in client order
+            self._fold_one(rnd, c, waiting.pop(c), times)
+        return dropped
 
     def _fold_one(self, rnd: int, client: int, tensors: dict, times: RoundTimes) -> None:
         t0 = time.perf_counter()
         maybe_fail(self.cfg, rank=0, round=rnd, where="aggregate")
         self.strategy.fold(client, tensors, float(self.exp.samples[client]))
         times.aggregate_s += time.perf_counter() - t0
+
+    def _discard_late(self, rnd: int, late: list[int], settings: dict,
+                      times: RoundTimes) -> None:
+        """Receive the UPDATEs dropped by the round deadline, check their headers and
+        discard them: their senders wait for it (and send their REPORT after), and
+        every message is accounted, dropped or not."""
+        exp, left = self.exp, set(late)
+        while left:
+            def read(buf, src):
+                with protocol.context(f"rank 0, round {rnd}, late update from rank {src}"):
+                    h, _ = wire.parse(buf, expect_kind=Kind.UPDATE, round=rnd,
+                                      client=left & set(self.placed.get(src, ())),
+                                      codec_id=exp.uplink.codec_id, n_tensors=len(exp.spec))
+                return h.client
+            got = self.channel.recv(Kind.UPDATE, MPI.ANY_SOURCE, read, round=rnd,
+                                    what="late " + _owing(left, self.rank_of))
+            left.discard(got.value)
+            times.wait_s += got.waited
 
     def _update_reader(self, rnd: int, expected: set[int], settings: dict):
         exp = self.exp
@@ -420,7 +475,7 @@ class Server:
         out = encoded(Kind.MODEL, enc, round=rnd, client=-1, codec_id=exp.downlink.codec_id,
                       n_tensors=len(exp.spec))
         encode_s = time.perf_counter() - t0
-        return Broadcast(_timed(out, encode_s), reference, encode_s)
+        return Broadcast(out, reference, encode_s)  # the first copy sent logs encode_s
 
     def _device(self, state: dict) -> dict:
         """`state` in model order, where the codec works (the GPU with the torch codec)."""
@@ -469,18 +524,24 @@ class Server:
         # Start-up infrastructure (MEMORY) of this segment: with its first round.
         infra = cols["kind"] == Kind.MEMORY
         control = this & ~(model | update | infra)
+        trained = updates  # every client that trained; `updates`: those folded
+        if times.dropped:
+            updates = updates[~np.isin(updates["client"], times.dropped)]
+            self.dropped_updates[str(rnd)] = [int(c) for c in times.dropped]
+            self.writer.set_attrs(dropped_updates=json.dumps(self.dropped_updates))
         samples = updates["samples"].astype(np.float64)
-        encode_s = times.encode_s + float(updates["codec_s"].sum())
+        encode_s = times.encode_s + float(trained["codec_s"].sum())
         client_decode = float(cols["decode_s"][model].sum())
         row = {
             "round": rnd,
             "test_accuracy": acc,
             "test_loss": loss,
-            "train_loss": float((updates["train_loss"] * samples).sum() / samples.sum()),
+            "train_loss": float((updates["train_loss"] * samples).sum() / samples.sum())
+            if len(updates) else float("nan"),
             "participants": int(len(updates)),
             "samples": int(samples.sum()),
             "wall_s": 0.0,
-            "compute_s": float(updates["compute_s"].sum()),
+            "compute_s": float(trained["compute_s"].sum()),
             "encode_s": encode_s,
             "decode_s": times.decode_s + client_decode,
             "communicate_s": max(0.0, times.wait_s - stats.max_worker_busy_s),
@@ -522,13 +583,17 @@ def _owing(expected: set[int], rank_of: dict[int, int]) -> str:
             f"{', '.join(map(str, ranks))}")
 
 
+def _peak_rss() -> int:
+    """This process's peak resident set size in bytes (Linux reports KiB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 def _copy(state: dict) -> dict[str, np.ndarray]:
     """float32 numpy copies (checkpoints are written from the host; states change later)."""
     return {k: np.array(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v,
                         dtype=np.float32, copy=True) for k, v in state.items()}
 
-
-def _timed(out: Outgoing, encode_s: float) -> Outgoing:
-    from dataclasses import replace
-
-    return replace(out, codec_s=encode_s)

@@ -45,6 +45,7 @@ TAG_REPORT = TAG_NUMBER["REPORT"]
 TAG_HELLO = TAG_NUMBER["HELLO"]
 TAG_MEMORY = TAG_NUMBER["MEMORY"]
 TAG_FAIL = TAG_NUMBER["FAIL"]
+_BLOCK = 1 << 30  # bytes per block of a post_parts datatype (MPI counts are C ints)
 SPARE_BUFFERS = 2  # large receive buffers kept for reuse (see the module docstring)
 SPARE_MIN_BYTES = 64 << 10  # smaller ones are cheap to allocate
 
@@ -65,7 +66,7 @@ class Posted:
 
     key: Hashable
     request: MPI.Request
-    buf: np.ndarray
+    buf: object  # what the send reads (an array, or the parts of post_parts)
     dest: int
     started: float  # perf_counter() just before the Isend
 
@@ -115,6 +116,55 @@ class Transport:
         req = self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag)
         self.pending.append(Posted(key, req, buf, dest, t0))
         return time.perf_counter() - t0
+
+    def post_parts(self, parts, dest: int, tag: int, *, key: Hashable = None) -> float:
+        """Post one message made of several uint8 arrays (e.g. a client's own 40-byte
+        header and the broadcast payload all clients share), without joining them.
+
+        Why: a broadcast re-framed per client held K copies of the model until the
+        round's end. An hindexed MPI datatype over the parts' addresses, sent from
+        MPI.BOTTOM, sends the same bytes as their concatenation (the receiver sees one
+        message of sum(len) bytes) and copies nothing; blocks are split below 2**30
+        bytes so any size fits MPI's int counts.
+        """
+        t0 = time.perf_counter()
+        lengths, displs = [], []
+        for part in parts:
+            part = np.asarray(part)
+            assert part.dtype == np.uint8 and part.ndim == 1 and part.flags.c_contiguous
+            base = MPI.Get_address(part) if part.size else 0
+            for off in range(0, part.size, _BLOCK):
+                lengths.append(min(_BLOCK, part.size - off))
+                displs.append(base + off)
+        dtype = MPI.BYTE.Create_hindexed(lengths, displs).Commit()
+        try:
+            req = self.comm.Isend([MPI.BOTTOM, 1, dtype], dest=dest, tag=tag)
+        finally:
+            dtype.Free()  # MPI keeps it for the pending send
+        if key is None:
+            key = self._posts
+        self._posts += 1
+        self.pending.append(Posted(key, req, tuple(parts), dest, t0))
+        return time.perf_counter() - t0
+
+    def wait_message(self, source: int, tag: int, until: float, *, what: str = "",
+                     round: int | None = None) -> bool:
+        """Poll until a `tag` message from `source` is there (True) or `time.perf_counter()`
+        passes `until` (False; at least one probe either way). FAIL messages and the
+        liveness limit end it early, as in every other wait.
+        """
+        watch = Stopwatch(self.liveness.limit())
+        backoff = Backoff(self.poll)
+        while not self.comm.Iprobe(source=source, tag=tag):
+            if not backoff.spinning:
+                self._check_failures()
+            if time.perf_counter() >= until:
+                return False
+            if watch.expired():
+                peer = "" if source == MPI.ANY_SOURCE else f" from rank {source}"
+                self._expired(watch.limit, f"no {what or _tag_name(tag)}{peer} {when(round)}")
+            backoff.pause()
+        return True
 
     def test_posted(self) -> dict[Hashable, float]:
         """Without waiting: the posts that completed since they were last looked at.

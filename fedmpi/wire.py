@@ -161,16 +161,25 @@ def expect(h: Header, *, round: int | None = None, client: int | Collection[int]
     return h
 
 
+def header_for(buf, *, client: int) -> np.ndarray:
+    """The 40-byte header of the same message addressed to another client (payload crc
+    carried over, nothing else read): with the shared payload it makes the whole message,
+    so a broadcast to K clients holds K headers and one payload (see Transport.post_parts).
+    """
+    h = parse_header(buf)
+    if not -(2**31) <= int(client) < 2**31:
+        raise ValueError(f"client={client} does not fit the header")
+    new = Header(kind=h.kind, codec_id=h.codec_id, round=h.round, client=int(client),
+                 n_tensors=h.n_tensors, payload_len=h.payload_len, payload_crc=h.payload_crc)
+    return np.frombuffer(_pack_head(new), dtype=np.uint8).copy()
+
+
 def reframe(buf, *, client: int) -> np.ndarray:
     """The same message addressed to another client: new header, payload copied as is.
 
     The payload crc is carried over, not recomputed, so this costs one memcpy.
     """
-    h = parse_header(buf)
-    if not -(2**31) <= int(client) < 2**31:
-        raise ValueError(f"client={client} does not fit the header")
+    head = header_for(buf, client=client)
     out = np.array(np.frombuffer(_as_bytes(buf), dtype=np.uint8), copy=True)
-    new = Header(kind=h.kind, codec_id=h.codec_id, round=h.round, client=int(client),
-                 n_tensors=h.n_tensors, payload_len=h.payload_len, payload_crc=h.payload_crc)
-    out[:HEADER_SIZE] = np.frombuffer(_pack_head(new), dtype=np.uint8)
+    out[:HEADER_SIZE] = head
     return out

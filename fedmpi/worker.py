@@ -29,7 +29,7 @@ import torch
 from fedmpi import protocol, wire
 from fedmpi.channel import SERVER, Channel, encoded, message
 from fedmpi.experiment import Experiment, client_generator
-from fedmpi.faults import maybe_corrupt, maybe_fail
+from fedmpi.faults import maybe_corrupt, maybe_fail, maybe_sleep
 from fedmpi.results.clientstate import ClientStateStore
 from fedmpi.train import set_state, train_local
 from fedmpi.transport import TAG_HELLO, Transport
@@ -179,6 +179,7 @@ class ClientWorker:
         start = self._model(rnd, client)
 
         maybe_fail(cfg, rank=self.rank, round=rnd, where="train")
+        maybe_sleep(cfg, rank=self.rank, round=rnd)
         set_state(exp.model, start)
         t = cfg.train
         loss, compute_s = train_local(

@@ -18,6 +18,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                   "latency and bandwidth of the suite's MPI path vs plain mpi4py (2 ranks)"),
     "round": ("fedmpi.bench.round",
               "a short run's round time split and efficiency Σ training / (workers × wall)"),
+    "scale": ("fedmpi.bench.scale", "server peak RSS and time per round at 10..1,000 "
+              "clients per round"),
 }
 
 

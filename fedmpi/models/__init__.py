@@ -6,7 +6,7 @@ tensor is transmitted and aggregated; construction is deterministic under torch.
 
 from __future__ import annotations
 
-from fedmpi.models import cnn, mlp, resnet12, resnet18  # noqa: F401  (fill the registry)
+from fedmpi.models import bulk18, cnn, mlp, resnet12, resnet18  # noqa: F401  (fill the registry)
 from fedmpi.models.registry import available, build, register
 
 __all__ = ["available", "build", "register"]

@@ -86,6 +86,12 @@ EXTRA_ROOT_ATTRS: tuple[Field, ...] = (
     Field("cum_wire_bytes", "i8", "bytes", "every wire byte so far, final STOP exchange included"),
     Field("segment", "i8", "1", "current process incarnation (0, +1 per --resume)"),
     Field("checkpoint_round", "i8", "1", "round of the latest complete checkpoint"),
+    Field("server_peak_rss_bytes", "i8", "bytes",
+          "peak resident memory of rank 0 over the process's life (getrusage), at its end"),
+    Field("dropped_updates", "str", "",
+          "run.round_deadline_s: JSON {round: [clients]} of the updates that came after the "
+          "round's deadline (dropped from the aggregate; their /messages rows are there, "
+          "received and discarded); rounds with none are absent (this process's rounds)"),
 )
 
 # ------------------------------------------------------------------------- /rounds
@@ -96,12 +102,18 @@ ROUNDS: tuple[Field, ...] = (
     Field("test_accuracy", "f8", "fraction", "global model accuracy on the test set, 0..1"),
     Field("test_loss", "f8", "1", "global model loss on the test set"),
     Field("train_loss", "f8", "1", "local training loss, sample-weighted over participants"),
-    Field("participants", "i4", "clients", "clients that trained this round"),
+    Field("participants", "i4", "clients",
+          "clients whose update was aggregated this round (run.round_deadline_s: those "
+          "dropped, listed in the dropped_updates attribute, are not counted)"),
     Field("samples", "i8", "samples", "training samples over participants"),
     Field("wall_s", "f8", _S, "wall-clock time of the round on the server (from its start to "
           "the next round's start; the last round: to its row)"),
-    Field("compute_s", "f8", _S, "client training time, summed over clients"),
-    Field("encode_s", "f8", _S, "encoding time, server + clients"),
+    Field("compute_s", "f8", _S,
+          "client training time, summed over clients (dropped ones included)"),
+    Field("encode_s", "f8", _S,
+          "encoding time, server + clients: the clients' updates of this round and the "
+          "server's broadcast encoded at its end (for the next round; round 0 also the "
+          "first broadcast's); dropped updates included"),
     Field("decode_s", "f8", _S, "decoding time, server + clients"),
     Field("communicate_s", "f8", _S,
           "estimated non-overlapped communication: wait_s minus the busiest worker's "
@@ -144,10 +156,18 @@ MESSAGES: tuple[Field, ...] = (
     Field("numel", "i8", "values", "values in the message's tensors"),
     Field("nnz", "i8", "values", "non-zero values sent"),
     Field("codec_id", "u4", "code", "pipeline id; group attribute codecs maps id -> name"),
-    Field("encode_s", "f8", _S, "time to encode on the sender"),
-    Field("decode_s", "f8", _S, "time to decode on the receiver"),
-    Field("send_s", "f8", _S, "time blocked sending"),
-    Field("recv_s", "f8", _S, "time blocked receiving"),
+    Field("encode_s", "f8", _S,
+          "time to encode on the sender; a MODEL broadcast is encoded once per round and "
+          "its time is on the first copy sent (the lowest sampled client), 0 on the others, "
+          "so the column sums to the encoding work done"),
+    Field("decode_s", "f8", _S,
+          "time to decode on the receiver (an UPDATE dropped by the round deadline: its "
+          "header and checksum check only)"),
+    Field("send_s", "f8", _S,
+          "sender's time from starting the send to its completion: blocking sends (worker "
+          "messages, STOP) block that long; posted ones (ASSIGN, MODEL, state restores) "
+          "overlap, from the post to the poll that saw them complete"),
+    Field("recv_s", "f8", _S, "time blocked receiving (probe and receive)"),
     Field("segment", "i4", "1", "process incarnation that sent it: 0, then +1 per --resume"),
     Field("sim_s", "f8", _S,
           "simulated transfer time on the client's link (`link`): latency_s + 8 x "

@@ -27,14 +27,19 @@ def run_recorded(monkeypatch, comm, cfg_path, out, overrides):
     seen = []  # (direction as seen by this rank, tag, peer, nbytes)
     orig_send, orig_post, orig_recv = (transport.Transport.send, transport.Transport.post,
                                        transport.Transport.recv)
+    orig_parts = transport.Transport.post_parts
 
     def send(self, buf, dest, tag, **context):
         seen.append(("sent", tag, dest, len(buf)))
         return orig_send(self, buf, dest, tag, **context)
 
-    def post(self, buf, dest, tag):
+    def post(self, buf, dest, tag, **key):
         seen.append(("sent", tag, dest, len(buf)))
-        return orig_post(self, buf, dest, tag)
+        return orig_post(self, buf, dest, tag, **key)
+
+    def post_parts(self, parts, dest, tag, **key):  # one message: header + shared payload
+        seen.append(("sent", tag, dest, sum(len(p) for p in parts)))
+        return orig_parts(self, parts, dest, tag, **key)
 
     def recv(self, source, tag, **context):
         buf, src, waited = orig_recv(self, source, tag, **context)
@@ -43,6 +48,7 @@ def run_recorded(monkeypatch, comm, cfg_path, out, overrides):
 
     monkeypatch.setattr(transport.Transport, "send", send)
     monkeypatch.setattr(transport.Transport, "post", post)
+    monkeypatch.setattr(transport.Transport, "post_parts", post_parts)
     monkeypatch.setattr(transport.Transport, "recv", recv)
     args = argparse.Namespace(config=str(cfg_path), out=str(out), overwrite=False, resume=None,
                               overrides=overrides)

@@ -25,13 +25,22 @@ class FakeTransport:
         self.rank = rank
         self.liveness = Liveness(hub=rank == 0)
         self.sent, self.inbox = [], list(inbox)
+        self.posted, self.completed = [], {}
 
     def send(self, buf, dest, tag, *, what="", round=None):
         self.sent.append(("send", bytes(buf), dest, tag))
         return 0.25
 
-    def post(self, buf, dest, tag):
+        self.posted, self.completed = [], {}
+
+    def post(self, buf, dest, tag, *, key=None):
         self.sent.append(("post", bytes(buf), dest, tag))
+        self.posted.append(key)
+        return 0.0
+
+    def post_parts(self, parts, dest, tag, *, key=None):
+        self.sent.append(("post_parts", b"".join(bytes(p) for p in parts), dest, tag))
+        self.posted.append(key)
         return 0.0
 
     def recv(self, source, tag, *, what="", round=None):
@@ -40,6 +49,8 @@ class FakeTransport:
         return np.frombuffer(buf, np.uint8).copy(), src, 0.5
 
     def complete(self, *, round=None):
+        self.completed = {k: 0.125 for k in self.posted}  # as if each took 0.125 s
+        self.posted = []
         return 0.0
 
 
@@ -60,6 +71,7 @@ def test_a_sent_message_is_logged_from_its_header_and_the_senders_side():
     server = Channel(FakeTransport(0))
     msg = message(Kind.ASSIGN, round=3, payload=protocol.assign_payload(0, [4]))
     server.send(msg, 2, post=True)
+    server.complete()
     worker = Channel(FakeTransport(2))
     worker.send(state_message({"a": np.ones((2, 3), np.float32)}, round=3, client=4), 0)
     (s,), (w,) = server.drain(), worker.drain()

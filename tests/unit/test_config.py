@@ -407,3 +407,21 @@ def test_values_the_result_file_cannot_store_as_json_are_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         config.load(p)
     assert err.value.field == "config" and "plain values" in err.value.allowed
+
+
+def test_round_deadline_is_off_by_default_and_bounded():
+    assert config.from_dict({}).run.round_deadline_s is None
+    for bad in (0, -1, float("nan"), 10**9):
+        with pytest.raises(ConfigError) as err:
+            config.from_dict({"run": {"round_deadline_s": bad}})
+        assert err.value.field == "run.round_deadline_s"
+    assert config.from_dict({"run": {"round_deadline_s": 2.5}}).run.round_deadline_s == 2.5
+
+
+def test_fail_at_sleep_takes_seconds():
+    from fedmpi import faults
+
+    faults.validate({"rank": 1, "round": 2, "where": "sleep", "seconds": 0.5})
+    with pytest.raises(ConfigError) as err:
+        faults.validate({"rank": 1, "round": 2, "where": "sleep", "seconds": -1})
+    assert err.value.field == "run.fail_at.seconds"

@@ -13,6 +13,7 @@ SHAPES = {
     "cnn": [(3, 32, 32), (1, 8, 8)],
     "resnet12": [(3, 32, 32), (1, 8, 8)],
     "resnet18": [(3, 32, 32)],
+    "bulk18": [(1, 8, 8), (3, 32, 32)],
 }
 
 
@@ -65,3 +66,16 @@ def test_unknown_model_names_the_field_and_lists_models():
         models.build("vgg", input_shape=(3, 32, 32), num_classes=10)
     assert e.value.field == "train.model"
     assert all(name in str(e.value) for name in SHAPES)
+
+
+def test_bulk18_is_resnet18_sized_and_trains_only_its_head():
+    model = models.build("bulk18", input_shape=(1, 8, 8), num_classes=10)
+    ref = models.build("resnet18", input_shape=(3, 32, 32), num_classes=10)
+    assert abs(n_params(model) - n_params(ref)) / n_params(ref) < 0.01
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)),
+                                      torch.tensor([0, 1, 2, 3])).backward()
+    opt.step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"head.weight", "head.bias"}
