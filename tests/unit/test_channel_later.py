@@ -9,6 +9,7 @@ import pytest
 from fedmpi.accounting import VIEW_DTYPE
 from fedmpi.channel import Channel, message
 from fedmpi.liveness import Liveness
+from fedmpi.transport import Posted
 from fedmpi.wire import Kind
 
 
@@ -25,11 +26,11 @@ class PostingTransport:
     def __init__(self, polls):
         self.rank, self.liveness, self.pending, self.polls = 1, Liveness(hub=False), [], polls
 
-    def post(self, buf, dest, tag):
-        self.pending.append((Request(self.polls.pop(0)), buf, dest))
+    def post(self, buf, dest, tag, *, key=None):
+        self.pending.append(Posted(key, Request(self.polls.pop(0)), buf, dest, 0.0))
         return 0.001
 
-    def _wait(self, done, poll_s, describe):
+    def _wait(self, done, describe):
         while not done():
             pass
 
