@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from fedmpi import accounting, protocol, wire
+from fedmpi import accounting, linkmodel, protocol, wire
 from fedmpi.channel import Channel, Outgoing, encoded, message, state_message
 from fedmpi.experiment import Experiment
 from fedmpi.faults import maybe_corrupt, maybe_fail
@@ -65,6 +65,7 @@ class RoundStats:
     columns: dict[str, np.ndarray]  # this round's /messages rows
     updates: np.ndarray  # the workers' UPDATE log rows (training loss, compute time, samples)
     max_worker_busy_s: float
+    sim_s: float = float("nan")  # the round's simulated time on the link model (NaN: none)
 
 
 @dataclass
@@ -131,6 +132,8 @@ class Server:
         self.stop = stop
         self.strategy = exp.strategy
         self.totals = accounting.LinkTotals()
+        self.links = linkmodel.from_config(self.cfg.link, self.cfg.seed,
+                                           self.cfg.clients.num_clients)  # None: no link model
         self.down_state = exp.downlink.new_state() or {}  # the broadcast's ctx.state
         self.update_down = self.cfg.compression.downlink_target == "update"
         self.replica = None  # update mode: the global model as the clients hold it
@@ -429,6 +432,11 @@ class Server:
         self.totals.add(server_view, worker_view)  # independent sums, before the join
         columns = accounting.join(server_view, worker_view)
         columns["segment"] = np.full(len(columns["round"]), self.segment, dtype="<i4")
+        # Simulated transfer times on the configured client links (fedmpi.linkmodel):
+        # per message, and the round's (its slowest client's download + upload).
+        columns["sim_s"], sim_s = linkmodel.round_times(
+            self.links, columns["kind"], columns["direction"], columns["client"],
+            columns["sender_bytes"], worker=columns["worker"])
         self.writer.append_messages(columns)
         # Busy time per worker rank: training plus its own codec work.
         codec = np.where(np.isin(worker_view["kind"], (Kind.UPDATE, Kind.MODEL)),
@@ -436,7 +444,7 @@ class Server:
         busy = np.bincount(worker_view["worker"], weights=worker_view["compute_s"] + codec,
                            minlength=1)
         return RoundStats(columns, worker_view[worker_view["kind"] == Kind.UPDATE],
-                          float(busy.max()))
+                          float(busy.max()), float(sim_s))
 
     def start_up(self, state: ServerState) -> None:
         """Start-up infrastructure messages (MEMORY, client -1, logged at round -1,
@@ -557,6 +565,7 @@ class Server:
             "cum_wire_bytes": self.cum_bytes,
             "up_nnz": int(cols["nnz"][update & up].sum()),
             "down_nnz": int(cols["nnz"][model].sum()),
+            "sim_s": stats.sim_s,
         }
         row["wall_s"] = (time.perf_counter() if end is None else end) - t_round
         self.writer.append_round(row)
