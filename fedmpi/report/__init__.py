@@ -87,6 +87,9 @@ def report(files, out: Path, *, all_runs: bool = False, ignore=(),
         plots.pareto(chosen, labels, groups, out / "pareto.png"),
         plots.time_split(rounds, labels, out / "time_split.png"),
     ]
+    timed = plots.accuracy_vs_time(rounds, labels, groups, out / "accuracy_vs_time.png")
+    if timed is not None:  # runs with a link model (`link:`): simulated transfer times
+        written.append(timed)
     skipped = len(runs) - len(chosen)
     note = (f"{len(chosen)} of {len(runs)} runs"
             + (f" ({skipped} not completed, left out; --all-runs includes them)" if skipped else "")

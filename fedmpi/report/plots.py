@@ -66,6 +66,37 @@ def accuracy_vs_mb(rounds, labels, groups, path: Path) -> Path:
                    title="Accuracy vs communication", path=path, logx=True)
 
 
+def accuracy_vs_time(rounds: pd.DataFrame, labels, groups, path: Path) -> Path | None:
+    """Accuracy against time: the measured MPI wall time (left) next to the time the
+    link model simulates for the same bytes (right: each round's slowest client's
+    download + upload, `/rounds.sim_s`), e.g. "time to 40% on a 10 Mbit/s uplink".
+    None when no run has simulated times (no `link:` model)."""
+    if "sim_s" not in rounds or not rounds["sim_s"].notna().any():
+        return None
+    r = rounds.sort_values(["run", "round"]).copy()
+    r["cum_wall_s"] = r.groupby("run")["wall_s"].cumsum()
+    r["cum_sim_s"] = r.groupby("run")["sim_s"].cumsum()
+    fig = Figure(figsize=(11, 4.5))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, x, xlabel in ((axes[0], "cum_wall_s", "measured wall time (s, MPI on this machine)"),
+                          (axes[1], "cum_sim_s", "simulated transfer time (s, link model)")):
+        seen: dict[int, int] = {}
+        for run, g in r.groupby("run", sort=False):
+            g = g[g["test_accuracy"].notna() & g[x].notna()]
+            if not len(g):
+                continue
+            grp = groups.get(run, 0)
+            k = seen[grp] = seen.get(grp, -1) + 1
+            ax.plot(g[x], 100 * g["test_accuracy"], _STYLES[k % len(_STYLES)],
+                    color=_colour(grp), label=labels.get(run, run))
+        ax.set(xlabel=xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel="test accuracy (%)", title="Accuracy vs measured time")
+    axes[1].set(title="Accuracy vs simulated link time")
+    _legend(axes[1])
+    return save_figure(fig, path)
+
+
 def pareto_front(mb: np.ndarray, acc: np.ndarray) -> np.ndarray:
     """Indices of runs no other run beats on both bytes (fewer) and accuracy (higher)."""
     order = np.lexsort((-acc, mb))  # by bytes, ties: best accuracy first

@@ -113,3 +113,21 @@ def test_pareto_front():
     mb = np.array([1.0, 2.0, 3.0, 2.5, 1.0])
     acc = np.array([0.5, 0.7, 0.6, 0.8, 0.4])
     assert pareto_front(mb, acc).tolist() == [0, 1, 3]
+
+
+def test_accuracy_vs_time_only_with_simulated_times(tmp_path):
+    """The simulated-time figure needs /rounds.sim_s (a link model); without it, none."""
+    from fedmpi.report.plots import accuracy_vs_time
+
+    rounds = pd.DataFrame({"run": ["a"] * 3, "round": [0, 1, 2], "wall_s": [1.0, 1.0, 1.0],
+                           "test_accuracy": [0.2, 0.3, 0.4], "sim_s": [np.nan] * 3})
+    assert accuracy_vs_time(rounds, {}, {}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+    rounds["sim_s"] = [8.0, 8.0, 8.0]
+    out = accuracy_vs_time(rounds, {"a": "a"}, {"a": 0}, tmp_path / "t.png")
+    assert out.exists() and out.stat().st_size > 1000
+
+
+def test_report_has_no_time_figure_without_a_link_model(files, tmp_path):
+    assert cli(["report", str(files), "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "accuracy_vs_time.png").exists()
