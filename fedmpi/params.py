@@ -24,6 +24,21 @@ class BadParam(Exception):
         self.param, self.value, self.allowed = param, value, allowed
 
 
+def registrar(registry: dict, what: str):
+    """The `register("<key>")` class decorator of one plug-in registry (stages,
+    compressors, strategies): sets the class's `key` and refuses a key used twice."""
+    def register(name: str):
+        def deco(cls):
+            if name in registry:
+                raise RuntimeError(f"{what} {name!r} registered twice")
+            cls.key = name
+            registry[name] = cls
+            return cls
+        return deco
+    register.__doc__ = f"Class decorator: make a {what} buildable from config under `name`."
+    return register
+
+
 def type_ok(value: object, hint: object) -> bool:
     if typing.get_args(hint):  # a union such as `int | None`
         return any(type_ok(value, h) for h in typing.get_args(hint))

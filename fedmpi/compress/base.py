@@ -25,21 +25,13 @@ from typing import ClassVar
 import numpy as np
 
 from fedmpi.errors import ConfigError
-from fedmpi.params import BadParam, instantiate, type_ok  # noqa: F401  (re-exported)
+from fedmpi.params import BadParam, instantiate, registrar, type_ok  # noqa: F401  (re-exported)
 from fedmpi.wire import WireFormatError
 
 REGISTRY: dict[str, type[Stage]] = {}
 
 
-def register(name: str):
-    """Class decorator: make a stage buildable from config under `name`."""
-    def deco(cls: type[Stage]) -> type[Stage]:
-        if name in REGISTRY:
-            raise RuntimeError(f"stage {name!r} registered twice")
-        cls.key = name
-        REGISTRY[name] = cls
-        return cls
-    return deco
+register = registrar(REGISTRY, "stage")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,7 +44,7 @@ import numpy as np
 from fedmpi.compress.base import Container
 from fedmpi.compress.pipeline import Encoded, ModelSpec, spec_crc
 from fedmpi.errors import ConfigError
-from fedmpi.params import instantiate
+from fedmpi.params import instantiate, registrar
 from fedmpi.wire import WireFormatError
 
 __all__ = ["Context", "Compressor", "Encoded", "Fold", "REGISTRY", "Sections", "register",
@@ -54,15 +54,7 @@ LINKS = ("up", "down")
 REGISTRY: dict[str, type["Compressor"]] = {}
 
 
-def register(name: str):
-    """Class decorator: make a compressor buildable from config under `name`."""
-    def deco(cls):
-        if name in REGISTRY:
-            raise RuntimeError(f"compressor {name!r} registered twice")
-        cls.key = name
-        REGISTRY[name] = cls
-        return cls
-    return deco
+register = registrar(REGISTRY, "compressor")
 
 
 @dataclass

@@ -34,19 +34,12 @@ import numpy as np
 
 from fedmpi.aggregate import StreamingFedAvg
 from fedmpi.errors import ConfigError
-from fedmpi.params import instantiate
+from fedmpi.params import instantiate, registrar
 
 REGISTRY: dict[str, type["Strategy"]] = {}
 
 
-def register(name: str):
-    def deco(cls):
-        if name in REGISTRY:
-            raise RuntimeError(f"strategy {name!r} registered twice")
-        cls.key = name
-        REGISTRY[name] = cls
-        return cls
-    return deco
+register = registrar(REGISTRY, "strategy")
 
 
 @dataclass(frozen=True)
