@@ -123,7 +123,7 @@ paper-cpu: install
 	done
 	$(PY) -m fedmpi report results/paper-cpu/*.h5 --out results/paper-cpu/report
 
-# The compressor zoo (configs/zoo/sweep.yaml: 17 method configs x 3 seeds on CPU-scale
+# The compressor zoo (configs/zoo/sweep.yaml: 18 method configs x 3 seeds on CPU-scale
 # CIFAR-10 with ResNet-12), task after task, then the report and the zoo table. Finished
 # tasks are skipped, interrupted ones resumed. ZOO_SWEEP=configs/zoo/quick.yaml is the
 # CI-sized one; its table goes to its own report folder, not to results/zoo-table.csv.

@@ -37,7 +37,9 @@ FULL = {  # method config -> (uplink method, its strength parameter and value)
     "efsignsgd": ("efsignsgd", None, None), "stc-0.1": ("stc", "fraction", 0.1),
     "stc-0.01": ("stc", "fraction", 0.01), "fedzip-0.1": ("fedzip", "fraction", 0.1),
     "powersgd-1": ("powersgd", "rank", 1), "powersgd-4": ("powersgd", "rank", 4),
+    "signsgd-vote+efsign-down": ("signsgd", "vote", True),
 }
+OWN_DOWNLINK = {"signsgd-vote+efsign-down": {"efsignsgd": {}}}  # beyond the fixed rule
 
 
 def _raw(name: str) -> dict:
@@ -83,7 +85,9 @@ def test_full_sweep_is_every_method_times_three_seeds():
         if param is not None:
             assert up[param] == value, method
         # the downlink rule of the sweep file's header
-        if key == "stc":
+        if method in OWN_DOWNLINK:
+            assert comp["downlink"] == OWN_DOWNLINK[method]
+        elif key == "stc":
             assert comp["downlink"] == comp["uplink"]
         else:
             fraction = {"topk": value, "randk": value, "threshold": 0.01}.get(key, 0.1)
