@@ -242,8 +242,15 @@ class Transport:
         peer = "" if source == MPI.ANY_SOURCE else f" from rank {source}"
         self._wait(probe, lambda: f"no {what or _tag_name(tag)}{peer} {when(round)}")
         buf = self._buffer(status.Get_count(MPI.BYTE))
-        found[0].Recv([buf, MPI.BYTE])
-        return buf, status.Get_source(), time.perf_counter() - t0
+        # The matched receive polls too: a large message (rendezvous, or the server's
+        # non-contiguous broadcast, packed as the sender progresses) needs its sender
+        # until the last byte, and a blocking Recv would hang for good on a sender that
+        # stops mid-transfer (found with a SIGSTOPped rank 0).
+        src = status.Get_source()
+        req = found[0].Irecv([buf, MPI.BYTE])
+        self._wait(req.Test, lambda: f"rank {src} did not finish sending the "
+                   f"{what or _tag_name(tag)} {when(round)}")
+        return buf, src, time.perf_counter() - t0
 
     def _buffer(self, n: int) -> np.ndarray:
         """An uninitialised uint8 buffer of `n` bytes, reusing a large spare if one is free."""

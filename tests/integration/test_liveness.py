@@ -23,7 +23,8 @@ TIMEOUT = 10  # run.timeout_s: rank 0 gives a silent worker 10 s, a worker gives
 ROUNDS = 40
 SET = ["--set", f"rounds={ROUNDS}", "--set", f"run.timeout_s={TIMEOUT}"]
 # what a worker says when rank 0 is silent (the rank in group 1 is the worker's)
-WORKER_SAYS = (r"LivenessError: rank \1: (no .+? from rank 0|rank 0 did not take the .+?) "
+WORKER_SAYS = (r"LivenessError: rank \1: (no .+? from rank 0|rank 0 did not take the .+?|"
+               r"rank 0 did not finish sending the .+?) "
                r"in round (\d+) within ([\d.]+) s")
 RANK_ENV = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")  # MPICH/Hydra, Open MPI
 
@@ -126,13 +127,13 @@ def test_a_stopped_worker_is_named_by_rank_0_and_the_failed_file_resumes(tmp_pat
     out = tmp_path / "stopped-worker.h5"
     res, took, _ = stop_rank_after_two_rounds(out, rank=2)
     assert res.returncode != 0
-    m = re.search(r"rank 0 failed: LivenessError: (rank 0: no (.+?) from rank 2 in round (\d+) "
-                  r"within ([\d.]+) s)", res.stderr)
+    # Updates are received from any rank as they come (the reorder window), so rank 0
+    # names every client still owing and the ranks they were placed on: rank 2 only.
+    m = re.search(r"rank 0 failed: LivenessError: (rank 0: no (.+?) from rank(?:\(s\))? 2 in "
+                  r"round (\d+) within ([\d.]+) s)", res.stderr)
     assert m, res.stderr
     awaited, rnd, limit = m.group(2), int(m.group(3)), float(m.group(4))
-    assert re.fullmatch(r"UPDATE of client \d+|REPORT", awaited), awaited
-    if awaited.startswith("UPDATE"):
-        assert int(awaited.split()[-1]) % 2 == 1  # a client rank 2 hosts (1 + c mod 2)
+    assert re.fullmatch(r"UPDATE of client(\(s\))? \d+(, \d+)*|REPORT", awaited), awaited
     assert limit >= TIMEOUT
     # rank 0's wait may have begun up to a round before the stop; then the limit, then Abort
     assert limit - 5 < took < limit + 30, (took, limit)
