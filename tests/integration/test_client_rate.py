@@ -4,12 +4,17 @@ has its own θ (compression.client_rate), beside a strategy with its own client 
 from __future__ import annotations
 
 import h5py
+import pytest
 import numpy as np
 from mpijobs import QUICK, fedmpi_cmd, run
 
 from fedmpi.compress.prune import n_drop
 from fedmpi.compressors import client_rate as cr
 from fedmpi.wire import Kind
+
+# The library under test here is fedmpi's codecs/methods/reports, not MPI: the mpich
+# leg runs it, `make test-openmpi` leaves it out (pyproject: any_mpi).
+pytestmark = pytest.mark.any_mpi
 
 RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 

@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 from mpijobs import QUICK, attrs, fedmpi_cmd, rounds, run
 
+# The library under test here is fedmpi's codecs/methods/reports, not MPI: the mpich
+# leg runs it, `make test-openmpi` leaves it out (pyproject: any_mpi).
+pytestmark = pytest.mark.any_mpi
+
 EF = QUICK.parent / "examples" / "error-feedback.yaml"
 
 

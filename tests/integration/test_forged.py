@@ -9,6 +9,10 @@ import re
 import pytest
 from mpijobs import QUICK, attrs, fedmpi_cmd, run
 
+# The library under test here is fedmpi's codecs/methods/reports, not MPI: the mpich
+# leg runs it, `make test-openmpi` leaves it out (pyproject: any_mpi).
+pytestmark = pytest.mark.any_mpi
+
 
 @pytest.mark.parametrize("where, receiver, names", [
     ("forge", 0, r"server \(rank 0\), round 1, update from rank 1 \(client \d+\): "),

@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 from mpijobs import ROOT, fedmpi_cmd, run
 
+# The library under test here is fedmpi's codecs/methods/reports, not MPI: the mpich
+# leg runs it, `make test-openmpi` leaves it out (pyproject: any_mpi).
+pytestmark = pytest.mark.any_mpi
+
 PAPER = ROOT / "configs" / "paper" / "paper.yaml"
 RESNET12_PARAMS = 780_266
 

@@ -7,11 +7,16 @@ from __future__ import annotations
 import json
 
 import h5py
+import pytest
 import yaml
 from mpijobs import QUICK, ROOT, fedmpi_cmd, run
 
 from fedmpi.compress.prune import n_drop
 from fedmpi.wire import Kind
+
+# The library under test here is fedmpi's codecs/methods/reports, not MPI: the mpich
+# leg runs it, `make test-openmpi` leaves it out (pyproject: any_mpi).
+pytestmark = pytest.mark.any_mpi
 
 
 def test_sign_cell_with_feedback_runs_and_is_an_eighth_of_pruned_float32(tmp_path):

@@ -16,6 +16,10 @@ from mpijobs import MPIEXEC, PYTHON, ROOT, finish, start
 
 from fedmpi import config as cfgmod
 
+# The library under test here is fedmpi's codecs/methods/reports, not MPI: the mpich
+# leg runs it, `make test-openmpi` leaves it out (pyproject: any_mpi).
+pytestmark = pytest.mark.any_mpi
+
 QUICK = ROOT / "configs" / "zoo" / "quick.yaml"
 NEEDS = ("topk", "qsgd", "stc")  # the quick sweep's methods besides dense and the stages
 
