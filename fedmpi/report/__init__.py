@@ -135,11 +135,11 @@ def _zoo(chosen, rounds, messages, configs, out: Path, zoo_table: Path | None) -
 
 def _setting_differences(chosen, configs) -> list[dict]:
     """Per zoo setting index, the setting keys whose values differ between settings."""
-    from fedmpi.report.methods import setting_of
+    from fedmpi.report.methods import setting_of, with_defaults
 
     seen: dict[str, dict] = {}
     for run in chosen["run"]:
-        flat = setting_of(configs[run])
+        flat = setting_of(with_defaults(configs[run]))
         seen.setdefault(json.dumps(flat, sort_keys=True, default=str), flat)
     settings = list(seen.values())
     keys = {k for s in settings for k in s}

@@ -161,7 +161,41 @@ class Method:
         return self.up == DENSE and self.down == DENSE and self.strategy is None
 
 
+def _defaults() -> dict[str, Any]:
+    from fedmpi.config import Config
+    from fedmpi.results.flatten import flatten
+
+    return flatten(Config().to_dict())
+
+
+def with_defaults(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config with the keys it predates at today's defaults.
+
+    Why: a file written before a config key existed (e.g. `link`, or
+    `compression.client_rate`) describes the same setting and method as a new file
+    with that key at its default; without this they would be grouped apart (the
+    sweep's stale check treats such keys the same way). A key missing from a file
+    shows as None (or NaN) in the loaded table; keys at None are left out, as absent.
+    """
+    def missing(value: Any) -> bool:
+        return value is None or (isinstance(value, float) and np.isnan(value))
+
+    present = {k for k, v in flat.items() if not missing(v)}
+    out = dict(flat)
+    for key, default in _defaults().items():
+        if default is None or key in present:
+            continue
+        parts = key.split(".")
+        parents = {".".join(parts[:i]) for i in range(1, len(parts))}
+        if parents & present or any(k.startswith(key + ".") for k in present):
+            continue  # the file gives this node another shape (e.g. a method-form link)
+        out[key] = default
+    # a key at None says no more than an absent one (a file written before it existed)
+    return {k: v for k, v in out.items() if not missing(v)}
+
+
 def identify(flat: Mapping[str, Any]) -> Method:
+    flat = with_defaults(flat)
     comp = subtree(flat, "compression") or {}
     strategy = subtree(flat, "strategy")
     up_name, up = describe_link(comp.get("uplink"))

@@ -180,3 +180,19 @@ def test_no_completed_run_gives_an_empty_table_with_its_header(files, tmp_path):
     assert cli(["report", str(files / "topk-3-failed.h5"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "zoo-table.csv").read_text() == ",".join(zoo.TABLE_COLUMNS) + "\n"
     assert "No completed runs" in (tmp_path / "ranking.md").read_text()
+
+
+def test_a_file_that_predates_a_config_key_is_in_the_same_setting_and_method():
+    """Old files lack keys added since (link, compression.client_rate): at today's
+    defaults they are the same setting and method config as new files."""
+    from fedmpi.config import Config
+    from fedmpi.results.flatten import flatten
+
+    new = flatten(Config().to_dict())
+    old = {k: v for k, v in new.items()
+           if not k.startswith("link.") and k != "compression.client_rate"}
+    old_in_table = {**old, **{k: None for k in new if k not in old}}  # a union of columns
+    a, b, c = (methods.identify(x) for x in (new, old, old_in_table))
+    assert a.setting == b.setting == c.setting and a.key == b.key == c.key
+    other = methods.identify({**new, "link.kind": "fixed"})
+    assert other.setting != a.setting
