@@ -42,10 +42,20 @@ def fedmpi_cmd(n: int, *args: str) -> list[str]:
     return [*MPIEXEC, "-n", str(n), PYTHON, "-m", "fedmpi", "run", *map(str, args)]
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT and SIGQUIT at their defaults. A test runner started in the
+    background by a non-interactive shell (`cmd &`, nohup) has them ignored, every child
+    inherits that, and bash cannot trap a signal ignored at its entry: jobs/workstation.sh
+    would then never see the Ctrl-C its test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "FEDMPI_PROGRESS": "0", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+                            text=True, env=env, start_new_session=True,
+                            preexec_fn=_default_signals)
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
