@@ -110,11 +110,7 @@ class Transport:
         `buf` is kept alive until the send completes.
         """
         t0 = time.perf_counter()
-        if key is None:
-            key = self._posts
-        self._posts += 1
-        req = self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag)
-        self.pending.append(Posted(key, req, buf, dest, t0))
+        self._pend(self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=tag), buf, dest, key, t0)
         return time.perf_counter() - t0
 
     def post_parts(self, parts, dest: int, tag: int, *, key: Hashable = None) -> float:
@@ -141,11 +137,13 @@ class Transport:
             req = self.comm.Isend([MPI.BOTTOM, 1, dtype], dest=dest, tag=tag)
         finally:
             dtype.Free()  # MPI keeps it for the pending send
-        if key is None:
-            key = self._posts
-        self._posts += 1
-        self.pending.append(Posted(key, req, tuple(parts), dest, t0))
+        self._pend(req, tuple(parts), dest, key, t0)
         return time.perf_counter() - t0
+
+    def _pend(self, req, keep, dest: int, key: Hashable, t0: float) -> None:
+        """Track a posted send; `keep` (what it reads) stays referenced until it completes."""
+        self.pending.append(Posted(self._posts if key is None else key, req, keep, dest, t0))
+        self._posts += 1
 
     def wait_message(self, source: int, tag: int, until: float, *, what: str = "",
                      round: int | None = None) -> bool:
