@@ -257,7 +257,7 @@ class Server:
         else:  # every update dropped: the model the clients started from
             new_global = self._device(bcast.reference)
         times.aggregate_s += time.perf_counter() - t0
-        self._discard_late(rnd, dropped, settings, times)
+        self._discard_late(rnd, dropped, times)
         times.dropped = dropped
 
         worker_rows = self._collect_reports(rnd, times)
@@ -380,8 +380,7 @@ class Server:
         self.strategy.fold(client, tensors, float(self.exp.samples[client]))
         times.aggregate_s += time.perf_counter() - t0
 
-    def _discard_late(self, rnd: int, late: list[int], settings: dict,
-                      times: RoundTimes) -> None:
+    def _discard_late(self, rnd: int, late: list[int], times: RoundTimes) -> None:
         """Receive the UPDATEs dropped by the round deadline, check their headers and
         discard them: their senders wait for it (and send their REPORT after), and
         every message is accounted, dropped or not."""
