@@ -45,9 +45,13 @@ run: install
 	$(PY) -m fedmpi report results/quickstart.h5 results/quickstart-theta95.h5 \
 	  --out results/quickstart-report
 
+# With Open MPI, its mpi4py compiles on the second core while the unit tests use the first.
+WITH_OPENMPI = $(or $(HAVE_OPENMPI),$(filter true,$(CI)))
 test: install
-	$(MAKE) --no-print-directory test-unit test-mpi test-integration test-slurm \
-	  $(if $(or $(HAVE_OPENMPI),$(filter true,$(CI))),test-openmpi)
+	$(MAKE) --no-print-directory $(if $(WITH_OPENMPI),-j2 --output-sync=target) test-unit \
+	  $(if $(WITH_OPENMPI),install-openmpi)
+	$(MAKE) --no-print-directory test-mpi test-integration test-slurm \
+	  $(if $(WITH_OPENMPI),test-openmpi)
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
@@ -55,8 +59,12 @@ test-unit: install
 test-mpi: install
 	$(TEST_MPIEXEC) -n 3 $(TEST_PY) -m pytest -q --with-mpi -p no:cacheprovider tests/mpi
 
+# Each integration test runs whole MPI jobs that wait much of the time (liveness bounds,
+# signals, deadlines): TEST_JOBS pytest workers (pytest-xdist) share the cores; 1 runs them
+# one at a time.
+TEST_JOBS ?= 2
 test-integration: install
-	$(TEST_PY) -m pytest -q $(INTEGRATION_SELECT) tests/integration
+	$(TEST_PY) -m pytest -q -n $(TEST_JOBS) $(INTEGRATION_SELECT) tests/integration
 
 # The MPI and integration tests again, under Open MPI: every test whose outcome can depend
 # on the MPI library (launch, signals, liveness, failures, resume, accounting, ordering);

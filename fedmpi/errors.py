@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import reprlib
 
-MAX_VALUE_CHARS = 200  # what an error message shows of a value it quotes
+MAX_VALUE_CHARS = 400  # what an error message shows of a value it quotes (a whole path)
 MAX_TEXT_CHARS = 600  # field names and "allowed" texts can quote user input too
 
 
@@ -20,7 +20,8 @@ class _Repr(reprlib.Repr):
         self.maxlevel = 3
         self.maxdict = self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 8
         self.maxdeque = self.maxarray = 8
-        self.maxstring = self.maxother = 80
+        self.maxother = 80
+        self.maxstring = MAX_VALUE_CHARS  # file paths: a cluster path is often > 80 chars
         self.maxlong = 40
 
     def repr_int(self, x, level):

@@ -176,9 +176,9 @@ def _client_resume(path: Path, cfg, rank: int, world_size: int):
 
     try:
         run, round_ = run_id_of(path)
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise ConfigError("--resume", str(path), "a result file with a readable run identity "
-                          f"({type(exc).__name__}: {exc})") from None
+    except (OSError, KeyError, ValueError, RuntimeError, ResultsError) as exc:
+        raise _unreadable(path, "a result file with a readable run identity", exc,
+                          RankConfigError) from None
     up, _ = build_links(cfg)
     if up.new_state() is None:
         return Resume(round_, run, {})
@@ -228,6 +228,20 @@ def _check_writable(out: Path, field: str) -> None:
                           f"{exc.strerror or exc})") from None
 
 
+def _unreadable(path: Path, allowed: str, exc: BaseException, cls=None) -> ConfigError:
+    """The error for a result file that did not read back: "still running" when its run
+    holds it (a read racing the writer fails midway, which is no damage), else `allowed`."""
+    from fedmpi.results.lock import holder_text, live_holder
+
+    holder = live_holder(path)
+    if holder is not None:
+        pid = holder.get("pid")
+        stop = f": kill -USR1 {pid}" if isinstance(pid, int) else ""
+        return (cls or ConfigError)("--resume", str(path), "a file no other run is writing "
+                           f"({holder_text(holder)}; wait for it or stop it first{stop})")
+    return (cls or ConfigError)("--resume", str(path), f"{allowed} ({type(exc).__name__}: {exc})")
+
+
 _RESUME_ATTRS = ("status", "config_json", "config_yaml", "hosts", "server_pid", "schema_version",
                  "fedmpi_version")
 
@@ -242,7 +256,7 @@ def _resume_config(path: Path, args=None):
     import h5py
 
     from fedmpi import config as cfgmod
-    from fedmpi.results import SCHEMA_VERSION
+    from fedmpi.results import SCHEMA_VERSION, ResultsError
     from fedmpi.results.checkpoint import find_group
     from fedmpi.results.hdf import plain
     from fedmpi.results.schema import ADDED_COLUMNS
@@ -261,9 +275,9 @@ def _resume_config(path: Path, args=None):
         if len(text) > cfgmod.MAX_FILE_BYTES:
             raise ValueError(f"config_json of {len(text)} characters")
         resolved = json.loads(text)
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise ConfigError("--resume", str(path), "a readable fedmpi result file "
-                          f"({type(exc).__name__}: {exc}); rerun its config with --overwrite") from None
+    except (OSError, KeyError, ValueError, RuntimeError, ResultsError) as exc:
+        raise _unreadable(path, "a readable fedmpi result file; rerun its config with "
+                          "--overwrite", exc) from None
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ConfigError("--resume", str(path), f"a result file of schema_version {SCHEMA_VERSION} "
@@ -333,14 +347,14 @@ def _check_checkpoint_fits(path: Path, cfg) -> None:
     import torch
 
     from fedmpi import data, models
+    from fedmpi.results import ResultsError
     from fedmpi.results.checkpoint import find_group, unescape
 
     try:
         with h5py.File(path, "r", locking=False) as f:
             have = {unescape(k): tuple(v.shape) for k, v in find_group(f)["global"].items()}
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise ConfigError("--resume", str(path), "a result file with a readable checkpoint "
-                          f"({type(exc).__name__}: {exc})") from None
+    except (OSError, KeyError, ValueError, RuntimeError, ResultsError) as exc:
+        raise _unreadable(path, "a result file with a readable checkpoint", exc) from None
     shape, classes = data.describe(cfg.data.dataset)
     with torch.device("meta"):  # names and shapes only: no memory, no initialization cost
         model = models.build(cfg.train.model, input_shape=shape, num_classes=classes)

@@ -1,7 +1,8 @@
 """`fedmpi bench transport`: the suite's send/receive path next to plain mpi4py.
 
 Run under MPI with 2 ranks (`mpiexec -n 2 python -m fedmpi bench transport`); any
-further ranks wait. OSU-style, for message sizes 8 B .. 64 MiB:
+further ranks wait. With the two ranks on two nodes (Slurm: `--nodes=2
+--ntasks-per-node=1`) it measures the network path, which the header names. OSU-style, for message sizes 8 B .. 64 MiB:
 - latency: ping-pong, half the round trip. Plain: `Send` / `Recv` into a ready
   buffer. Transport: `Transport.send` / `Transport.recv` (Isend + polling with the
   run's backoff; Improbe, allocate, Recv), exactly what a run does per message;
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> list[dict] | None:
         world.Barrier()
         return None
     rank, peer = comm.Get_rank(), 1 - comm.Get_rank()
+    hosts = comm.allgather(socket.gethostname())  # one host: shared memory; two: the network
     net = Transport(comm, Liveness(timeout_s=600.0, hub=rank == 0), _policy(args))
     rows = []
     for size in sizes(args.min_size, args.max_size):
@@ -116,11 +118,17 @@ def run(args: argparse.Namespace) -> list[dict] | None:
     if rank != 0:
         return None
     meta = {"mpi": MPI.Get_library_version().replace("\0", "").strip().splitlines()[0],
-            "host": socket.gethostname(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
+            "host": hosts[0], "peer_host": hosts[1], "path": path_of(hosts), "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                 time.gmtime()),
             "spin_s": net.poll.spin_s, "min_sleep_s": net.poll.min_sleep_s,
             "max_sleep_s": net.poll.max_sleep_s}
     return [r | meta for r in rows]
+
+
+def path_of(hosts: list[str]) -> str:
+    """How the two ranks' messages travel: MPI libraries use shared memory between ranks
+    of one host (by host name) and their network module between hosts (TCP here)."""
+    return "shared memory" if hosts[0] == hosts[1] else "network"
 
 
 def _pingpong_plain(comm, buf, rbuf, n, peer, first):
@@ -198,7 +206,8 @@ def print_rows(rows: list[dict] | None) -> None:
     if not rows:
         return
     r0 = rows[0]
-    print(f"{r0['mpi']} on {r0['host']}, {r0['date']}; run.poll spin {r0['spin_s']:g} s, "
+    print(f"{r0['mpi']}; rank 0 on {r0['host']}, rank 1 on {r0['peer_host']} "
+          f"({r0['path']}); {r0['date']}; run.poll spin {r0['spin_s']:g} s, "
           f"sleep {r0['min_sleep_s']:g}..{r0['max_sleep_s']:g} s")
     head = (f"{'size':>8} {'plain us':>10} {'transport us':>12} {'ratio':>6} "
             f"{'plain MB/s':>11} {'transport MB/s':>14} {'ratio':>6}")

@@ -61,6 +61,28 @@ def read_holder(path: str | os.PathLike) -> dict:
     return info if isinstance(info, dict) else {}
 
 
+def live_holder(path: str | os.PathLike) -> dict | None:
+    """What the live writer of `path` wrote into its lock ({} if unreadable), None if none.
+
+    For a reader whose read of a file failed: the file may be mid-write by its run,
+    which is worth saying rather than calling it damaged. A shared, non-blocking lock
+    probe: it fails exactly while a writer holds the exclusive one.
+    """
+    try:
+        fd = os.open(lock_path(path), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_holder(path)
+    except OSError:
+        return None  # no flock here: nothing to tell
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock
+    return None
+
+
 class WriterLock:
     """The exclusive right to write one results file, for as long as it is held.
 

@@ -19,14 +19,15 @@ SLOW_RANK, SLOW_ROUND = 2, 1
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("deterministic", ["true", "false"])
+# Both modes under mpich; the Open MPI leg checks the deterministic one (the same transport).
+@pytest.mark.parametrize("deterministic", ["true", pytest.param("false", marks=pytest.mark.any_mpi)])
 def test_a_deadline_drops_a_slow_client_and_the_run_goes_on(tmp_path, deterministic):
     out = tmp_path / "s.h5"
     res = run(fedmpi_cmd(3, QUICK, "--out", out, "--set", "rounds=3", "--set", "clients.num_clients=4",
-                         "--set", "run.round_deadline_s=15",
+                         "--set", "run.round_deadline_s=8",
                          "--set", f"run.deterministic={deterministic}",
                          "--set", f"run.fail_at={{rank: {SLOW_RANK}, round: {SLOW_ROUND}, "
-                         "where: sleep, seconds: 25}"), timeout=280)
+                         "where: sleep, seconds: 12}"), timeout=280)
     assert res.returncode == 0, res.stderr
     a = attrs(out)
     assert a["status"] == "completed" and a["completed_rounds"] == 3

@@ -14,7 +14,9 @@ network, UTS and IPC namespaces, so ranks on different nodes talk over TCP).
 4. the worker ranks of the second node killed: the job ends within the liveness limit,
    the file `failed` naming the silent rank, and `--resume` completes it;
 5. a sweep array whose tasks run on different nodes;
-6. SERVER_NODE=alone: rank 0 alone on the first node, the workers packed on the others.
+6. SERVER_NODE=alone: rank 0 alone on the first node, the workers packed on the others;
+7. jobs/slurm/bench-transport.sbatch measures the network path across the two nodes and
+   the shared-memory path within one, each named in its table's header.
 
 Skipped with a message where the cluster has fewer than two nodes.
 """
@@ -54,6 +56,7 @@ JOB_TIMEOUT = 420
 SPAN = ("--nodes=2", "--ntasks=4", "--ntasks-per-node=2")
 PROBE = ROOT / "tests" / "slurm" / "probe.sbatch"
 ALONE = ("--nodes=2", "--ntasks=6", "--ntasks-per-node=3")  # 1 + 3 ranks with SERVER_NODE=alone
+BENCH = ("--max-size", "65536", "--repeat", "1")  # bench-transport.sbatch, a few seconds
 KILLED_TIMEOUT_S = 45  # run.timeout_s of the killed job: start-up on a loaded machine fits
 
 
@@ -115,6 +118,10 @@ def runs(nodes, tmp_path_factory):
                                  RUN_NAME="alone", SERVER_NODE="alone", LAUNCHER="mpiexec"),
             "probe-alone": jobs.submit(str(PROBE), jobs.tmp / "alone", sbatch_opts=alone,
                                        SERVER_NODE="alone", CUDA_VISIBLE_DEVICES="0,1,2"),
+            "bench-network": jobs.submit("bench-transport.sbatch", *BENCH, sbatch_opts=(
+                "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", f"--nodelist={','.join(nodes)}")),
+            "bench-shm": jobs.submit("bench-transport.sbatch", *BENCH, sbatch_opts=(
+                "--nodes=1", "--ntasks=2", f"--nodelist={nodes[1]}")),
         })
         out = {k: jobs.tmp / "results" / f"{k}-{v}.h5" for k, v in ids.items()}
         seen: dict = {}
@@ -374,3 +381,19 @@ def test_server_alone_ranks_and_gpus(runs, nodes, launcher):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("name, path", [("bench-network", "network"), ("bench-shm", "shared memory")])
+def test_the_transport_benchmark_runs_across_nodes_and_within_one(runs, nodes, name, path):
+    record, jobs = runs["records"][name], runs["jobs"]
+    assert record["JobState"] == "COMPLETED", jobs.logs()
+    log = (jobs.tmp / f"slurm-fedmpi-bench-transport-{runs['ids'][name]}.out").read_text()
+    first, second = (nodes[0], nodes[1]) if path == "network" else (nodes[1], nodes[1])
+    assert f"rank 0 on {first}, rank 1 on {second} ({path})" in log, log
+    rows = [line.split() for line in log.splitlines() if re.match(r"\s+\d+ (B|KiB) ", line)]
+    assert [f"{r[0]} {r[1]}" for r in rows] == [f"{8 << i} B" for i in range(7)] + [
+        f"{1 << i} KiB" for i in range(7)], log  # 8 B .. 64 KiB
+    for r in rows:  # size, unit, plain us, transport us, ratio, plain MB/s (8 B: 0.0 when
+        # the other jobs load the cores), transport MB/s, ratio
+        assert float(r[2]) > 0 and float(r[3]) > 0 and all(float(x) >= 0 for x in r[4:]), r
+    assert re.search(r"targets: \d+ of 14 met", log), log

@@ -314,13 +314,15 @@ print(time.perf_counter() - t)
 print(text)
 print(short(10**5000))
 print(short("y" * 10**6))
+print(short("/scratch/" + "d" * 230 + "/run.h5"))
 """)
-    seconds, text, big, long = out.splitlines()
+    seconds, text, big, long, path = out.splitlines()
     assert float(seconds) < 1
-    assert len(text) < 1000
+    assert len(text) < 1100  # field 200 + value 400 + allowed 600 at most, and the frame
     assert text.startswith("config field 'train.junk': got [[[[...], [...],")
     assert big == "<integer of 16610 bits>"  # Python's repr would raise past 4300 digits
-    assert len(long) <= 80
+    assert len(long) <= 400
+    assert path == repr("/scratch/" + "d" * 230 + "/run.h5")  # a long path is quoted whole
 
 
 def test_stage_and_unknown_key_errors_do_not_walk_the_value():

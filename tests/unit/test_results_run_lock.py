@@ -23,7 +23,8 @@ QUICK = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
 def args_for(out, **kw) -> argparse.Namespace:
-    values = dict(config=str(QUICK), out=str(out), overwrite=False, resume=None, overrides=[])
+    values = dict(config=str(QUICK), out=out and str(out), overwrite=False, resume=None,
+                  overrides=[])
     values.update(kw)
     return argparse.Namespace(**values)
 
@@ -90,3 +91,23 @@ def test_without_flock_a_live_run_on_this_host_is_still_refused(tmp_path, monkey
         sleeper.kill()
         sleeper.wait()
     run._unlock(run._lock_output(args, run._plan(args, 3), 3))  # that run is gone now
+
+
+def test_resume_of_a_file_mid_write_says_its_run_holds_it(tmp_path):
+    """A read racing the live writer can fail midway (HDF5 'len exceeds EOA'); that is its
+    run still writing, not a damaged file, and `--resume` must say so before the lock phase."""
+    from fedmpi.results.lock import WriterLock
+
+    out = tmp_path / "live.h5"
+    out.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # what a half-written file reads as
+    lock = WriterLock.acquire(out)  # the live run (its own open file description)
+    try:
+        with pytest.raises(ConfigError) as info:
+            run._plan(args_for(None, config=None, resume=str(out)), 3)
+        msg = str(info.value)
+        assert f"pid {os.getpid()} on host {socket.gethostname()} is still running it" in msg
+        assert f"kill -USR1 {os.getpid()}" in msg
+    finally:
+        lock.release()
+    with pytest.raises(ConfigError, match="a readable fedmpi result file; rerun its config"):
+        run._plan(args_for(None, config=None, resume=str(out)), 3)  # no writer: damaged

@@ -1,0 +1,34 @@
+"""`fedmpi bench transport` under MPI: ranks 0 and 1 measure, any further rank waits;
+rank 0 alone returns one row per size with both paths' figures and names the hosts."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+import pytest
+
+pytestmark = [pytest.mark.mpi(min_size=3), pytest.mark.timeout(120)]
+
+
+def test_two_ranks_measure_and_the_rest_wait():
+    from mpi4py import MPI
+
+    from fedmpi.bench import transport
+
+    parser = argparse.ArgumentParser()
+    transport.add_arguments(parser)
+    args = parser.parse_args(["--min-size", "8", "--max-size", "4096", "--repeat", "1"])
+    rows = transport.run(args)
+    if MPI.COMM_WORLD.Get_rank() != 0:
+        assert rows is None
+        return
+    assert [r["size"] for r in rows] == [8 << i for i in range(10)]
+    for r in rows:
+        assert r["plain_lat_us"] > 0 and r["transport_lat_us"] > 0
+        assert r["lat_ratio"] == pytest.approx(r["transport_lat_us"] / r["plain_lat_us"])
+        assert r["plain_bw_mbps"] > 0 and r["transport_bw_mbps"] > 0
+    host = socket.gethostname()  # mpiexec here starts every rank on this host
+    assert rows[0]["host"] == rows[0]["peer_host"] == host
+    assert rows[0]["path"] == "shared memory"
+    assert transport.path_of(["n1", "n2"]) == "network"
