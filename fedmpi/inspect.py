@@ -130,7 +130,8 @@ def summary(path: str, *, with_rounds: bool = False) -> str:
                      + (f", best {percent(best['test_accuracy'])} (round {int(best['round'])})"
                         if best is not None else ""))
     lines.append(f"bytes:    up {nbytes(s['up_bytes'])}, down {nbytes(s['down_bytes'])}, "
-                 f"control {nbytes(s['control_bytes'])}, total {nbytes(s['wire_bytes'])}")
+                 f"control {nbytes(s['control_bytes'])}, total {nbytes(s['wire_bytes'])}; "
+                 f"infrastructure {nbytes(s['infra_bytes'])} (not FL traffic)")
     lines.append(f"dense:    up {nbytes(s['dense_up_bytes'])}, down {nbytes(s['dense_down_bytes'])}"
                  f"; compression ratio {_ratio(s['compression_ratio'])} "
                  f"(uplink {_ratio(s['up_compression_ratio'])})")

@@ -311,6 +311,19 @@ def read_update(buf, *, src: int, round: int, expected: Collection[int],
         return h.client, tensors, time.perf_counter() - t0
 
 
+def read_late_update(buf, *, src: int, round: int, expected: Collection[int],
+                     hosted: Collection[int], codec, spec) -> int:
+    """An UPDATE of this round that came after the round deadline: its client, from a
+    fully checked header (the payload is not decoded: the update is dropped, but its
+    sender and its bytes must be the ones owed)."""
+    with context(_server("late update", round, src, claimed_client(buf))):
+        h, _ = wire.parse(buf, expect_kind=Kind.UPDATE, round=round, client=expected,
+                          codec_id=codec.codec_id, n_tensors=len(spec))
+        if h.client not in hosted:
+            raise WireFormatError(f"client {h.client} is not hosted by rank {src}")
+        return h.client
+
+
 def read_report(buf, *, src: int, round: int, rules: accounting.ReportRules) -> np.ndarray:
     """A worker's REPORT (its message log) for `round`, every row checked."""
     with context(_server("report", round, src)):

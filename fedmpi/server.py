@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from fedmpi import accounting, linkmodel, protocol, wire
+from fedmpi import accounting, linkmodel, protocol
 from fedmpi.channel import Channel, Outgoing, encoded, message, state_message
 from fedmpi.experiment import Experiment
 from fedmpi.faults import maybe_corrupt, maybe_fail
@@ -387,11 +387,9 @@ class Server:
         exp, left = self.exp, set(late)
         while left:
             def read(buf, src):
-                with protocol.context(f"rank 0, round {rnd}, late update from rank {src}"):
-                    h, _ = wire.parse(buf, expect_kind=Kind.UPDATE, round=rnd,
-                                      client=left & set(self.placed.get(src, ())),
-                                      codec_id=exp.uplink.codec_id, n_tensors=len(exp.spec))
-                return h.client
+                return protocol.read_late_update(buf, src=src, round=rnd, expected=left,
+                                                 hosted=self.placed.get(src, ()),
+                                                 codec=exp.uplink, spec=exp.spec)
             got = self.channel.recv(Kind.UPDATE, MPI.ANY_SOURCE, read, round=rnd,
                                     what="late " + _owing(left, self.rank_of))
             left.discard(got.value)

@@ -23,7 +23,8 @@ def summary_lines(path) -> list[str]:
         f"fedmpi: {a.get('name', '')} -> {path}  [{a.get('status', '')}]",
         f"  rounds            {len(r['round'])}",
         f"  final accuracy    {final:.4f}",
-        f"  wire MB up/down   {up / MB:.3f} / {down / MB:.3f}   (control {ctl / MB:.4f} MB)",
+        f"  wire MB up/down   {up / MB:.3f} / {down / MB:.3f}   (control {ctl / MB:.4f} MB, "
+        f"infrastructure {_infra(r) / MB:.4f} MB)",
         f"  dense MB          {dense / MB:.3f}",
         f"  compression       {ratio:.2f}x  (dense fp32 / wire, model messages)",
         f"  wall time         {float(r['wall_s'].sum()):.1f} s in rounds, "
@@ -31,6 +32,11 @@ def summary_lines(path) -> list[str]:
         f"  uplink codec      {a.get('uplink_codec', '')}",
         f"  downlink codec    {a.get('downlink_codec', '')}",
     ]
+
+
+def _infra(rounds: dict) -> float:
+    """Start-up infrastructure bytes (not FL traffic); files older than the column have none."""
+    return float(rounds["infra_bytes"].sum()) if "infra_bytes" in rounds else 0.0
 
 
 def _elapsed(attrs: dict) -> float:

@@ -136,10 +136,13 @@ def pareto(runs: pd.DataFrame, labels, groups, path: Path) -> Path:
 def time_split(rounds: pd.DataFrame, labels, path: Path) -> Path:
     """Two stacked bars per round (one run) or per run (mean per round).
 
-    Left, the server's wall time, which its parts add up to: waiting for workers,
-    aggregation, evaluation and the rest (its own codec work, HDF5). Right, the work
-    done on the workers summed over clients (it overlaps across worker ranks, so it
-    can exceed the wall time): training and the codec time of all ranks.
+    Left, the server's time: waiting for workers, aggregation, evaluation and the rest
+    of its wall time (its own codec work, HDF5); a black tick marks the wall time. The
+    parts add up to the wall time unless the evaluation overlapped the next round's
+    training (`run.overlap_eval`): then the bar rises above the tick by the evaluation
+    time that ran concurrently. Right, the work done on the workers summed over clients
+    (it overlaps across worker ranks, so it can exceed the wall time): training and the
+    codec time of all ranks.
     """
     runs = list(dict.fromkeys(rounds["run"]))
     cols = ["wall_s", *TIME_PARTS]
@@ -170,6 +173,8 @@ def time_split(rounds: pd.DataFrame, labels, path: Path) -> Path:
                    hatch=hatch, label=name)
             bottom += values
             colour += 1
+    ax.scatter(x - 0.2, data["wall_s"].to_numpy(float), marker="_", s=300, color="black",
+               zorder=3, label="server wall time")
     ax.set_xticks(x, xlabels, rotation=90 if len(x) > 12 or len(runs) > 1 else 0,
                   fontsize="small")
     ax.set(xlabel=xlabel, ylabel="seconds per round",

@@ -18,6 +18,9 @@ def test_inspect_finished_file(tmp_path, capsys):
     assert f"final {100 * runs['final_accuracy']:.2f}%" in out
     assert "uplink prune(rate=0.5) > zstd(level=3); downlink none" in out
     assert f"compression ratio {runs['compression_ratio']:.2f}x" in out
+    from fedmpi.results.fmt import nbytes
+
+    assert f"; infrastructure {nbytes(runs['infra_bytes'])} (not FL traffic)" in out
     assert "E=2" in out and "split:    compute" in out
     table = out.split("\n\n", 1)[1].splitlines()
     assert table[0].split()[:2] == ["round", "acc"] and len(table) == 4

@@ -230,6 +230,28 @@ def test_the_server_names_rank_round_and_client(buf, expected, message):
     assert str(err.value).startswith("server (rank 0), round 2, update from rank 1 (client ")
 
 
+def read_late(buf, expected=frozenset({3, 5})):
+    return protocol.read_late_update(buf, src=1, round=2, expected=expected, hosted=HOSTED,
+                                     codec=CODEC, spec=SPEC)
+
+
+def test_a_late_update_is_checked_like_any_other_but_not_decoded():
+    """After the round deadline the server drops an update; its header must still be one
+    it is owed, from the rank that hosts the client (the payload is never decoded)."""
+    assert read_late(model_msg(Kind.UPDATE)) == 3
+    assert read_late(model_msg(Kind.UPDATE, payload=b"not a payload")) == 3  # dropped unread
+    for buf, expected, message in [
+        (model_msg(Kind.UPDATE, client=5), {3}, "UPDATE for client 5, expected"),
+        (model_msg(Kind.UPDATE, client=4), {3, 4}, "client 4 is not hosted by rank 1"),
+        (model_msg(Kind.UPDATE, round=1), {3}, "UPDATE for round 1"),
+        (model_msg(Kind.UPDATE, n_tensors=3), {3}, "UPDATE declares 3 tensors"),
+        (model_msg(Kind.MODEL), {3}, "expected a UPDATE message|expected an UPDATE message"),
+    ]:
+        with pytest.raises(WireFormatError, match=message) as err:
+            read_late(buf, expected)
+        assert str(err.value).startswith("server (rank 0), round 2, late update from rank 1")
+
+
 def test_a_damaged_header_is_named_too():
     buf = model_msg(Kind.UPDATE)
     buf[HEADER_SIZE - 1] ^= 1
