@@ -97,13 +97,16 @@ class Backoff:
         self.start = self.clock()
         self.delay = 0.0
 
-    def pause(self) -> None:
+    def pause(self, cap: float | None = None) -> None:
+        """Spin or sleep once; `cap` bounds this sleep (never below `min_sleep_s`)."""
         p = self.policy
         waited = self.clock() - self.start
         if waited < p.spin_s:
             self._spin()
             return
         delay = p.min_sleep_s if self.delay == 0.0 else min(2 * self.delay, p.max_sleep_s)
+        if cap is not None:
+            delay = min(delay, cap)
         self.delay = max(p.min_sleep_s, min(delay, LATE_FRACTION * waited))
         self.slept += 1
         self._sleep(self.delay)

@@ -137,7 +137,9 @@ class RunConfig:
     codec: str = "auto"  # auto (torch on GPU ranks, numpy/numba on CPU ones) | numpy | torch
     eval_every: int = num(1, 1, MAX_COUNT)
     checkpoint_every: int = num(1, 1, MAX_COUNT)
-    eval_batch_size: int = num(1000, 1, MAX_COUNT)
+    # 100: on one CPU thread ResNet-12 evaluates 1,000 CIFAR images 2.5x faster in batches
+    # of 100 than of 1,000 (cache-sized activations); the result does not depend on it.
+    eval_batch_size: int = num(100, 1, MAX_COUNT)
     # Deterministic mode: decoded UPDATEs the server may hold before their turn in the
     # fixed (client) order; 0: receive strictly in that order. Memory: this many models.
     reorder_window: int = num(4, 0, 1024)

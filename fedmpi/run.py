@@ -320,7 +320,9 @@ def _refuse_changes(path: Path, cfg, resolved: dict, args) -> None:
         for item in args.overrides:
             cfgmod.set_path(raw, *cfgmod.parse_override(item))
         given = cfgmod.from_dict(raw)
-    diffs = _differences(cfg.to_dict(), given.to_dict())
+    from fedmpi.sweep import NOT_COMPARED  # how a run executes, not what it computes
+
+    diffs = [d for d in _differences(cfg.to_dict(), given.to_dict()) if d[0] not in NOT_COMPARED]
     if diffs:
         key, stored, new = diffs[0]
         more = f"; {len(diffs) - 1} more key(s) differ" if len(diffs) > 1 else ""

@@ -54,8 +54,9 @@ SWEEP_KEYS = ("name", "base", "set", "grid", "labels", "seeds")
 MAX_VALUE_CHARS = 24  # longer values are replaced by a hash in task names
 EXIT_STALE = 2  # a result file made with another config: refused like a config error
 # Config keys that say how a run executes, not what it computes: not compared when
-# deciding whether a result file is stale (run.threads follows --cpus-per-task).
-NOT_COMPARED = frozenset({"run.threads"})
+# deciding whether a result file is stale (run.threads follows --cpus-per-task; the
+# test images per forward pass change the speed, not the accuracy).
+NOT_COMPARED = frozenset({"run.threads", "run.eval_batch_size"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 

@@ -14,6 +14,13 @@ each `post` is timed from its `Isend` to the poll that saw it complete, and
 `complete_each` (or `complete`, then `.completed`) returns those times keyed by
 the post, so a caller logs when each message really left, not when it was posted.
 
+Transfers are progressed: a large message (rendezvous) or the server's non-contiguous
+broadcast moves only while both its sender and its receiver call MPI, about one chunk
+per call under MPICH's shared memory, so a rank that sleeps 2 ms between polls
+stretches a 2.6 MB MODEL to ~0.3 s and a 44.7 MB one to ~5 s. While a matched receive
+is under way or posted sends are pending, every wait therefore sleeps at most
+`TRANSFER_SLEEP_S` between polls (~10,000 polls a second, a few % of a core).
+
 Large messages are received ahead: when `recv` matches one of at least
 `SPARE_MIN_BYTES`, it also starts receiving up to `PREFETCH` more that are already
 there for the same source and tag (`Improbe` + `Irecv`), and later `recv`s take
@@ -58,6 +65,7 @@ TAG_HELLO = TAG_NUMBER["HELLO"]
 TAG_MEMORY = TAG_NUMBER["MEMORY"]
 TAG_FAIL = TAG_NUMBER["FAIL"]
 _BLOCK = 1 << 30  # bytes per block of a post_parts datatype (MPI counts are C ints)
+TRANSFER_SLEEP_S = 1e-4  # longest sleep of a wait while a transfer is under way
 PREFETCH = 3  # large messages already there that one recv also starts receiving
 PREFETCH_MAX_BYTES = 2 << 20  # ... up to this size (module docstring)
 SPARE_BUFFERS = 2 + PREFETCH  # large receive buffers kept for reuse (module docstring)
@@ -259,7 +267,7 @@ class Transport:
         if i is not None:
             early = self._early.pop(i)
             self._wait(early.request.Test, lambda: f"rank {early.source} did not finish "
-                       f"sending the {what or _tag_name(tag)} {when(round)}")
+                       f"sending the {what or _tag_name(tag)} {when(round)}", transfer=True)
             return early.buf, early.source, time.perf_counter() - t0
         status = MPI.Status()
         found = []
@@ -282,7 +290,7 @@ class Transport:
         if SPARE_MIN_BYTES <= len(buf) <= PREFETCH_MAX_BYTES:
             self._receive_ahead(source, tag)
         self._wait(req.Test, lambda: f"rank {src} did not finish sending the "
-                   f"{what or _tag_name(tag)} {when(round)}")
+                   f"{what or _tag_name(tag)} {when(round)}", transfer=True)
         return buf, src, time.perf_counter() - t0
 
     def _receive_ahead(self, source: int, tag: int) -> None:
@@ -333,9 +341,11 @@ class Transport:
         self._wait(req.Test, lambda: f"not every rank reached {what} (some rank is stopped, hung or slow)")
         return bool(out[0])
 
-    def _wait(self, done, describe) -> None:
+    def _wait(self, done, describe, *, transfer: bool = False) -> None:
         """Poll `done()` until true, spinning then backing off (`self.poll`); FAIL
-        messages (checked once the spin is over) and the liveness limit end it early."""
+        messages (checked once the spin is over) and the liveness limit end it early.
+        While a transfer is under way (`transfer`: a matched receive) or posted sends are
+        pending, sleeps stay under `TRANSFER_SLEEP_S` (module doc)."""
         if done():
             return
         watch = Stopwatch(self.liveness.limit())
@@ -345,7 +355,7 @@ class Transport:
                 self._check_failures()
             if watch.expired():
                 self._expired(watch.limit, describe())
-            backoff.pause()
+            backoff.pause(TRANSFER_SLEEP_S if transfer or self.pending else None)
             if done():
                 return
 

@@ -95,3 +95,22 @@ def test_policy_from_config_section():
     assert PollPolicy.of(cfg.run.poll) == PollPolicy(0.0, 2e-5, 4e-3)
     assert cfg.to_dict()["run"]["poll"] == {"spin_s": 0.0, "min_sleep_s": 2e-5,
                                             "max_sleep_s": 4e-3}  # stored in the result file
+
+
+def test_a_cap_bounds_each_sleep_but_never_below_min_sleep():
+    """A wait with posted sends pending sleeps at most the cap (the transport's
+    TRANSFER_SLEEP_S), so that its transfers progress; a cap below min_sleep_s is min_sleep_s."""
+    t = FakeTime()
+    p = PollPolicy(spin_s=1e-4, min_sleep_s=1e-5, max_sleep_s=2e-3)
+    b = waiter(p, t)
+    while t.now < 1.0:
+        b.pause(cap=1e-4)
+    assert max(t.sleeps) == pytest.approx(1e-4) and min(t.sleeps) == p.min_sleep_s
+    assert len(t.sleeps) > 0.9 / 1e-4
+    t2 = FakeTime()
+    b = waiter(p, t2)
+    while t2.now < 0.1:
+        b.pause(cap=1e-9)
+    assert set(t2.sleeps) == {p.min_sleep_s}
+    b.pause()  # without a cap the doubling resumes from where it was
+    assert t2.sleeps[-1] == pytest.approx(2 * p.min_sleep_s)

@@ -111,3 +111,16 @@ def test_resume_of_a_file_mid_write_says_its_run_holds_it(tmp_path):
         lock.release()
     with pytest.raises(ConfigError, match="a readable fedmpi result file; rerun its config"):
         run._plan(args_for(None, config=None, resume=str(out)), 3)  # no writer: damaged
+
+
+def test_resume_with_its_config_ignores_only_how_the_run_executes(tmp_path):
+    """--resume FILE CONFIG: the CONFIG may differ from the stored one only in keys that
+    say how the run executes (an upgrade changed run.eval_batch_size's default, say)."""
+    from fedmpi import config as cfgmod
+
+    stored, _ = cfgmod.load(str(QUICK), ["run.eval_batch_size=1000", "run.threads=3"])
+    resolved = json.loads(stored.to_json())
+    run._refuse_changes(tmp_path / "x.h5", stored, resolved, args_for(None))  # no error
+    with pytest.raises(ConfigError, match="'rounds'.*the value stored in"):
+        run._refuse_changes(tmp_path / "x.h5", stored, resolved,
+                            args_for(None, overrides=["rounds=99"]))

@@ -271,13 +271,14 @@ def test_config_differences_ignores_run_threads_and_keys_older_files_lack():
     base = sw.resolved({"name": "q"})
     other = json_copy(base)
     other["run"]["threads"] = 8  # how fast, not what: --cpus-per-task may change it
+    other["run"]["eval_batch_size"] = 1000  # files made when 1000 was the default
     assert sw.config_differences(base, other) == []
     old_file = json_copy(base)
-    del old_file["run"]["eval_batch_size"]  # a key added after the file was written
+    del old_file["run"]["checkpoint_every"]  # a key added after the file was written
     assert sw.config_differences(old_file, base) == []  # ... the task has its default
-    other["run"]["eval_batch_size"] = 7
+    other["run"]["checkpoint_every"] = 7
     assert sw.config_differences(old_file, other) == [
-        "run.eval_batch_size: file (absent), sweep 7"]
+        "run.checkpoint_every: file (absent), sweep 7"]
 
 
 def test_path_prints_the_result_file_of_a_task(tmp_path, capsys):
