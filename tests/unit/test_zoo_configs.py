@@ -38,8 +38,11 @@ FULL = {  # method config -> (uplink method, its strength parameter and value)
     "stc-0.01": ("stc", "fraction", 0.01), "fedzip-0.1": ("fedzip", "fraction", 0.1),
     "powersgd-1": ("powersgd", "rank", 1), "powersgd-4": ("powersgd", "rank", 4),
     "signsgd-vote+efsign-down": ("signsgd", "vote", True),
+    "stc-0.03+efsign-down": ("stc", "fraction", 0.03),
+    "fedzip-0.05+efsign-down": ("fedzip", "fraction", 0.05),
 }
-OWN_DOWNLINK = {"signsgd-vote+efsign-down": {"efsignsgd": {}}}  # beyond the fixed rule
+OWN_DOWNLINK = {m: {"efsignsgd": {}} for m in FULL if m.endswith("+efsign-down")}  # beyond
+# the fixed downlink rule
 
 
 def _raw(name: str) -> dict:
