@@ -28,6 +28,12 @@ from fedmpi.liveness import DEFAULT_TIMEOUT_S
 # ----------------------------------------------------------------------------- bounds
 
 
+# Config keys that say how a run executes, not what it computes: a sweep does not call a
+# result file stale for them, and `--resume FILE CONFIG` lets CONFIG differ in them
+# (run.threads follows --cpus-per-task; the test images per forward pass change the
+# speed, not the accuracy).
+EXECUTION_ONLY = frozenset({"run.threads", "run.eval_batch_size"})
+
 @dataclass(frozen=True)
 class Range:
     """Allowed values of a numeric field; NaN and infinities are never inside."""

@@ -228,18 +228,28 @@ def _check_writable(out: Path, field: str) -> None:
                           f"{exc.strerror or exc})") from None
 
 
-def _unreadable(path: Path, allowed: str, exc: BaseException, cls=None) -> ConfigError:
+def _held(field: str, path: Path, holder: dict, held: str = "",
+          cls=ConfigError) -> ConfigError:
+    """The error for a result file another live run writes, naming it and how to stop it
+    (`held`: the lock file it holds, when known)."""
+    from fedmpi.results.lock import holder_text
+
+    pid = holder.get("pid")
+    stop = f": kill -USR1 {pid}" if isinstance(pid, int) else ""
+    holds = f" and holds {held}" if held else ""
+    return cls(field, str(path), f"a file no other run is writing ({holder_text(holder)}"
+               f"{holds}; wait for it or stop it first{stop})")
+
+
+def _unreadable(path: Path, allowed: str, exc: BaseException, cls=ConfigError) -> ConfigError:
     """The error for a result file that did not read back: "still running" when its run
     holds it (a read racing the writer fails midway, which is no damage), else `allowed`."""
-    from fedmpi.results.lock import holder_text, live_holder
+    from fedmpi.results.lock import live_holder
 
     holder = live_holder(path)
     if holder is not None:
-        pid = holder.get("pid")
-        stop = f": kill -USR1 {pid}" if isinstance(pid, int) else ""
-        return (cls or ConfigError)("--resume", str(path), "a file no other run is writing "
-                           f"({holder_text(holder)}; wait for it or stop it first{stop})")
-    return (cls or ConfigError)("--resume", str(path), f"{allowed} ({type(exc).__name__}: {exc})")
+        return _held("--resume", path, holder, cls=cls)
+    return cls("--resume", str(path), f"{allowed} ({type(exc).__name__}: {exc})")
 
 
 _RESUME_ATTRS = ("status", "config_json", "config_yaml", "hosts", "server_pid", "schema_version",
@@ -320,9 +330,8 @@ def _refuse_changes(path: Path, cfg, resolved: dict, args) -> None:
         for item in args.overrides:
             cfgmod.set_path(raw, *cfgmod.parse_override(item))
         given = cfgmod.from_dict(raw)
-    from fedmpi.sweep import NOT_COMPARED  # how a run executes, not what it computes
-
-    diffs = [d for d in _differences(cfg.to_dict(), given.to_dict()) if d[0] not in NOT_COMPARED]
+    diffs = [d for d in _differences(cfg.to_dict(), given.to_dict())
+             if d[0] not in cfgmod.EXECUTION_ONLY]
     if diffs:
         key, stored, new = diffs[0]
         more = f"; {len(diffs) - 1} more key(s) differ" if len(diffs) > 1 else ""
@@ -382,7 +391,7 @@ def _lock_output(args, plan: dict, world_size: int) -> dict:
     file must read back intact (checksums), its checkpoint too.
     """
     from fedmpi.results import ResultsLockedError
-    from fedmpi.results.lock import WriterLock, holder_text, lock_path
+    from fedmpi.results.lock import WriterLock, lock_path
 
     out = Path(plan["out"])
     field = "--resume" if args.resume else "--out"
@@ -390,11 +399,7 @@ def _lock_output(args, plan: dict, world_size: int) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         lock = WriterLock.acquire(out)
     except ResultsLockedError as exc:
-        pid = exc.holder.get("pid")
-        stop = f": kill -USR1 {pid}" if isinstance(pid, int) else ""
-        raise ConfigError(field, str(out), f"a file no other run is writing "
-                          f"({holder_text(exc.holder)} and holds {lock_path(out).name}; "
-                          f"wait for it or stop it first{stop})") from None
+        raise _held(field, out, exc.holder, lock_path(out).name) from None
     except OSError as exc:
         raise ConfigError(field, str(out), "a result path in a writable directory "
                           f"({type(exc).__name__}: {exc})") from None

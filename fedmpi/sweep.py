@@ -48,15 +48,13 @@ from typing import Any
 
 import yaml
 
+from fedmpi.config import EXECUTION_ONLY
 from fedmpi.errors import ConfigError
 
 SWEEP_KEYS = ("name", "base", "set", "grid", "labels", "seeds")
 MAX_VALUE_CHARS = 24  # longer values are replaced by a hash in task names
 EXIT_STALE = 2  # a result file made with another config: refused like a config error
-# Config keys that say how a run executes, not what it computes: not compared when
-# deciding whether a result file is stale (run.threads follows --cpus-per-task; the
-# test images per forward pass change the speed, not the accuracy).
-NOT_COMPARED = frozenset({"run.threads", "run.eval_batch_size"})
+NOT_COMPARED = EXECUTION_ONLY  # not compared when deciding whether a file is stale
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 

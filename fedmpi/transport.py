@@ -266,8 +266,7 @@ class Transport:
         i = self._early_index(source, tag)
         if i is not None:
             early = self._early.pop(i)
-            self._wait(early.request.Test, lambda: f"rank {early.source} did not finish "
-                       f"sending the {what or _tag_name(tag)} {when(round)}", transfer=True)
+            self._finish(early.request, early.source, what or _tag_name(tag), round)
             return early.buf, early.source, time.perf_counter() - t0
         status = MPI.Status()
         found = []
@@ -287,11 +286,15 @@ class Transport:
         # stops mid-transfer (found with a SIGSTOPped rank 0).
         src = status.Get_source()
         req = found[0].Irecv([buf, MPI.BYTE])
-        if SPARE_MIN_BYTES <= len(buf) <= PREFETCH_MAX_BYTES:
+        if _ahead_worthy(len(buf)):
             self._receive_ahead(source, tag)
-        self._wait(req.Test, lambda: f"rank {src} did not finish sending the "
-                   f"{what or _tag_name(tag)} {when(round)}", transfer=True)
+        self._finish(req, src, what or _tag_name(tag), round)
         return buf, src, time.perf_counter() - t0
+
+    def _finish(self, req, src: int, what: str, round: int | None) -> None:
+        """Wait for a matched receive to complete (its transfer is under way)."""
+        self._wait(req.Test, lambda: f"rank {src} did not finish sending the {what} "
+                   f"{when(round)}", transfer=True)
 
     def _receive_ahead(self, source: int, tag: int) -> None:
         """Start receiving the large `tag` messages from `source` already there (module doc)."""
@@ -302,8 +305,8 @@ class Transport:
                 return
             buf = self._buffer(status.Get_count(MPI.BYTE))
             self._early.append(_Early(status.Get_source(), tag, buf, msg.Irecv([buf, MPI.BYTE])))
-            if not SPARE_MIN_BYTES <= len(buf) <= PREFETCH_MAX_BYTES:
-                return  # small ones are cheap one at a time; see the module doc for big ones
+            if not _ahead_worthy(len(buf)):
+                return  # matched, so received; but no more ahead of it
 
     def _early_index(self, source: int, tag: int) -> int | None:
         """The first receive started ahead that a recv(source, tag) would have matched."""
@@ -382,6 +385,11 @@ class Transport:
         while time.monotonic() < deadline:
             req.Test()
             time.sleep(0.01)
+
+
+def _ahead_worthy(nbytes: int) -> bool:
+    """Is a message of this size one whose successors `recv` receives ahead (module doc)?"""
+    return SPARE_MIN_BYTES <= nbytes <= PREFETCH_MAX_BYTES
 
 
 def _tag_name(tag: int) -> str:

@@ -2,7 +2,8 @@
 
 Run under MPI with 2 ranks (`mpiexec -n 2 python -m fedmpi bench transport`); any
 further ranks wait. With the two ranks on two nodes (Slurm: `--nodes=2
---ntasks-per-node=1`) it measures the network path, which the header names. OSU-style, for message sizes 8 B .. 64 MiB:
+--ntasks-per-node=1`) it measures the network path, which the header names.
+OSU-style, for message sizes 8 B .. 64 MiB:
 - latency: ping-pong, half the round trip. Plain: `Send` / `Recv` into a ready
   buffer. Transport: `Transport.send` / `Transport.recv` (Isend + polling with the
   run's backoff; Improbe, allocate, Recv), exactly what a run does per message;
@@ -118,8 +119,8 @@ def run(args: argparse.Namespace) -> list[dict] | None:
     if rank != 0:
         return None
     meta = {"mpi": MPI.Get_library_version().replace("\0", "").strip().splitlines()[0],
-            "host": hosts[0], "peer_host": hosts[1], "path": path_of(hosts), "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                time.gmtime()),
+            "host": hosts[0], "peer_host": hosts[1], "path": path_of(hosts),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "spin_s": net.poll.spin_s, "min_sleep_s": net.poll.min_sleep_s,
             "max_sleep_s": net.poll.max_sleep_s}
     return [r | meta for r in rows]
