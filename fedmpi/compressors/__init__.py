@@ -16,6 +16,7 @@ from fedmpi.compressors import qsgd  # noqa: F401
 from fedmpi.compressors import signsgd  # noqa: F401
 from fedmpi.compressors import terngrad  # noqa: F401
 from fedmpi.compressors import randk  # noqa: F401
+from fedmpi.compressors import randsign  # noqa: F401
 from fedmpi.compressors import threshold  # noqa: F401
 from fedmpi.compressors import topk  # noqa: F401
 

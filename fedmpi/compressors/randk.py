@@ -43,6 +43,20 @@ from fedmpi.wire import WireFormatError
 SALT = 0x72616E6B  # "rank": this method's draws, apart from other methods' on one ctx
 
 
+def shared_positions(spec: ModelSpec, fraction: float, ctx: Context, salt: int
+                     ) -> list[np.ndarray]:
+    """Per tensor i, k = round(fraction * n) (at least 1) sorted positions drawn without
+    replacement from `ctx.rng(salt, i)`: the receiver draws the same, so none travel."""
+    out = []
+    for i, (_, shape) in enumerate(spec):
+        n = int(np.prod(shape, dtype=np.int64))
+        k = k_of(n, fraction, None)
+        idx = ctx.rng(salt, i).choice(n, size=k, replace=False, shuffle=False) if k else \
+            np.zeros(0, np.int64)
+        out.append(np.sort(idx.astype(np.int64, copy=False)))
+    return out
+
+
 @register("randk")
 @dataclass(frozen=True, kw_only=True)
 class RandK(Compressor):
@@ -60,16 +74,11 @@ class RandK(Compressor):
     def stateful(self) -> bool:  # type: ignore[override]
         return self.feedback
 
+    salt = SALT  # a subclass draws its own positions (randsign.py)
+
     def draw(self, spec: ModelSpec, ctx: Context) -> list[np.ndarray]:
         """Per tensor the sorted positions to send: the same on both sides of a link."""
-        out = []
-        for i, (_, shape) in enumerate(spec):
-            n = int(np.prod(shape, dtype=np.int64))
-            k = k_of(n, self.fraction, None)
-            idx = ctx.rng(SALT, i).choice(n, size=k, replace=False, shuffle=False) if k else \
-                np.zeros(0, np.int64)
-            out.append(np.sort(idx.astype(np.int64, copy=False)))
-        return out
+        return shared_positions(spec, self.fraction, ctx, self.salt)
 
     def encode(self, tensors: Mapping[str, np.ndarray], ctx: Context) -> Encoded:
         spec, x = positions.inputs(self, tensors, ctx)

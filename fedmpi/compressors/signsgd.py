@@ -68,17 +68,23 @@ def encode_signs(comp: Compressor, tensors: Mapping[str, np.ndarray]) -> Encoded
     return encoded(payload, recon, nnz)
 
 
+def tensor_scales(comp: Compressor, section: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """The per-tensor f32 scales section, checked: one per tensor, finite, >= +0.0."""
+    if section.nbytes != 4 * len(spec):
+        raise WireFormatError(f"{comp.name}: {section.nbytes // 4} scales, expected {len(spec)}")
+    scales = section.view("<f4")
+    if not np.isfinite(scales).all() or np.any(np.signbit(scales)):
+        raise WireFormatError(f"{comp.name}: a tensor scale is not finite or is negative "
+                              "(scales are finite and >= +0.0)")
+    return scales
+
+
 def decode_signs(comp: Compressor, payload, spec: ModelSpec) -> dict[str, np.ndarray]:
     numels = numel_of(spec)
     total = sum(numels)
     scales, bits = Sections().unpack(comp, payload, spec, [(4, 4 * len(spec)),
                                                            (1, (total + 7) // 8)])
-    if scales.nbytes != 4 * len(spec):
-        raise WireFormatError(f"{comp.name}: {scales.nbytes // 4} scales, expected {len(spec)}")
-    scales = scales.view("<f4")
-    if not np.isfinite(scales).all() or np.any(np.signbit(scales)):
-        raise WireFormatError(f"{comp.name}: a tensor scale is not finite or is negative "
-                              "(scales are finite and >= +0.0)")
+    scales = tensor_scales(comp, scales, spec)
     neg = coding.unpack_bits(bits, total, 1, f"{comp.name} sign bits").astype(bool)
     out, e0 = {}, 0
     for (name, shape), n, scale in zip(spec, numels, scales):

@@ -27,6 +27,7 @@ PARAMS = {
     "stc": {"fraction", "feedback"},
     "fedzip": {"fraction", "clusters"},
     "powersgd": {"rank", "feedback"},
+    "randsign": {"fraction", "feedback", "vote"},
 }
 FULL = {  # method config -> (uplink method, its strength parameter and value)
     "dense": None, "prune-0.5": ("prune", "rate", 0.5), "prune-0.9": ("prune", "rate", 0.9),
@@ -40,6 +41,8 @@ FULL = {  # method config -> (uplink method, its strength parameter and value)
     "signsgd-vote+efsign-down": ("signsgd", "vote", True),
     "stc-0.03+efsign-down": ("stc", "fraction", 0.03),
     "fedzip-0.05+efsign-down": ("fedzip", "fraction", 0.05),
+    "rsign-0.25+efsign-down": ("randsign", "fraction", 0.25),
+    "rsign-0.1+efsign-down": ("randsign", "fraction", 0.1),
 }
 OWN_DOWNLINK = {m: {"efsignsgd": {}} for m in FULL if m.endswith("+efsign-down")}  # beyond
 # the fixed downlink rule
