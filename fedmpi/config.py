@@ -333,8 +333,11 @@ def validate(cfg: Config) -> Config:
     if cfg.compression.client_rate is not None:
         from fedmpi.compressors import client_rate
 
-        client_rate.parse(cfg.compression.client_rate, num_clients=c.num_clients)
+        rule = client_rate.parse(cfg.compression.client_rate, num_clients=c.num_clients)
         client_rate.check_uplink(links["uplink"])
+        _check(rule.seconds is None or cfg.link.kind != "none", "compression.client_rate.seconds",
+               rule.seconds, "budgets from a link model: set link.kind to fixed | random | "
+               "trace, or list compression.client_rate.budgets")
     poll = cfg.run.poll
     _check(poll.min_sleep_s <= poll.max_sleep_s, "run.poll.min_sleep_s", poll.min_sleep_s,
            f"a number <= run.poll.max_sleep_s ({poll.max_sleep_s:g})")

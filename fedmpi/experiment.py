@@ -89,7 +89,12 @@ def build_strategy(cfg: Config, samples: np.ndarray, numel: int = 0):
                            target=cfg.compression.target))
     rule = client_rate.parse(cfg.compression.client_rate, num_clients=cfg.clients.num_clients)
     if rule is not None:
-        strategy.add_settings(*client_rate.settings_source(rule.rates(samples, numel)))
+        links = None
+        if rule.seconds is not None and cfg.link.kind != "none":
+            from fedmpi import linkmodel
+
+            links = linkmodel.from_config(cfg.link, cfg.seed, cfg.clients.num_clients)
+        strategy.add_settings(*client_rate.settings_source(rule.rates(samples, numel, links)))
     return strategy
 
 

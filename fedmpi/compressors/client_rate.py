@@ -8,10 +8,13 @@ prune rate)::
         # (more data -> its update carries more information -> prune it less), the one
         # with the fewest gets `max`; all equal -> all get (min + max) / 2
     client_rate: {rule: bandwidth, budgets: [B_0, ..., B_{N-1}], min: 0.0, max: 0.99}
-        # a per-client uplink budget in bytes (fedmpi/linkmodel.py does not exist on this
-        # branch, so the budgets are listed): θ_c = 1 - budgets[c] / (4 · numel), the
+        # a per-client uplink budget in bytes: θ_c = 1 - budgets[c] / (4 · numel), the
         # rate whose kept float32 values fit the budget, clipped to [min, max]. Index
         # bytes and zstd move the real message size around that (see results/README.md)
+    client_rate: {rule: bandwidth, seconds: T, min: 0.0, max: 0.99}
+        # the budgets from the run's link model (config section `link`, which must not be
+        # `none`): what client c's uplink moves in T seconds after its latency,
+        # B_c = max(0, T - latency_c) · up_bps_c / 8 bytes; then as above
     client_rate: {rule: list, rates: [θ_0, ..., θ_{N-1}]}
         # explicit, one rate per client, each in [0, 1)
 
@@ -38,8 +41,9 @@ from fedmpi.errors import ConfigError
 
 from fedmpi.compressors.stages import PRUNE_RATE as SETTING  # the ASSIGN setting name
 RULES = ("samples", "bandwidth", "list")
-_KEYS = {"samples": ("rule", "min", "max"), "bandwidth": ("rule", "budgets", "min", "max"),
-         "list": ("rule", "rates")}
+_KEYS = {"samples": ("rule", "min", "max"),
+         "bandwidth": ("rule", "budgets", "seconds", "min", "max"), "list": ("rule", "rates")}
+MAX_SECONDS = 1e6
 FIELD = "compression.client_rate"
 
 
@@ -51,10 +55,19 @@ class ClientRate:
     lo: float = 0.0
     hi: float = 0.99
     values: tuple[float, ...] = ()  # rates (list) or budgets in bytes (bandwidth)
+    seconds: float | None = None  # bandwidth: budgets from the link model instead
 
-    def rates(self, samples: Sequence[int], numel: int) -> np.ndarray:
-        """θ per client (float32-exact values, as they travel in ASSIGN)."""
+    def rates(self, samples: Sequence[int], numel: int, links=None) -> np.ndarray:
+        """θ per client (float32-exact values, as they travel in ASSIGN); `links` (a
+        fedmpi.linkmodel.LinkModel) is needed by the bandwidth rule with `seconds`."""
         n = len(samples)
+        if self.seconds is not None:
+            if links is None:
+                raise ConfigError(f"{FIELD}.seconds", self.seconds,
+                                  "budgets from a link model: set link.kind to fixed | random "
+                                  "| trace, or list compression.client_rate.budgets")
+            budgets = link_budgets(links, n, self.seconds)
+            return ClientRate(self.rule, self.lo, self.hi, budgets).rates(samples, numel)
         if self.rule in ("list", "bandwidth") and len(self.values) != n:
             what = "rates" if self.rule == "list" else "budgets"
             raise ConfigError(f"{FIELD}.{what}", len(self.values),
@@ -93,6 +106,15 @@ def parse(raw: object, *, num_clients: int | None = None) -> ClientRate | None:
         raise ConfigError(f"{FIELD}.min", lo, f"at most {FIELD}.max ({hi})")
     if rule == "samples":
         return ClientRate(rule, lo, hi)
+    if rule == "bandwidth" and ("seconds" in raw) == ("budgets" in raw):
+        raise ConfigError(f"{FIELD}.budgets", raw.get("budgets"),
+                          "exactly one of budgets: [bytes per client] or seconds: T (budgets "
+                          "from the link model)")
+    if "seconds" in raw:
+        t = raw["seconds"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= MAX_SECONDS:
+            raise ConfigError(f"{FIELD}.seconds", t, f"a number of seconds in (0, {MAX_SECONDS:g}]")
+        return ClientRate(rule, lo, hi, seconds=float(t))
     key = "rates" if rule == "list" else "budgets"
     values = raw.get(key)
     if not isinstance(values, list) or not values:
@@ -110,6 +132,16 @@ def parse(raw: object, *, num_clients: int | None = None) -> ClientRate | None:
             raise ConfigError(f"{FIELD}.budgets[{i}]", v, "a number of bytes > 0")
         budgets.append(float(v))
     return ClientRate(rule, lo, hi, tuple(budgets))
+
+
+def link_budgets(links, num_clients: int, seconds: float) -> tuple[float, ...]:
+    """Bytes client c's modelled uplink moves in `seconds` after its latency (at least
+    one byte, so that the rule's clip to `max` decides a link too slow for anything)."""
+    out = []
+    for c in range(num_clients):
+        link = links.link(c)
+        out.append(max(1.0, (seconds - link.latency_s) * link.up_bps / 8.0))
+    return tuple(out)
 
 
 def _rate(v: object, where: str) -> float:

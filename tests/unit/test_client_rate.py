@@ -31,6 +31,44 @@ def test_bandwidth_rule_keeps_what_fits_the_budget():
                                atol=1e-6)
 
 
+def test_bandwidth_rule_takes_its_budgets_from_the_link_model():
+    """seconds: T -> client c's budget is what its modelled uplink moves in T seconds
+    after its latency; a random model gives every client its own θ."""
+    from fedmpi.experiment import build_strategy as build_for_run
+    from fedmpi.linkmodel import FixedLinks, RandomLinks
+
+    rule = cr.parse({"rule": "bandwidth", "seconds": 1.0, "max": 0.95})
+    fixed = FixedLinks(up_bps=8000.0, down_bps=8000.0, latency_s=0.5)  # 1000 B/s, 0.5 s left
+    np.testing.assert_allclose(rule.rates([1] * 3, numel=1000, links=fixed), 0.875, atol=1e-6)
+    slow = FixedLinks(up_bps=8.0, down_bps=8.0, latency_s=3.0)  # nothing fits: max
+    np.testing.assert_allclose(rule.rates([1] * 2, numel=1000, links=slow), 0.95, atol=1e-6)
+    rand = RandomLinks(seed=3, up_bps=8000.0, down_bps=8000.0, spread=0.7)
+    got = rule.rates([1] * 6, numel=1000, links=rand)
+    want = [min(0.95, max(0.0, 1 - 1.0 * rand.link(c).up_bps / 8 / 4000)) for c in range(6)]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert len(set(got.tolist())) >= 4  # unclipped: each client its own θ
+    with pytest.raises(ConfigError) as exc:  # no link model given
+        rule.rates([1] * 3, numel=1000)
+    assert exc.value.field == "compression.client_rate.seconds"
+    # through the run's setup: the config's link section is the model
+    cfg = config.from_dict({"name": "t", "data": {"dataset": "digits"},
+                            "clients": {"num_clients": 6, "fraction": 1.0},
+                            "link": {"kind": "random", "up_bps": 8000.0, "spread": 0.7,
+                                     "seed": 3},
+                            "compression": {"uplink": UP, "client_rate":
+                                            {"rule": "bandwidth", "seconds": 1.0,
+                                             "max": 0.95}}})
+    picks = dict(build_for_run(cfg, np.ones(6), numel=1000).select(0))
+    np.testing.assert_allclose([picks[c]["prune_rate"] for c in range(6)], want, atol=1e-6)
+
+
+def test_bandwidth_rule_from_seconds_needs_a_link_model_in_the_config():
+    with pytest.raises(ConfigError) as exc:
+        _cfg(client_rate={"rule": "bandwidth", "seconds": 1.0})
+    assert exc.value.field == "compression.client_rate.seconds"
+    assert "link.kind" in str(exc.value)
+
+
 def test_list_rule_and_float32_values():
     rule = cr.parse({"rule": "list", "rates": [0, 0.3, 0.9]}, num_clients=3)
     r = rule.rates([1, 2, 3], numel=10)
@@ -48,6 +86,12 @@ def test_list_rule_and_float32_values():
     ({"rule": "list", "rates": [0.1]}, "compression.client_rate.rates"),  # 1 of 2 clients
     ({"rule": "list"}, "compression.client_rate.rates"),
     ({"rule": "bandwidth", "budgets": [10, -1]}, "compression.client_rate.budgets[1]"),
+    ({"rule": "bandwidth"}, "compression.client_rate.budgets"),  # neither
+    ({"rule": "bandwidth", "budgets": [1, 2], "seconds": 1}, "compression.client_rate.budgets"),
+    ({"rule": "bandwidth", "seconds": 0}, "compression.client_rate.seconds"),
+    ({"rule": "bandwidth", "seconds": True}, "compression.client_rate.seconds"),
+    ({"rule": "bandwidth", "seconds": float("nan")}, "compression.client_rate.seconds"),
+    ({"rule": "samples", "seconds": 1}, "compression.client_rate.seconds"),
 ])
 def test_bad_rules_name_the_field(raw, field):
     with pytest.raises(ConfigError) as exc:
