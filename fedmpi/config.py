@@ -79,6 +79,7 @@ class PartitionConfig:
     alpha: float = num(100.0, 0, 1e6, lo_open=True)  # Dirichlet concentration (lda)
     shards_per_client: int = num(2, 1, MAX_COUNT)  # shards
     min_samples: int = num(1, 1, MAX_INT32)
+    size_sigma: float = num(0.0, 0, 10)  # iid | lda: lognormal sigma of client sizes (0: equal)
 
 
 @dataclass
@@ -316,6 +317,10 @@ def validate(cfg: Config) -> Config:
     _check(bool(cfg.name) and len(cfg.name) <= 200 and "/" not in cfg.name
            and cfg.name.isprintable(), "name", cfg.name,
            "a non-empty name of at most 200 printable characters, without '/'")
+    part = cfg.data.partition
+    _check(part.size_sigma == 0 or part.method != "shards", "data.partition.size_sigma",
+           part.size_sigma, "0 with method shards (shard counts fix the sizes); skew needs "
+           "method iid | lda")
     c = cfg.clients
     if c.per_round is not None:
         _check(

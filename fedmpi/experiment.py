@@ -226,7 +226,7 @@ def build(cfg: Config, *, rank: int, world_size: int, node: Node | int | None = 
     p = d.partition
     parts = datasets.partition(train.y, cfg.clients.num_clients, method=p.method, seed=cfg.seed,
                                alpha=p.alpha, shards_per_client=p.shards_per_client,
-                               min_samples=p.min_samples)
+                               min_samples=p.min_samples, size_sigma=p.size_sigma)
     histogram = datasets.class_histogram(train.y, parts, train.num_classes)
     torch.manual_seed(cfg.seed)  # identical initial model on every rank
     model = models.build(cfg.train.model, input_shape=train.input_shape,

@@ -2,6 +2,12 @@
 
 Every method returns one sorted int64 index array per client; together they cover every
 sample exactly once, and the result depends only on the labels, the arguments and `seed`.
+
+Client sizes: iid and lda give every client n // k samples or one more, unless
+`size_sigma` > 0 (quantity skew, as in FedLab's "unbalanced" partitions): then client
+sizes are proportional to lognormal(0, size_sigma) draws, so that rules that depend on
+the local sample count (FedAvg's weights, `compression.client_rate` rule `samples`) see
+clients of different sizes. Shards fix sizes by the shard count and take no skew.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import numpy as np
 from fedmpi.errors import ConfigError
 
 METHODS = ("iid", "lda", "shards")
+MAX_SIZE_SIGMA = 10.0
 
 
 def partition(
@@ -24,6 +31,7 @@ def partition(
     alpha: float = 100.0,
     shards_per_client: int = 2,
     min_samples: int = 1,
+    size_sigma: float = 0.0,
 ) -> list[np.ndarray]:
     labels = np.asarray(labels)
     if method not in METHODS:
@@ -32,6 +40,13 @@ def partition(
         raise ConfigError("clients.num_clients", num_clients, "an integer >= 1")
     if min_samples < 1:
         raise ConfigError("data.partition.min_samples", min_samples, "an integer >= 1")
+    if not (math.isfinite(size_sigma) and 0.0 <= size_sigma <= MAX_SIZE_SIGMA):
+        raise ConfigError("data.partition.size_sigma", size_sigma,
+                          f"a number in [0, {MAX_SIZE_SIGMA:g}] (0: equal client sizes)")
+    if size_sigma > 0 and method == "shards":
+        raise ConfigError("data.partition.size_sigma", size_sigma,
+                          "0 with method shards (shard counts fix the sizes); skew needs "
+                          "method iid | lda")
     rng = np.random.default_rng(seed)
     if method == "shards":
         if shards_per_client < 1:
@@ -40,13 +55,19 @@ def partition(
             )
         parts = _shards(labels, num_clients, shards_per_client, rng)
     else:
-        _check_equal_sizes(len(labels), num_clients, min_samples)
+        if size_sigma > 0:
+            _check_enough_samples(len(labels), num_clients)
+            sizes = skewed_sizes(len(labels), num_clients, size_sigma, rng)
+        else:
+            _check_equal_sizes(len(labels), num_clients, min_samples)
+            sizes = np.array([len(a) for a in np.array_split(np.arange(len(labels)),
+                                                             num_clients)], dtype=np.int64)
         if method == "iid":
-            parts = np.array_split(rng.permutation(len(labels)), num_clients)
+            parts = np.split(rng.permutation(len(labels)), np.cumsum(sizes)[:-1])
         else:
             if not (math.isfinite(alpha) and alpha > 0):
                 raise ConfigError("data.partition.alpha", alpha, "a finite number > 0")
-            parts = _lda(labels, num_clients, alpha, rng)
+            parts = _lda(labels, sizes, alpha, rng)
     smallest = min(len(p) for p in parts)
     if smallest < min_samples:
         raise ConfigError(
@@ -63,6 +84,17 @@ def class_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: in
     return np.stack(
         [np.bincount(labels[p], minlength=num_classes) for p in parts]
     ).astype(np.int64)
+
+
+def skewed_sizes(n: int, k: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """k client sizes summing to n, proportional to lognormal(0, sigma) draws (largest
+    remainders get the leftover samples), every client at least 1."""
+    w = rng.lognormal(0.0, sigma, k)
+    share = (n - k) * w / w.sum()  # 1 each first, the rest by weight
+    sizes = 1 + np.floor(share).astype(np.int64)
+    left = n - int(sizes.sum())
+    sizes[np.argsort(-(share - np.floor(share)), kind="stable")[:left]] += 1
+    return sizes
 
 
 def _check_enough_samples(n: int, num_clients: int) -> None:
@@ -86,7 +118,7 @@ def _check_equal_sizes(n: int, num_clients: int, min_samples: int) -> None:
         )
 
 
-def _lda(labels: np.ndarray, k: int, alpha: float, rng: np.random.Generator) -> list:
+def _lda(labels: np.ndarray, sizes: np.ndarray, alpha: float, rng: np.random.Generator) -> list:
     """Latent Dirichlet allocation as in the paper's Flower code.
 
     Each client draws class proportions p_k ~ Dir(alpha * 1) and receives an equal share of
@@ -95,9 +127,10 @@ def _lda(labels: np.ndarray, k: int, alpha: float, rng: np.random.Generator) -> 
     draw a chunk per turn rather than one sample, which is the same idea at numpy speed.
     """
     classes, y = np.unique(labels, return_inverse=True)
+    k = len(sizes)
     avail = np.bincount(y, minlength=len(classes)).astype(np.int64)
     props = np.stack([_dirichlet(rng, alpha, len(classes)) for _ in range(k)])
-    need = np.array([len(a) for a in np.array_split(np.arange(len(y)), k)], dtype=np.int64)
+    need = np.array(sizes, dtype=np.int64)
     counts = np.zeros((k, len(classes)), dtype=np.int64)
     chunk = max(1, int(need.max()) // 20)
     while need.any():

@@ -60,7 +60,7 @@ def test_per_client_rates_set_the_bytes_each_client_sends(tmp_path):
 def test_samples_rule_prunes_the_larger_clients_less(tmp_path):
     out = tmp_path / "samples.h5"
     res = run(fedmpi_cmd(3, QUICK, "--out", out, "--set", "rounds=1",
-                         "--set", "data.partition={method: lda, alpha: 0.3}",
+                         "--set", "data.partition={method: lda, alpha: 0.3, size_sigma: 1.0}",
                          "--set", "compression.client_rate={rule: samples, min: 0.2, max: 0.9}"),
               timeout=300)
     assert res.returncode == 0, res.stderr

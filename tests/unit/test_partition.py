@@ -150,3 +150,50 @@ def test_more_clients_than_samples_blames_num_clients(method):
     assert e.value.allowed.startswith("at most 100 (the number of training samples")
     parts = partition(y, 100, method=method, seed=0, shards_per_client=1)  # the bound itself
     assert [len(p) for p in parts] == [1] * 100
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(10, 3000), k=st.integers(1, 10), sigma=st.floats(0.01, 3.0),
+       method=st.sampled_from(["iid", "lda"]), seed=st.integers(0, 2**32 - 1))
+def test_quantity_skew_covers_every_sample_once_with_unequal_sizes(n, k, sigma, method, seed):
+    labels = np.random.default_rng(seed).integers(0, 10, n)
+    parts = partition(labels, k, method=method, seed=seed, alpha=1.0, size_sigma=sigma)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(n))
+    assert all(len(p) >= 1 for p in parts)
+    again = partition(labels, k, method=method, seed=seed, alpha=1.0, size_sigma=sigma)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+
+
+@pytest.mark.parametrize("method", ["iid", "lda"])
+def test_size_sigma_spreads_client_sizes_and_zero_keeps_them_equal(method):
+    labels = balanced_labels()  # 5,000 samples
+    equal = partition(labels, 10, method=method, seed=4, alpha=100.0)
+    assert {len(p) for p in equal} == {500}
+    assert all(np.array_equal(a, b) for a, b in zip(
+        equal, partition(labels, 10, method=method, seed=4, alpha=100.0, size_sigma=0.0)))
+    skewed = [len(p) for p in partition(labels, 10, method=method, seed=4, alpha=100.0,
+                                        size_sigma=1.0)]
+    assert sum(skewed) == 5000 and max(skewed) > 3 * min(skewed)
+    # the sizes are lognormal(0, sigma) draws of the seed's generator, normalised
+    w = np.random.default_rng(4).lognormal(0.0, 1.0, 10)
+    np.testing.assert_allclose(skewed, 1 + 4990 * w / w.sum(), atol=1.0)
+
+
+@pytest.mark.parametrize("kw, allowed", [
+    (dict(method="shards", size_sigma=0.5), "method shards"),
+    (dict(method="lda", size_sigma=-1.0), "[0, 10]"),
+    (dict(method="iid", size_sigma=float("nan")), "[0, 10]"),
+])
+def test_bad_size_sigma_names_the_field(kw, allowed):
+    with pytest.raises(ConfigError) as exc:
+        partition(balanced_labels(), 10, seed=0, **kw)
+    assert exc.value.field == "data.partition.size_sigma" and allowed in str(exc.value)
+
+
+def test_config_refuses_skew_with_shards_before_any_data_is_read():
+    from fedmpi import config
+
+    with pytest.raises(ConfigError) as exc:
+        config.from_dict({"name": "t", "data": {"partition": {"method": "shards",
+                                                             "size_sigma": 1.0}}})
+    assert exc.value.field == "data.partition.size_sigma"
