@@ -28,6 +28,9 @@ def test_two_ranks_measure_and_the_rest_wait():
         assert r["plain_lat_us"] > 0 and r["transport_lat_us"] > 0
         assert r["lat_ratio"] == pytest.approx(r["transport_lat_us"] / r["plain_lat_us"])
         assert r["plain_bw_mbps"] > 0 and r["transport_bw_mbps"] > 0
+        assert r["distinct_bw_mbps"] > 0
+        assert r["bw_ratio_distinct"] == pytest.approx(r["distinct_bw_mbps"]
+                                                       / r["transport_bw_mbps"])
     host = socket.gethostname()  # mpiexec here starts every rank on this host
     assert rows[0]["host"] == rows[0]["peer_host"] == host
     assert rows[0]["path"] == "shared memory"
