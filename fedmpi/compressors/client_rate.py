@@ -32,6 +32,7 @@ zeros in the weights, which pruning drops first). `rates_of_run` reads them back
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -239,15 +240,56 @@ def describe(path) -> str:
     return "\n".join(lines)
 
 
+def compare(pairs: Sequence[tuple[str, str]]) -> str:
+    """A markdown table: per (rule run, uniform run) pair the final accuracy and uplink
+    bytes of both, then mean ± std over the pairs (the client-specific θ result)."""
+    from fedmpi.results.reader import read_run, summarize
+
+    rows, acc = [], {"rule": [], "uniform": []}
+    for rule_path, uniform_path in pairs:
+        a, b = (summarize(read_run(p)) for p in (rule_path, uniform_path))
+        for key, row in (("rule", a), ("uniform", b)):
+            acc[key].append(100.0 * row["final_accuracy"])
+        thetas = sorted(rates_of_run(read_run(rule_path).messages).values())
+        rows.append(f"| {a['seed']} | {thetas[0]:.3f}–{thetas[-1]:.3f} | "
+                    f"{100 * a['final_accuracy']:.1f} | {a['up_bytes']:,} | "
+                    f"{b.get('compression.uplink.0.prune.rate', float('nan')):.4f} | "
+                    f"{100 * b['final_accuracy']:.1f} | {b['up_bytes']:,} | "
+                    f"{100 * (a['final_accuracy'] - b['final_accuracy']):+.1f} |")
+    r, u = np.asarray(acc["rule"]), np.asarray(acc["uniform"])
+    sd = (lambda x: float(x.std(ddof=1)) if x.size > 1 else float("nan"))
+    head = ["| seed | rule: θ per client | rule: accuracy % | rule: uplink B | uniform θ | "
+            "uniform: accuracy % | uniform: uplink B | Δ rule − uniform (pp) |",
+            "|---|---|---|---|---|---|---|---|"]
+    tail = [f"| mean ± std ({len(pairs)}) | | {r.mean():.2f} ± {sd(r):.2f} | | | "
+            f"{u.mean():.2f} ± {sd(u):.2f} | | {(r - u).mean():+.2f} ± {sd(r - u):.2f} |"]
+    return "\n".join(head + rows + tail)
+
+
 def _update_kind() -> int:
     from fedmpi.wire import Kind
 
     return int(Kind.UPDATE)
 
 
+USAGE = ("usage: python -m fedmpi.compressors.client_rate RESULTS.h5\n"
+         "       python -m fedmpi.compressors.client_rate --compare RULE.h5 UNIFORM.h5 "
+         "[RULE.h5 UNIFORM.h5 ...]")
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) == 1 and argv[0] != "--compare":
+        print(describe(argv[0]))
+        return 0
+    if len(argv) >= 3 and argv[0] == "--compare" and len(argv) % 2 == 1:
+        files = list(argv[1:])
+        print(compare(list(zip(files[0::2], files[1::2]))))
+        return 0
+    print(USAGE, file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m fedmpi.compressors.client_rate RESULTS.h5")
-    print(describe(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

@@ -75,3 +75,10 @@ def test_samples_rule_prunes_the_larger_clients_less(tmp_path):
     assert abs(used[most] - 0.2) < 0.02 and abs(used[fewest] - 0.9) < 0.02
     size = {int(c): int(b) for c, b in zip(m["client"][up], m["sender_bytes"][up])}
     assert size[most] > size[fewest]
+    # the comparison table (rule vs uniform runs), here a run against itself: Δ 0
+    table = cr.compare([(str(out), str(out))]).splitlines()
+    assert len(table) == 2 + 1 + 1
+    row = table[2].split("|")
+    assert row[2].strip() == "0.200–0.900" and row[4] == row[7] and row[8].strip() == "+0.0"
+    assert row[3] == row[6] and float(row[3]) > 0
+    assert cr.main(["--compare", str(out)]) == 2  # an unpaired file: usage
