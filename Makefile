@@ -26,7 +26,7 @@ HAVE_OPENMPI    := $(shell command -v $(OPENMPI_MPICC) 2>/dev/null)
 OPENMPI_ENV     := $(if $(filter 0,$(shell id -u)),OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
 
 .PHONY: install install-openmpi run test test-unit test-mpi test-integration test-slurm \
-	test-openmpi test-gpu bench paper-cpu zoo list clean
+	test-openmpi test-gpu bench paper-cpu paper-studies zoo list clean
 
 install: $(STAMP)
 
@@ -133,6 +133,22 @@ paper-cpu: install
 	  done; \
 	done
 	$(PY) -m fedmpi report results/paper-cpu/*.h5 --out results/paper-cpu/report
+
+# The paper's open questions at CPU scale (ResNet-12, seed 0 unless said): non-IID (12 runs),
+# pruning x quantization (40 runs), client-specific θ vs uniform θ of the same bytes
+# (jobs/paper-rate.sh, 12 runs over 3 seeds); then a report per study. DURATION on this
+# idle 2-core VM: 55-75 s a run, 64 runs, about 70 minutes. Finished runs are skipped.
+PAPER_STUDIES ?= configs/paper/sweep-noniid.yaml configs/paper/sweep-quant.yaml
+paper-studies: install
+	for sw in $(PAPER_STUDIES); do \
+	  n=$$($(PY) -m fedmpi sweep $$sw --count) || exit $$?; \
+	  for i in $$(seq 0 $$((n - 1))); do \
+	    $(PY) -m fedmpi sweep $$sw --task $$i --launch "$(MPIEXEC) -n $(RANKS)" || exit $$?; \
+	  done; \
+	  dir=$$(dirname "$$($(PY) -m fedmpi sweep $$sw --task 0 --path)"); \
+	  $(PY) -m fedmpi report "$$dir"/*.h5 --out "$$dir/report" || exit $$?; \
+	done
+	PY=$(PY) MPIEXEC=$(MPIEXEC) RANKS=$(RANKS) jobs/paper-rate.sh
 
 # The compressor zoo (configs/zoo/sweep.yaml: 22 method configs x 3 seeds = 66 runs on
 # CPU-scale CIFAR-10 with ResNet-12), task after task, then the report and the zoo table.

@@ -94,6 +94,7 @@ def test_workstation_rejects_one_rank():
 
 
 @pytest.mark.parametrize("script", ["jobs/workstation.sh", "jobs/gpu-bind.sh", "jobs/gpu-check.sh",
+                                    "jobs/paper-rate.sh",
                                     "jobs/slurm/run.sbatch", "jobs/slurm/sweep.sbatch"])
 def test_user_facing_scripts_are_executable(script):
     assert os.access(ROOT / script, os.X_OK), f"chmod +x {script}"
