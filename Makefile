@@ -119,13 +119,12 @@ bench: install
 
 # Reproduce the paper at CPU scale with ResNet-12: θ ∈ {0, 0.5, 0.7, 0.9, 0.95} × E = 1 ×
 # seeds 0-2 (15 runs), then E = 10, seed 0 (5 runs); finished tasks are skipped,
-# interrupted ones resumed. DURATION on 2 cores: about 1 hour. E = 1 runs took 62-80 s
-# each on this idle 2-core VM (commit fb95faf: zoo and paper-cpu tasks of this setting;
-# 15 runs ~20 min); E = 10 runs are an ESTIMATE, ~7.5 min each (the ~40 s of training in
-# an E = 1 run times 10; ~40 min). PAPER_SWEEPS=configs/paper/sweep-cpu.yaml: E = 1 only.
+# interrupted ones resumed. DURATION on 2 cores: about 1 hour. Measured on this idle
+# 2-core VM: E = 1 runs 56-80 s each (15 runs ~20 min); E = 10 runs 7.5 min each (22 s a
+# round, 2026-11-27; 5 runs ~38 min). PAPER_SWEEPS=configs/paper/sweep-cpu.yaml: E = 1 only.
 PAPER_SWEEPS ?= configs/paper/sweep-cpu.yaml configs/paper/sweep-cpu-e10.yaml
 paper-cpu: install
-	@echo "paper-cpu: 20 runs, about 1 hour on 2 cores (E = 1 measured, E = 10 estimated: see Makefile)"
+	@echo "paper-cpu: 20 runs, about 1 hour on 2 cores (measured: E = 1 ~1 min a run, E = 10 ~7.5 min)"
 	for sw in $(PAPER_SWEEPS); do \
 	  n=$$($(PY) -m fedmpi sweep $$sw --count) || exit $$?; \
 	  for i in $$(seq 0 $$((n - 1))); do \
