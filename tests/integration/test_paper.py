@@ -49,7 +49,7 @@ def test_two_rounds_of_the_paper_config(tmp_path):
     cfg = json.loads(a["config_json"])
     assert a["status"] == "completed" and cfg["train"]["model"] == "resnet12"
     assert cfg["data"]["partition"] == {"method": "lda", "alpha": 100.0, "shards_per_client": 2,
-                                        "min_samples": 1}
+                                        "min_samples": 1, "size_sigma": 0.0}
     np.testing.assert_array_equal(r["round"], [0, 1])
     assert r["participants"].tolist() == [4, 4]  # 40% of 10 clients
     assert np.all((r["test_accuracy"] >= 0) & (r["test_accuracy"] <= 1))
