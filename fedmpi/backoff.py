@@ -58,7 +58,7 @@ class PollPolicy:
         return cls(float(cfg.spin_s), float(cfg.min_sleep_s), float(cfg.max_sleep_s))
 
 
-_yield = getattr(os, "sched_yield", lambda: None)
+yield_core = getattr(os, "sched_yield", lambda: None)  # one spin: let another thread run
 PR_SET_TIMERSLACK = 29
 
 
@@ -81,7 +81,7 @@ class Backoff:
     """
 
     def __init__(self, policy: PollPolicy, *, clock=time.perf_counter, sleep=time.sleep,
-                 spin=_yield):
+                 spin=yield_core):
         self.policy = policy
         self.clock, self._sleep, self._spin = clock, sleep, spin
         self.start = clock()

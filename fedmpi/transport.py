@@ -21,17 +21,15 @@ stretches a 2.6 MB MODEL to ~0.3 s and a 44.7 MB one to ~5 s. While a matched re
 is under way or posted sends are pending, every wait therefore sleeps at most
 `TRANSFER_SLEEP_S` between polls (~10,000 polls a second, a few % of a core).
 
-Large messages are received ahead: when `recv` matches one of at least
-`SPARE_MIN_BYTES`, it also starts receiving up to `PREFETCH` more that are already
-there for the same source and tag (`Improbe` + `Irecv`), and later `recv`s take
-those first, in the order MPI matched them (so the non-overtaking order per source
-and tag holds). A large message goes by rendezvous, whose handshake starts only once
-a receive is posted; receiving one at a time serialises the handshakes, which cost
-~8% of the bandwidth at 1-2 MiB under MPICH (`fedmpi bench transport`, window test).
-Only messages up to `PREFETCH_MAX_BYTES` are received ahead: from 4 MiB the handshake
-is a small part of the transfer, and under Open MPI receiving 4-64 MiB messages ahead
-into several buffers cost 15-50% of the bandwidth (its single-copy path writing into
-buffers no longer in cache), while one at a time it stayed within 5% of plain MPI.
+Large messages are received one at a time, into a reused buffer. An earlier version
+also started receiving up to 3 more messages that were already there (rendezvous
+handshakes overlapping); with the lean receive path below it gained at most ~1% of
+the bandwidth at 1 MiB under MPICH and cost 3-5% at 1-2 MiB under Open MPI (its
+single-copy path writing into several buffers no longer in cache), so it went
+(measured with `fedmpi bench transport` and an interleaved A/B of the two receivers).
+A receive costs ~1 us of Python on top of MPI's own calls: `recv` probes first and
+builds the closure a wait needs only when the message is not there yet, and a wait
+spins with nothing but the poll between two yields before it sets up its backoff.
 
 Large receive buffers are reused: a fresh 32 MiB `np.empty` costs ~4 ms of page
 faults (two times the transfer itself on this VM), so `recv` keeps the last
@@ -50,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from fedmpi.backoff import Backoff, PollPolicy, precise_sleeps
+from fedmpi.backoff import Backoff, PollPolicy, precise_sleeps, yield_core
 from fedmpi.errors import FedMPIError
 from fedmpi.liveness import Liveness, LivenessError, Stopwatch, seconds, when
 from fedmpi.messages import TAG_NUMBER, TAGS, tag_of
@@ -66,9 +64,7 @@ TAG_MEMORY = TAG_NUMBER["MEMORY"]
 TAG_FAIL = TAG_NUMBER["FAIL"]
 _BLOCK = 1 << 30  # bytes per block of a post_parts datatype (MPI counts are C ints)
 TRANSFER_SLEEP_S = 1e-4  # longest sleep of a wait while a transfer is under way
-PREFETCH = 3  # large messages already there that one recv also starts receiving
-PREFETCH_MAX_BYTES = 2 << 20  # ... up to this size (module docstring)
-SPARE_BUFFERS = 2 + PREFETCH  # large receive buffers kept for reuse (module docstring)
+SPARE_BUFFERS = 2  # large receive buffers kept for reuse (module docstring)
 SPARE_MIN_BYTES = 64 << 10  # smaller ones are cheap to allocate
 
 TAG_OF = {Kind(k): tag for k, tag in tag_of().items()}
@@ -93,16 +89,6 @@ class Posted:
     started: float  # perf_counter() just before the Isend
 
 
-@dataclass(eq=False)
-class _Early:
-    """A receive `recv` started ahead of its call (see the module docstring)."""
-
-    source: int
-    tag: int
-    buf: np.ndarray
-    request: MPI.Request
-
-
 class Transport:
     """Send and receive whole messages; never pickle. Every wait has a deadline.
 
@@ -123,7 +109,7 @@ class Transport:
         self.completed: dict[Hashable, float] = {}  # of the last `complete`
         self._posts = 0
         self._spare: list[np.ndarray] = []  # large buffers recv returned, newest last
-        self._early: list[_Early] = []  # receives started ahead, in matching order
+        self._status = MPI.Status()  # reused by recv: one fewer allocation a message
         precise_sleeps()
 
     def send(self, buf: np.ndarray, dest: int, tag: int, *, what: str = "",
@@ -184,8 +170,6 @@ class Transport:
         passes `until` (False; at least one probe either way). FAIL messages and the
         liveness limit end it early, as in every other wait.
         """
-        if self._early_index(source, tag) is not None:
-            return True
         watch = Stopwatch(self.liveness.limit())
         backoff = Backoff(self.poll)
         while not self.comm.Iprobe(source=source, tag=tag):
@@ -263,63 +247,39 @@ class Transport:
         `what` should say which ranks are still owing.
         """
         t0 = time.perf_counter()
-        i = self._early_index(source, tag)
-        if i is not None:
-            early = self._early.pop(i)
-            self._finish(early.request, early.source, what or _tag_name(tag), round)
-            return early.buf, early.source, time.perf_counter() - t0
-        status = MPI.Status()
-        found = []
+        status = self._status
+        msg = self.comm.Improbe(source, tag, status)
+        if msg is None:  # not there yet: wait for it (the common case needs no closure)
+            found = []
 
-        def probe() -> bool:
-            msg = self.comm.Improbe(source=source, tag=tag, status=status)
-            if msg is not None:
-                found.append(msg)
-            return msg is not None
+            def probe() -> bool:
+                found.append(self.comm.Improbe(source, tag, status))
+                return found[-1] is not None
 
-        peer = "" if source == MPI.ANY_SOURCE else f" from rank {source}"
-        self._wait(probe, lambda: f"no {what or _tag_name(tag)}{peer} {when(round)}")
+            peer = "" if source == MPI.ANY_SOURCE else f" from rank {source}"
+            self._wait(probe, lambda: f"no {what or _tag_name(tag)}{peer} {when(round)}")
+            msg = found[-1]
         buf = self._buffer(status.Get_count(MPI.BYTE))
         # The matched receive polls too: a large message (rendezvous, or the server's
         # non-contiguous broadcast, packed as the sender progresses) needs its sender
         # until the last byte, and a blocking Recv would hang for good on a sender that
         # stops mid-transfer (found with a SIGSTOPped rank 0).
         src = status.Get_source()
-        req = found[0].Irecv([buf, MPI.BYTE])
-        if _ahead_worthy(len(buf)):
-            self._receive_ahead(source, tag)
-        self._finish(req, src, what or _tag_name(tag), round)
+        req = msg.Irecv([buf, MPI.BYTE])
+        if not req.Test():
+            self._finish(req, src, what, tag, round)
         return buf, src, time.perf_counter() - t0
 
-    def _finish(self, req, src: int, what: str, round: int | None) -> None:
+    def _finish(self, req, src: int, what: str, tag: int, round: int | None) -> None:
         """Wait for a matched receive to complete (its transfer is under way)."""
-        self._wait(req.Test, lambda: f"rank {src} did not finish sending the {what} "
-                   f"{when(round)}", transfer=True)
-
-    def _receive_ahead(self, source: int, tag: int) -> None:
-        """Start receiving the large `tag` messages from `source` already there (module doc)."""
-        status = MPI.Status()
-        while len(self._early) < PREFETCH:
-            msg = self.comm.Improbe(source=source, tag=tag, status=status)
-            if msg is None:
-                return
-            buf = self._buffer(status.Get_count(MPI.BYTE))
-            self._early.append(_Early(status.Get_source(), tag, buf, msg.Irecv([buf, MPI.BYTE])))
-            if not _ahead_worthy(len(buf)):
-                return  # matched, so received; but no more ahead of it
-
-    def _early_index(self, source: int, tag: int) -> int | None:
-        """The first receive started ahead that a recv(source, tag) would have matched."""
-        for i, e in enumerate(self._early):
-            if e.tag == tag and source in (MPI.ANY_SOURCE, e.source):
-                return i
-        return None
+        self._wait(req.Test, lambda: f"rank {src} did not finish sending the "
+                   f"{what or _tag_name(tag)} {when(round)}", transfer=True)
 
     def _buffer(self, n: int) -> np.ndarray:
         """An uninitialised uint8 buffer of `n` bytes, reusing a large spare if one is free."""
         if n < SPARE_MIN_BYTES:
             return np.empty(n, dtype=np.uint8)
-        for i in range(len(self._spare)):
+        for i in reversed(range(len(self._spare))):  # the most recently used first (cached)
             # references: the list and getrefcount's argument; any more is a user's
             if n <= len(self._spare[i]) <= 2 * n and sys.getrefcount(self._spare[i]) <= 2:
                 spare = self._spare.pop(i)
@@ -351,8 +311,17 @@ class Transport:
         pending, sleeps stay under `TRANSFER_SLEEP_S` (module doc)."""
         if done():
             return
+        start = time.perf_counter()
+        spin_until = start + self.poll.spin_s
+        while True:  # the spin, lean: nothing but the poll between two yields
+            yield_core()
+            if done():
+                return
+            if time.perf_counter() >= spin_until:
+                break
         watch = Stopwatch(self.liveness.limit())
         backoff = Backoff(self.poll)
+        backoff.start = start  # its spin is over
         while True:
             if not backoff.spinning:
                 self._check_failures()
@@ -385,11 +354,6 @@ class Transport:
         while time.monotonic() < deadline:
             req.Test()
             time.sleep(0.01)
-
-
-def _ahead_worthy(nbytes: int) -> bool:
-    """Is a message of this size one whose successors `recv` receives ahead (module doc)?"""
-    return SPARE_MIN_BYTES <= nbytes <= PREFETCH_MAX_BYTES
 
 
 def _tag_name(tag: int) -> str:

@@ -13,8 +13,12 @@ OSU-style, for message sizes 8 B .. 64 MiB:
   buffers (one per message of the window, allocated before timing), is the baseline a
   receiver that keeps every message (a server folding updates) could reach: osu_bw's
   one buffer stays cache-hot at 1-2 MiB, which no such receiver can have.
-Every size alternates plain and transport blocks `--repeat` times after a warm-up
-and takes each path's median, so a busy machine slows both alike; ratios are
+Every size runs `--trials` trials, each on freshly allocated buffers and a fresh
+`Transport` (a buffer's placement moves its bandwidth by a few %, see `run`); a trial
+alternates plain and transport blocks `--repeat` times after a warm-up, in a new
+(seeded) order every repeat, so that no path always follows the same one, and then
+times the distinct-buffer baseline (whose cold buffers would slow the next block). Each path's median over
+all blocks is reported, so a busy machine slows both alike; ratios are
 transport time / plain time. Rank 0 alone returns rows (see mpi4py's bench.py).
 """
 
@@ -38,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-size", type=int, default=8, help="smallest message, bytes")
     parser.add_argument("--max-size", type=int, default=MAX_SIZE, help="largest message, bytes")
     parser.add_argument("--repeat", type=int, default=5,
-                        help="timed blocks per size and path (medians are reported)")
+                        help="timed blocks per size, path and trial (medians are reported)")
+    parser.add_argument("--trials", type=int, default=3,
+                        help="fresh buffers and a fresh Transport per size, this many times")
     parser.add_argument("--window", type=int, default=16,
                         help="messages in flight in the bandwidth test (8 from 4 MiB)")
     parser.add_argument("--spin-s", type=float, default=None, help="run.poll.spin_s")
@@ -83,37 +89,20 @@ def run(args: argparse.Namespace) -> list[dict] | None:
         return None
     rank, peer = comm.Get_rank(), 1 - comm.Get_rank()
     hosts = comm.allgather(socket.gethostname())  # one host: shared memory; two: the network
-    net = Transport(comm, Liveness(timeout_s=600.0, hub=rank == 0), _policy(args))
+    policy = _policy(args)
     rows = []
     for size in sizes(args.min_size, args.max_size):
-        buf = np.full(size, 7, dtype=np.uint8)
-        rbuf = np.empty(size, dtype=np.uint8)
         window = args.window if size < (4 << 20) else min(args.window, 8)
-        rbufs = [np.empty(size, dtype=np.uint8) for _ in range(window)] if rank == 1 else []
-        for b in rbufs:
-            b.fill(0)  # first touch outside the timing
-        ack = np.zeros(1, dtype=np.uint8)
         n = iterations(size)
-        tests = {
-            "plain_lat": lambda: _pingpong_plain(comm, buf, rbuf, n, peer, rank == 0),
-            "transport_lat": lambda: _pingpong_transport(net, buf, n, peer, rank == 0),
-            "plain_bw": lambda: _window_plain(comm, buf, [rbuf] * window, ack, n, peer,
-                                              rank == 0),
-            "distinct_bw": lambda: _window_plain(comm, buf, rbufs, ack, n, peer, rank == 0,
-                                                 window),
-            "transport_bw": lambda: _window_transport(net, buf, ack, n, window, peer,
-                                                      rank == 0),
-        }
-        times: dict[str, list[float]] = {k: [] for k in tests}
-        for k, fn in tests.items():  # warm-up: first touch of buffers, connections
-            comm.Barrier()
-            fn()
-        for _ in range(max(1, args.repeat)):
-            for k, fn in tests.items():
-                comm.Barrier()
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
+        times: dict[str, list[float]] = {}
+        for trial in range(max(1, args.trials)):
+            # Fresh buffers (and receive buffers of a fresh Transport) every trial: where
+            # the allocator puts a buffer (huge pages, cache sets) moves a path's bandwidth
+            # by a few % for as long as it keeps that buffer, the same for either path.
+            net = Transport(comm, Liveness(timeout_s=600.0, hub=rank == 0), policy)
+            for k, t in _trial(comm, net, size, window, n, peer, rank, args.repeat,
+                               trial).items():
+                times.setdefault(k, []).extend(t)
         med = {k: float(np.median(v)) for k, v in times.items()}
         lat = {k: med[f"{k}_lat"] / (2 * n) for k in ("plain", "transport")}
         bw = {k: size * n * window / med[f"{k}_bw"] for k in ("plain", "distinct", "transport")}
@@ -133,9 +122,44 @@ def run(args: argparse.Namespace) -> list[dict] | None:
     meta = {"mpi": MPI.Get_library_version().replace("\0", "").strip().splitlines()[0],
             "host": hosts[0], "peer_host": hosts[1], "path": path_of(hosts),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "spin_s": net.poll.spin_s, "min_sleep_s": net.poll.min_sleep_s,
-            "max_sleep_s": net.poll.max_sleep_s}
+            "spin_s": policy.spin_s, "min_sleep_s": policy.min_sleep_s,
+            "max_sleep_s": policy.max_sleep_s, "trials": max(1, args.trials),
+            "repeat": max(1, args.repeat)}
     return [r | meta for r in rows]
+
+
+def _trial(comm, net, size, window, n, peer, rank, repeat, seed) -> dict[str, list[float]]:
+    """One trial of one size: every path `repeat` times after a warm-up, on new buffers."""
+    buf = np.full(size, 7, dtype=np.uint8)
+    rbuf = np.zeros(size, dtype=np.uint8)
+    rbufs = [np.zeros(size, dtype=np.uint8) for _ in range(window)] if rank == 1 else []
+    ack = np.zeros(1, dtype=np.uint8)
+    tests = {
+        "plain_lat": lambda: _pingpong_plain(comm, buf, rbuf, n, peer, rank == 0),
+        "transport_lat": lambda: _pingpong_transport(net, buf, n, peer, rank == 0),
+        "plain_bw": lambda: _window_plain(comm, buf, [rbuf] * window, ack, n, peer, rank == 0),
+        "transport_bw": lambda: _window_transport(net, buf, ack, n, window, peer, rank == 0),
+    }
+    # The distinct-buffer baseline runs after the others: its window of cold buffers
+    # evicts the caches, which would slow whichever block came next.
+    distinct = {"distinct_bw": lambda: _window_plain(comm, buf, rbufs, ack, n, peer,
+                                                     rank == 0, window)}
+    times: dict[str, list[float]] = {}
+    for group, shuffle in ((tests, True), (distinct, False)):
+        for fn in group.values():  # warm-up: first touch of buffers, connections
+            comm.Barrier()
+            fn()
+        for r in range(max(1, repeat)):
+            # a new order every repeat (the same on both ranks: seeded), so that no path
+            # always runs after the same one
+            order = np.random.default_rng([seed, r]).permutation(list(group)) if shuffle \
+                else list(group)
+            for k in order:
+                comm.Barrier()
+                t0 = time.perf_counter()
+                group[k]()
+                times.setdefault(k, []).append(time.perf_counter() - t0)
+    return times
 
 
 def path_of(hosts: list[str]) -> str:
@@ -223,7 +247,8 @@ def print_rows(rows: list[dict] | None) -> None:
     r0 = rows[0]
     print(f"{r0['mpi']}; rank 0 on {r0['host']}, rank 1 on {r0['peer_host']} "
           f"({r0['path']}); {r0['date']}; run.poll spin {r0['spin_s']:g} s, "
-          f"sleep {r0['min_sleep_s']:g}..{r0['max_sleep_s']:g} s")
+          f"sleep {r0['min_sleep_s']:g}..{r0['max_sleep_s']:g} s; medians of "
+          f"{r0['trials']} trials x {r0['repeat']} blocks")
     head = (f"{'size':>8} {'plain us':>10} {'transport us':>12} {'ratio':>6} "
             f"{'plain MB/s':>11} {'transport MB/s':>14} {'ratio':>6} "
             f"{'distinct MB/s':>13} {'ratio':>6}")

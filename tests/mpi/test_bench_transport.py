@@ -18,7 +18,8 @@ def test_two_ranks_measure_and_the_rest_wait():
 
     parser = argparse.ArgumentParser()
     transport.add_arguments(parser)
-    args = parser.parse_args(["--min-size", "8", "--max-size", "4096", "--repeat", "1"])
+    args = parser.parse_args(["--min-size", "8", "--max-size", "4096", "--repeat", "1",
+                              "--trials", "2"])
     rows = transport.run(args)
     if MPI.COMM_WORLD.Get_rank() != 0:
         assert rows is None
@@ -31,6 +32,7 @@ def test_two_ranks_measure_and_the_rest_wait():
         assert r["distinct_bw_mbps"] > 0
         assert r["bw_ratio_distinct"] == pytest.approx(r["distinct_bw_mbps"]
                                                        / r["transport_bw_mbps"])
+    assert rows[0]["trials"] == 2 and rows[0]["repeat"] == 1
     host = socket.gethostname()  # mpiexec here starts every rank on this host
     assert rows[0]["host"] == rows[0]["peer_host"] == host
     assert rows[0]["path"] == "shared memory"

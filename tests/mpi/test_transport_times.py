@@ -125,37 +125,3 @@ def test_reused_receive_buffers_never_alias_what_a_caller_holds(net):
         assert not np.shares_memory(e, np.asarray(mv)) and (e == 5).all()
         assert (np.asarray(mv) == 4).all()
     net.barrier()
-
-
-def test_large_messages_already_there_are_received_ahead_in_order(net):
-    """recv starts receiving the large messages already waiting (rendezvous handshakes
-    overlap); later recvs take them first, in MPI's order, from the right source only."""
-    from mpi4py import MPI
-
-    from fedmpi.transport import PREFETCH, TAG_MODEL, TAG_UPDATE
-
-    rank = net.comm.Get_rank()
-    n, count = 1 << 20, PREFETCH + 2
-    if rank in (1, 2):
-        for i in range(count):
-            net.post(np.full(n, 10 * rank + i, dtype=np.uint8), 0, TAG_UPDATE)
-        net.post(np.full(8, rank, dtype=np.uint8), 0, TAG_MODEL)
-    net.barrier()  # every message is posted (envelopes arrive while the ranks progress)
-    if rank == 0:
-        time.sleep(0.2)
-        first, src, _ = net.recv(2, TAG_UPDATE)
-        assert src == 2 and (first == 20).all()
-        assert len(net._early) == PREFETCH  # rank 2's next ones, none of rank 1's
-        assert all(e.source == 2 for e in net._early)
-        assert net.wait_message(2, TAG_UPDATE, time.perf_counter())  # seen without a probe
-        small, src, _ = net.recv(1, TAG_MODEL)  # another tag: not taken from the queue
-        assert src == 1 and (small == 1).all()
-        got = [net.recv(2, TAG_UPDATE) for _ in range(count - 1)]
-        assert [(s, int(b[0])) for b, s, _ in got] == [(2, 21 + i) for i in range(count - 1)]
-        assert all((b == b[0]).all() and len(b) == n for b, _, _ in got)
-        seen = [net.recv(MPI.ANY_SOURCE, TAG_UPDATE) for _ in range(count)]
-        assert [int(b[0]) for b, _, _ in seen] == [10 + i for i in range(count)]
-        small, src, _ = net.recv(2, TAG_MODEL)
-        assert src == 2 and not net._early
-    net.complete()
-    net.barrier()
