@@ -317,10 +317,11 @@ def validate(cfg: Config) -> Config:
     _check(bool(cfg.name) and len(cfg.name) <= 200 and "/" not in cfg.name
            and cfg.name.isprintable(), "name", cfg.name,
            "a non-empty name of at most 200 printable characters, without '/'")
+    from fedmpi.data.partition import SKEW_WITH_SHARDS
+
     part = cfg.data.partition
     _check(part.size_sigma == 0 or part.method != "shards", "data.partition.size_sigma",
-           part.size_sigma, "0 with method shards (shard counts fix the sizes); skew needs "
-           "method iid | lda")
+           part.size_sigma, SKEW_WITH_SHARDS)
     c = cfg.clients
     if c.per_round is not None:
         _check(
@@ -341,8 +342,7 @@ def validate(cfg: Config) -> Config:
         rule = client_rate.parse(cfg.compression.client_rate, num_clients=c.num_clients)
         client_rate.check_uplink(links["uplink"])
         _check(rule.seconds is None or cfg.link.kind != "none", "compression.client_rate.seconds",
-               rule.seconds, "budgets from a link model: set link.kind to fixed | random | "
-               "trace, or list compression.client_rate.budgets")
+               rule.seconds, client_rate.SECONDS_NEED_LINKS)
     poll = cfg.run.poll
     _check(poll.min_sleep_s <= poll.max_sleep_s, "run.poll.min_sleep_s", poll.min_sleep_s,
            f"a number <= run.poll.max_sleep_s ({poll.max_sleep_s:g})")

@@ -46,6 +46,9 @@ _KEYS = {"samples": ("rule", "min", "max"),
          "bandwidth": ("rule", "budgets", "seconds", "min", "max"), "list": ("rule", "rates")}
 MAX_SECONDS = 1e6
 FIELD = "compression.client_rate"
+# why `seconds` is refused without a link model (config validation and `rates` both say it)
+SECONDS_NEED_LINKS = ("budgets from a link model: set link.kind to fixed | random | trace, "
+                      "or list compression.client_rate.budgets")
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,7 @@ class ClientRate:
         n = len(samples)
         if self.seconds is not None:
             if links is None:
-                raise ConfigError(f"{FIELD}.seconds", self.seconds,
-                                  "budgets from a link model: set link.kind to fixed | random "
-                                  "| trace, or list compression.client_rate.budgets")
+                raise ConfigError(f"{FIELD}.seconds", self.seconds, SECONDS_NEED_LINKS)
             budgets = link_budgets(links, n, self.seconds)
             return ClientRate(self.rule, self.lo, self.hi, budgets).rates(samples, numel)
         if self.rule in ("list", "bandwidth") and len(self.values) != n:

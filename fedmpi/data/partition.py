@@ -20,6 +20,9 @@ from fedmpi.errors import ConfigError
 
 METHODS = ("iid", "lda", "shards")
 MAX_SIZE_SIGMA = 10.0
+# why skew is refused with shards (config validation and `partition` both say it)
+SKEW_WITH_SHARDS = ("0 with method shards (shard counts fix the sizes); skew needs "
+                    "method iid | lda")
 
 
 def partition(
@@ -44,9 +47,7 @@ def partition(
         raise ConfigError("data.partition.size_sigma", size_sigma,
                           f"a number in [0, {MAX_SIZE_SIGMA:g}] (0: equal client sizes)")
     if size_sigma > 0 and method == "shards":
-        raise ConfigError("data.partition.size_sigma", size_sigma,
-                          "0 with method shards (shard counts fix the sizes); skew needs "
-                          "method iid | lda")
+        raise ConfigError("data.partition.size_sigma", size_sigma, SKEW_WITH_SHARDS)
     rng = np.random.default_rng(seed)
     if method == "shards":
         if shards_per_client < 1:
