@@ -64,6 +64,7 @@ TAG_MEMORY = TAG_NUMBER["MEMORY"]
 TAG_FAIL = TAG_NUMBER["FAIL"]
 _BLOCK = 1 << 30  # bytes per block of a post_parts datatype (MPI counts are C ints)
 TRANSFER_SLEEP_S = 1e-4  # longest sleep of a wait while a transfer is under way
+FAILURE_GRACE_S = 0.05  # how long a wait that saw a FAIL polls its own completion first
 SPARE_BUFFERS = 2  # large receive buffers kept for reuse (module docstring)
 SPARE_MIN_BYTES = 64 << 10  # smaller ones are cheap to allocate
 
@@ -110,6 +111,7 @@ class Transport:
         self._posts = 0
         self._spare: list[np.ndarray] = []  # large buffers recv returned, newest last
         self._status = MPI.Status()  # reused by recv: one fewer allocation a message
+        self._failure: RemoteFailure | None = None  # seen, kept for the next wait
         precise_sleeps()
 
     def send(self, buf: np.ndarray, dest: int, tag: int, *, what: str = "",
@@ -309,6 +311,8 @@ class Transport:
         messages (checked once the spin is over) and the liveness limit end it early.
         While a transfer is under way (`transfer`: a matched receive) or posted sends are
         pending, sleeps stay under `TRANSFER_SLEEP_S` (module doc)."""
+        if self._failure is not None:  # seen by the last wait, which had its answer
+            raise self._failure
         if done():
             return
         start = time.perf_counter()
@@ -323,8 +327,8 @@ class Transport:
         backoff = Backoff(self.poll)
         backoff.start = start  # its spin is over
         while True:
-            if not backoff.spinning:
-                self._check_failures()
+            if not backoff.spinning and self._check_failures(done):
+                return  # done; the failure is raised by the next wait
             if watch.expired():
                 self._expired(watch.limit, describe())
             backoff.pause(TRANSFER_SLEEP_S if transfer or self.pending else None)
@@ -335,14 +339,32 @@ class Transport:
         raise LivenessError(f"rank {self.rank}: {what} within {seconds(limit)} "
                             f"(liveness limit: {self.liveness.explain()})")
 
-    def _check_failures(self) -> None:
+    def _check_failures(self, done=None) -> bool:
+        """Raise `RemoteFailure` if a rank said it failed (now or at an earlier wait).
+
+        With `done` (what the caller awaits), a failure that arrives while the awaited
+        thing is completing anyway is kept for the next wait and True is returned: a
+        collective that the failed rank already finished (the configuration check
+        before rank 0 opens its file) completes here too within a few polls, and the
+        failure is then raised where the run can still record it.
+        """
+        if self._failure is not None:
+            raise self._failure
         status = MPI.Status()
         msg = self.comm.Improbe(source=MPI.ANY_SOURCE, tag=TAG_FAIL, status=status)
         if msg is None:
-            return
+            return False
         buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
         msg.Recv([buf, MPI.BYTE])
-        raise RemoteFailure(status.Get_source(), _fail_reason(buf))
+        failure = RemoteFailure(status.Get_source(), _fail_reason(buf))
+        if done is not None:
+            grace = time.perf_counter() + FAILURE_GRACE_S
+            while time.perf_counter() < grace:
+                if done():
+                    self._failure = failure
+                    return True
+                yield_core()
+        raise failure
 
     def send_failure(self, dest: int, reason: str, wait_s: float) -> None:
         """Best effort: tell `dest` why we fail, then give it `wait_s` to react."""
