@@ -176,3 +176,22 @@ def fuzz_sections(comp, tensors, ctx, bounds, sizes, n: int = 1500, seed: int = 
         assert_model(out, spec)
         accepted += 1
     return refused, accepted
+
+
+def _set_scale(i: int, v: float):
+    def edit(parts):
+        parts[0].view("<f4")[i] = v
+    return edit
+
+
+# Damaged sections of a sign message (signsgd, randsign: float32 scales, then packed signs)
+# of tensors a (scale > 0), b (scale 0) and e (empty) with 8 signs in all: each edit of
+# the parts and the words its refusal must contain.
+SIGN_SECTION_EDITS = [
+    (_set_scale(0, -1.0), ">= \\+0.0"), (_set_scale(1, -0.0), ">= \\+0.0"),
+    (_set_scale(0, np.inf), "finite"), (_set_scale(0, np.nan), "finite"),
+    (_set_scale(2, 1.0), "empty tensor 'e' has scale"),
+    (lambda p: p[1].__setitem__(0, p[1][0] | 0x80), "scale 0 has sign bits set"),
+    (lambda p: p.__setitem__(1, p[1][:0]), "0 bytes for 8"),
+    (lambda p: p.__setitem__(0, p[0][:8]), "2 scales, expected 3"),
+]

@@ -17,8 +17,8 @@ Every size runs `--trials` trials, each on freshly allocated buffers and a fresh
 `Transport` (a buffer's placement moves its bandwidth by a few %, see `run`); a trial
 alternates plain and transport blocks `--repeat` times after a warm-up, in a new
 (seeded) order every repeat, so that no path always follows the same one, and then
-times the distinct-buffer baseline (whose cold buffers would slow the next block). Each path's median over
-all blocks is reported, so a busy machine slows both alike; ratios are
+times the distinct-buffer baseline (whose cold buffers would slow the next block).
+Each path's median over all blocks is reported, so a busy machine slows both alike; ratios are
 transport time / plain time. Rank 0 alone returns rows (see mpi4py's bench.py).
 """
 
@@ -145,16 +145,14 @@ def _trial(comm, net, size, window, n, peer, rank, repeat, seed) -> dict[str, li
     distinct = {"distinct_bw": lambda: _window_plain(comm, buf, rbufs, ack, n, peer,
                                                      rank == 0, window)}
     times: dict[str, list[float]] = {}
-    for group, shuffle in ((tests, True), (distinct, False)):
+    for group in (tests, distinct):
         for fn in group.values():  # warm-up: first touch of buffers, connections
             comm.Barrier()
             fn()
         for r in range(max(1, repeat)):
             # a new order every repeat (the same on both ranks: seeded), so that no path
             # always runs after the same one
-            order = np.random.default_rng([seed, r]).permutation(list(group)) if shuffle \
-                else list(group)
-            for k in order:
+            for k in np.random.default_rng([seed, r]).permutation(list(group)):
                 comm.Barrier()
                 t0 = time.perf_counter()
                 group[k]()

@@ -72,16 +72,22 @@ def test_a_sent_message_is_logged_from_its_header_and_the_senders_side():
     msg = message(Kind.ASSIGN, round=3, payload=protocol.assign_payload(0, [4]))
     server.send(msg, 2, post=True)
     server.complete()
+    # MEMORY travels downward only (start-up: a worker rank's replica, client -1)
+    server.send(state_message({"a": np.ones((2, 3), np.float32)}, round=0, client=-1), 2,
+                log_round=-1)
     worker = Channel(FakeTransport(2))
-    worker.send(state_message({"a": np.ones((2, 3), np.float32)}, round=3, client=4), 0)
-    (s,), (w,) = server.drain(), worker.drain()
+    report = message(Kind.REPORT, round=3, payload=b"x" * 7)
+    worker.send(report, 0)
+    (s, m), (w,) = server.drain(), worker.drain()
     assert (s["round"], s["kind"], s["client"], s["worker"], s["direction"], s["bytes"]) == \
         (3, Kind.ASSIGN, -1, 2, accounting.DOWN, len(msg.buf))
-    assert server.net.sent[0][2:] == (2, TAG_CONTROL)
-    assert (w["kind"], w["client"], w["worker"], w["direction"], w["numel"], w["nnz"],
-            w["dense_bytes"], w["codec_id"], w["xfer_s"]) == \
-        (Kind.MEMORY, 4, 2, accounting.UP, 6, 6, 24, protocol.STATE_CODEC, 0.25)
-    assert worker.net.sent[0][3] == TAG_MEMORY
+    assert [x[2:] for x in server.net.sent] == [(2, TAG_CONTROL), (2, TAG_MEMORY)]
+    assert (m["round"], m["kind"], m["client"], m["worker"], m["direction"], m["numel"],
+            m["nnz"], m["dense_bytes"], m["codec_id"], m["xfer_s"]) == \
+        (-1, Kind.MEMORY, -1, 2, accounting.DOWN, 6, 6, 24, protocol.STATE_CODEC, 0.25)
+    assert (w["round"], w["kind"], w["worker"], w["direction"], w["bytes"], w["xfer_s"]) == \
+        (3, Kind.REPORT, 2, accounting.UP, len(report.buf), 0.25)
+    assert worker.net.sent[0][2:] == (0, TAG_REPORT)
 
 
 def test_a_received_message_is_read_then_logged_and_a_refused_one_is_not():

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from method_checks import (assert_wire_round_trip, fuzz, fuzz_framed, fuzz_sections, model,
-                           repack, sections)
+from method_checks import (SIGN_SECTION_EDITS, assert_wire_round_trip, fuzz, fuzz_framed,
+                           fuzz_sections, model, repack, sections)
 
 from fedmpi.compress.pipeline import spec_of
 from fedmpi.compressors import Context, build_compressor
@@ -138,19 +138,7 @@ TS = {"a": np.array([0.5, -1.0, 0.0, 2.0, 0.25, -3.0, 1.0, 2.0], np.float32),
 SPEC = spec_of(TS)  # fraction 0.5: 4 + 4 drawn entries, one byte of signs; b has scale 0
 
 
-def _scale(i, v):
-    def edit(parts):
-        parts[0].view("<f4")[i] = v
-    return edit
-
-
-@pytest.mark.parametrize("edit, match", [
-    (_scale(0, -1.0), ">= \\+0.0"), (_scale(1, -0.0), ">= \\+0.0"), (_scale(0, np.inf), "finite"),
-    (_scale(0, np.nan), "finite"), (_scale(2, 1.0), "empty tensor 'e' has scale"),
-    (lambda p: p[1].__setitem__(0, p[1][0] | 0x80), "scale 0 has sign bits set"),
-    (lambda p: p.__setitem__(1, p[1][:0]), "0 bytes for 8"),
-    (lambda p: p.__setitem__(0, p[0][:8]), "2 scales, expected 3"),
-])
+@pytest.mark.parametrize("edit, match", SIGN_SECTION_EDITS)
 def test_malformed_fields_are_refused(edit, match):
     comp = randsign(fraction=0.5)
     parts = sections(comp, comp.encode(TS, ctx()).payload, SPEC, [(4, 12), (1, 1)])

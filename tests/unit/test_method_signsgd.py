@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from method_checks import (assert_wire_round_trip, fuzz, fuzz_framed, fuzz_sections, model,
-                           repack, sections)
+from method_checks import (SIGN_SECTION_EDITS, assert_wire_round_trip, fuzz, fuzz_framed,
+                           fuzz_sections, model, repack, sections)
 
 from fedmpi.compress.pipeline import spec_of
 from fedmpi.compressors import Context, build_compressor
@@ -124,19 +124,7 @@ TS = {"a": np.array([0.5, -1.0, 0.0, 2.0, 0.25], np.float32), "b": np.zeros(3, n
 SPEC = spec_of(TS)  # 8 entries: one byte of signs, no padding; scales a > 0, b = e = 0
 
 
-def _scale(i, v):
-    def edit(parts):
-        parts[0].view("<f4")[i] = v
-    return edit
-
-
-@pytest.mark.parametrize("edit, match", [
-    (_scale(0, -1.0), ">= \\+0.0"), (_scale(1, -0.0), ">= \\+0.0"), (_scale(0, np.inf), "finite"),
-    (_scale(0, np.nan), "finite"), (_scale(2, 1.0), "empty tensor 'e' has scale"),
-    (lambda p: p[1].__setitem__(0, p[1][0] | 0x80), "scale 0 has sign bits set"),
-    (lambda p: p.__setitem__(1, p[1][:0]), "0 bytes for 8"),
-    (lambda p: p.__setitem__(0, p[0][:8]), "2 scales, expected 3"),
-])
+@pytest.mark.parametrize("edit, match", SIGN_SECTION_EDITS)
 def test_malformed_fields_are_refused(edit, match):
     comp = signsgd()
     parts = sections(comp, comp.encode(TS, ctx()).payload, SPEC, [(4, 12), (1, 1)])
