@@ -77,14 +77,15 @@ class Backoff:
     """One wait: call `pause()` after every poll that found nothing new.
 
     `clock`, `sleep` and `spin` are injectable so that the schedule is testable
-    without waiting.
+    without waiting. `start` (a `clock()` reading) dates the wait from an earlier
+    moment, e.g. from before a caller's own lean spin, so its spin phase counts.
     """
 
     def __init__(self, policy: PollPolicy, *, clock=time.perf_counter, sleep=time.sleep,
-                 spin=yield_core):
+                 spin=yield_core, start: float | None = None):
         self.policy = policy
         self.clock, self._sleep, self._spin = clock, sleep, spin
-        self.start = clock()
+        self.start = clock() if start is None else start
         self.delay = 0.0  # the last sleep; 0 while spinning
         self.slept = 0  # sleeps so far (for tests and curiosity)
 

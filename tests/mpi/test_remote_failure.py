@@ -56,3 +56,45 @@ def test_a_fail_ends_a_wait_unless_the_wait_completes_first():
     finally:
         comm.Barrier()
         comm.Free()
+
+
+@pytest.mark.parametrize("wait", ["wait_message", "complete_each"])
+def test_the_other_waits_keep_the_same_rule(wait, monkeypatch):
+    """`wait_message` (a message to come) and `complete_each` (posted sends to be taken)
+    follow the rule of `_wait`: what completes during the grace is returned."""
+    import numpy as np
+    from mpi4py import MPI
+
+    import fedmpi.transport as transport
+    from fedmpi.transport import RemoteFailure
+
+    monkeypatch.setattr(transport, "FAILURE_GRACE_S", 5.0)  # ample on a busy machine
+    comm = MPI.COMM_WORLD.Dup()
+    rank = comm.Get_rank()
+    big = np.ones(1 << 20, dtype=np.uint8)  # rendezvous: a post completes once received
+    try:
+        if rank == 1:
+            net = _transport(comm)
+            net.send_failure(0, "late failure", wait_s=0.0)
+            comm.Recv([np.empty(1, np.uint8), MPI.BYTE], 0, 7)  # rank 0 is waiting now
+            time.sleep(net.poll.spin_s + 0.05)  # past rank 0's spin, inside its grace
+            if wait == "wait_message":
+                comm.Send([big[:8], MPI.BYTE], 0, 8)
+            else:
+                comm.Recv([np.empty_like(big), MPI.BYTE], 0, 8)
+        if rank == 0:
+            net = _transport(comm)
+            _until_fail_is_there(comm)
+            if wait == "wait_message":
+                comm.Send([big[:1], MPI.BYTE], 1, 7)
+                assert net.wait_message(1, 8, time.perf_counter() + 20)
+                comm.Recv([np.empty(8, np.uint8), MPI.BYTE], 1, 8)
+            else:
+                net.post(big, 1, 8, key="big")
+                comm.Send([big[:1], MPI.BYTE], 1, 7)
+                assert set(net.complete_each()) == {"big"} and not net.pending
+            with pytest.raises(RemoteFailure, match="rank 1 failed: late failure"):
+                net.recv(1, 9)  # the next wait, even with nothing to wait for
+    finally:
+        comm.Barrier()
+        comm.Free()

@@ -114,3 +114,16 @@ def test_a_cap_bounds_each_sleep_but_never_below_min_sleep():
     assert set(t2.sleeps) == {p.min_sleep_s}
     b.pause()  # without a cap the doubling resumes from where it was
     assert t2.sleeps[-1] == pytest.approx(2 * p.min_sleep_s)
+
+
+def test_a_start_in_the_past_counts_as_spun():
+    # the transport spins on its own first and hands the backoff its start time
+    t = FakeTime()
+    t.now = 5.0
+    p = PollPolicy(spin_s=1e-3, min_sleep_s=1e-5, max_sleep_s=1e-3)
+    b = Backoff(p, clock=t.clock, sleep=t.sleep, spin=t.spin, start=5.0 - p.spin_s)
+    b.pause()
+    assert t.spins == 0 and t.sleeps == [p.min_sleep_s] and not b.spinning
+    fresh = waiter(p, t)  # without start: spins from now
+    fresh.pause()
+    assert t.spins == 1 and fresh.spinning

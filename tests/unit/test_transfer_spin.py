@@ -1,0 +1,48 @@
+"""A wait for a transfer of known size (a send, a matched receive) spins for as long as
+the bytes take at `TRANSFER_SPIN_BPS` (capped), before it starts to sleep: a sleep that
+ends late delays the next hop, which cost 3-7% of a 8-16 MiB ping-pong under Open MPI.
+Runs on MPI.COMM_SELF (no mpiexec needed)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from mpi4py import MPI
+
+import fedmpi.transport as transport
+from fedmpi.backoff import PollPolicy
+from fedmpi.transport import TRANSFER_SPIN_BPS, TRANSFER_SPIN_MAX_S, Transport
+
+
+def _net(spin_s: float) -> Transport:
+    return Transport(MPI.COMM_SELF, poll=PollPolicy(spin_s, 1e-5, 2e-3))
+
+
+@pytest.mark.parametrize("spin_s, nbytes, want", [
+    (1e-3, 8, 1e-3),  # small: the policy's spin
+    (1e-3, 16 << 20, (16 << 20) / TRANSFER_SPIN_BPS),  # the bytes' time
+    (1e-3, 1 << 30, TRANSFER_SPIN_MAX_S),  # capped
+    (0.2, 16 << 20, 0.2),  # never shorter than the policy's
+    (0.0, 16 << 20, 0.0),  # spin_s 0 (no spinning at all) is kept
+])
+def test_the_spin_of_a_transfer_wait(spin_s, nbytes, want):
+    assert _net(spin_s)._spin_s(nbytes) == pytest.approx(want)
+
+
+def test_a_wait_spins_for_its_transfer_then_sleeps(monkeypatch):
+    made = []
+
+    class Recording(transport.Backoff):  # made once a wait's spin is over
+        def __init__(self, *a, **kw):
+            made.append(kw.get("start"))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(transport, "Backoff", Recording)
+    net = _net(1e-3)
+    ready = time.perf_counter() + 0.02  # done after 20 ms
+    net._wait(lambda: time.perf_counter() > ready, lambda: "test", spin_s=0.04)
+    assert made == []  # all of it spun
+    ready = time.perf_counter() + 0.02
+    net._wait(lambda: time.perf_counter() > ready, lambda: "test")
+    assert len(made) == 1  # the policy's 1 ms spin, then the backoff
