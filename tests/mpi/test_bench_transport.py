@@ -37,3 +37,29 @@ def test_two_ranks_measure_and_the_rest_wait():
     assert rows[0]["host"] == rows[0]["peer_host"] == host
     assert rows[0]["path"] == "shared memory"
     assert transport.path_of(["n1", "n2"]) == "network"
+
+
+def test_both_paths_receive_into_the_same_memory():
+    """Paired trials: the transport reuses plain's receive buffer instead of allocating
+    its own, so a buffer's placement does not move the ratio."""
+    from mpi4py import MPI
+
+    from fedmpi.bench import transport
+    from fedmpi.liveness import Liveness
+    from fedmpi.transport import Transport
+
+    world = MPI.COMM_WORLD
+    comm = world.Split(0 if world.Get_rank() < 2 else MPI.UNDEFINED, world.Get_rank())
+    try:
+        if comm != MPI.COMM_NULL:
+            rank, size = comm.Get_rank(), 256 << 10
+            net = Transport(comm, Liveness(timeout_s=60, hub=rank == 0))
+            times = transport._trial(comm, net, size, 4, 4, 1 - rank, rank, 1, 0)
+            assert set(times) == {"plain_lat", "transport_lat", "plain_bw", "transport_bw",
+                                  "distinct_bw"}
+            (spare,) = net._spare  # the lent view, and nothing the transport allocated
+            assert spare.base is not None and spare.nbytes == size
+    finally:
+        if comm != MPI.COMM_NULL:
+            comm.Free()
+        world.Barrier()
