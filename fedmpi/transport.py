@@ -338,7 +338,8 @@ class Transport:
         """Poll `done()` until true, spinning then backing off (`self.poll`); FAIL
         messages (checked once the spin is over) and the liveness limit end it early.
         While a transfer is under way (`transfer`: a matched receive) or posted sends are
-        pending, sleeps stay under `TRANSFER_SLEEP_S` (module doc)."""
+        pending, sleeps stay under `TRANSFER_SLEEP_S`; `spin_s` replaces the policy's spin
+        (a transfer's: `_spin_s`; module doc)."""
         if self._failure is not None:  # seen by the last wait, which had its answer
             raise self._failure
         if done():
