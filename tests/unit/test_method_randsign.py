@@ -107,7 +107,8 @@ def test_vote_abstains_where_a_client_drew_nothing():
         idx = comp.draw(spec, c)[0]
         votes[idx] += np.where(x["w"].reshape(-1)[idx] < 0, -1, 1)
         scales.append(np.float32(np.abs(x["w"].reshape(-1)[idx].astype(np.float64)).mean()))
-    want = (np.sign(votes) * (sum(float(s) for s in scales) / len(scales))).astype(np.float32).reshape(4, 9)
+    mean_scale = sum(float(s) for s in scales) / len(scales)
+    want = (np.sign(votes) * mean_scale).astype(np.float32).reshape(4, 9)
     assert np.array_equal(fold.result()["w"], want)
     assert (votes == 0).any()  # some entries no client drew (or a tie): 0 in the result
     assert randsign(vote=False).fold(None) is None
