@@ -367,10 +367,10 @@ class Transport:
         raise LivenessError(f"rank {self.rank}: {what} within {seconds(limit)} "
                             f"(liveness limit: {self.liveness.explain()})")
 
-    def _check_failures(self, done=None) -> bool:
+    def _check_failures(self, done) -> bool:
         """Raise `RemoteFailure` if a rank said it failed (now or at an earlier wait).
 
-        With `done` (what the caller awaits), a failure that arrives while the awaited
+        `done` is what the caller awaits: a failure that arrives while the awaited
         thing is completing anyway is kept for the next wait and True is returned: a
         collective that the failed rank already finished (the configuration check
         before rank 0 opens its file) completes here too within a few polls, and the
@@ -385,13 +385,12 @@ class Transport:
         buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
         msg.Recv([buf, MPI.BYTE])
         failure = RemoteFailure(status.Get_source(), _fail_reason(buf))
-        if done is not None:
-            grace = time.perf_counter() + FAILURE_GRACE_S
-            while time.perf_counter() < grace:
-                if done():
-                    self._failure = failure
-                    return True
-                yield_core()
+        grace = time.perf_counter() + FAILURE_GRACE_S
+        while time.perf_counter() < grace:
+            if done():
+                self._failure = failure
+                return True
+            yield_core()
         raise failure
 
     def send_failure(self, dest: int, reason: str, wait_s: float) -> None:
