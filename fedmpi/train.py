@@ -95,13 +95,21 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: i
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              batch_size: int, amp: str = "off") -> tuple[float, float]:
-    """(accuracy in [0, 1], mean cross-entropy loss)."""
+    """(accuracy in [0, 1], mean cross-entropy loss).
+
+    On the CPU, image batches go in channels-last (NHWC): oneDNN's convolutions run
+    ResNet-12 about 1.5x faster so, and the server's evaluation shares the cores with
+    the next round's training (`fedmpi bench round`). The values are the same up to
+    float rounding. Training keeps the default layout (its results stay bit for bit)."""
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    nhwc = x.device.type == "cpu" and x.dim() == 4
     for start in range(0, len(y), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        if nhwc:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(x.device, amp):
             out = model(xb)
         loss_sum += loss_fn(out.float(), yb)
