@@ -18,8 +18,12 @@ Transfers are progressed: a large message (rendezvous) or the server's non-conti
 broadcast moves only while both its sender and its receiver call MPI, about one chunk
 per call under MPICH's shared memory, so a rank that sleeps 2 ms between polls
 stretches a 2.6 MB MODEL to ~0.3 s and a 44.7 MB one to ~5 s. While a matched receive
-is under way or posted sends are pending, every wait therefore sleeps at most
-`TRANSFER_SLEEP_S` between polls (~10,000 polls a second, a few % of a core).
+is under way or a posted send is still moving, every wait therefore sleeps at most
+`TRANSFER_SLEEP_S` between polls (~10,000 polls a second, a few % of a core, and more
+of the core a training rank shares). A posted send that has completed but whose time
+its caller has not collected yet (rank 0's ASSIGN and MODELs, until the round's end)
+does not count (`_sending`): counting it kept rank 0 polling that fast all round, which
+took 2.5-3 points of round efficiency from the worker beside it (`fedmpi bench round`).
 A wait whose transfer size is known (a `send`, a matched receive) spins for as long
 as its bytes take at `TRANSFER_SPIN_BPS` (1 GB/s, below any shared-memory or HPC
 network path; at most `TRANSFER_SPIN_MAX_S`) before it sleeps, as the transfer is
