@@ -100,7 +100,6 @@ class Posted:
     buf: object  # what the send reads (an array, or the parts of post_parts)
     dest: int
     started: float  # perf_counter() just before the Isend
-    moved: bool = False  # seen complete by `_sending` (its caller has not collected it yet)
 
 
 class Transport:
@@ -120,6 +119,7 @@ class Transport:
         self.liveness = liveness or Liveness(hub=self.rank == 0)
         self.poll = poll or PollPolicy()
         self.pending: list[Posted] = []
+        self._scanned = (self.pending, 0)  # `_sending`: pending[:i] seen complete
         self.completed: dict[Hashable, float] = {}  # of the last `complete`
         self._posts = 0
         self._spare: list[np.ndarray] = []  # large buffers recv returned, newest last
@@ -374,12 +374,13 @@ class Transport:
         would keep every wait polling at `TRANSFER_SLEEP_S` for nothing, stealing
         the core of whatever trains beside this rank. `Get_status` drives MPI's
         progress like `Test` but leaves the request for its caller to complete."""
-        for p in self.pending:
-            if not p.moved:
-                if not p.request.Get_status():
-                    return True
-                p.moved = True
-        return False
+        pending, i = self._scanned
+        if pending is not self.pending:  # replaced (sends collected): scan it afresh
+            pending, i = self.pending, 0
+        while i < len(pending) and pending[i].request.Get_status():
+            i += 1  # pending[:i] have completed: O(1) a poll with 1,000 MODELs posted
+        self._scanned = (pending, i)
+        return i < len(pending)
 
     def _expired(self, limit: float, what: str) -> None:
         raise LivenessError(f"rank {self.rank}: {what} within {seconds(limit)} "

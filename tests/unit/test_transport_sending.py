@@ -41,5 +41,15 @@ def test_a_completed_post_not_yet_collected_lets_waits_back_off(monkeypatch):
     MPI.COMM_SELF.Recv([out, MPI.BYTE], source=0, tag=7)
     assert not net._sending() and len(net.pending) == 1  # done, its time not collected
     assert set(_caps_of_a_wait(monkeypatch, net)) == {None}
-    assert set(net.complete_each()) == {"big"} and net.pending == []  # still collected
     assert np.array_equal(out, big)
+
+    net.post(big, 0, 8, key="again")  # appended behind the completed one: seen as moving
+    assert net._sending()
+    MPI.COMM_SELF.Recv([out, MPI.BYTE], source=0, tag=8)
+    assert not net._sending()
+    assert set(net.complete_each()) == {"big", "again"} and net.pending == []  # collected
+    assert not net._sending()
+    net.post(big, 0, 9)  # a fresh list after the collection
+    assert net._sending()
+    MPI.COMM_SELF.Recv([out, MPI.BYTE], source=0, tag=9)
+    assert set(net.complete_each()) == {2} and not net._sending()
