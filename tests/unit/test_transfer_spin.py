@@ -46,3 +46,20 @@ def test_a_wait_spins_for_its_transfer_then_sleeps(monkeypatch):
     ready = time.perf_counter() + 0.02
     net._wait(lambda: time.perf_counter() > ready, lambda: "test")
     assert len(made) == 1  # the policy's 1 ms spin, then the backoff
+
+
+def test_a_wait_yields_its_core_only_after_its_busy_spin(monkeypatch):
+    """The first `BUSY_SPIN_S` of a spin polls without `sched_yield` (a yield delayed a
+    1 MiB hop under Open MPI by ~1 us); after it, a yield between polls lets a rank that
+    shares the core run."""
+    yields = []
+    monkeypatch.setattr(transport, "yield_core", lambda: yields.append(time.perf_counter()))
+    net = _net(1e-3)
+    start = time.perf_counter()
+    ready = start + 4 * transport.BUSY_SPIN_S
+    net._wait(lambda: time.perf_counter() > ready, lambda: "test", spin_s=0.5)
+    assert yields and min(yields) >= start + transport.BUSY_SPIN_S
+    yields.clear()
+    ready = time.perf_counter() + transport.BUSY_SPIN_S / 2
+    net._wait(lambda: time.perf_counter() > ready, lambda: "test", spin_s=0.5)
+    assert yields == []  # done within the busy spin
