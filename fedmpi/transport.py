@@ -43,7 +43,10 @@ spins with nothing but the poll before it sets up its backoff. For its first
 costs ~1 us on this VM, which delayed seeing a message and took a 1 MiB hop under
 Open MPI from 1.04x plain's time to 1.05-1.06x (two A/B pairs of `fedmpi bench
 transport`); after it, a spinning rank yields between polls, so that a rank sharing
-its core (3 ranks on 2 cores) still runs.
+its core still runs. Ranks that share cores (more ranks on the node than cores this
+rank may use, e.g. 3 ranks on 2) never spin without yielding (`busy_spin_s`): there a
+non-yielding spin held a core another rank needed, 5-10% of the per-client time at
+1,000 MLP clients a round (`fedmpi bench scale`).
 
 Large receive buffers are reused: a fresh 32 MiB `np.empty` costs ~4 ms of page
 faults (two times the transfer itself on this VM), so `recv` keeps the last
@@ -54,6 +57,7 @@ buffer, a view, a memoryview or a tensor made from it keeps it out of reuse).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Hashable
@@ -63,6 +67,7 @@ import numpy as np
 from mpi4py import MPI
 
 from fedmpi.backoff import Backoff, PollPolicy, precise_sleeps, yield_core
+from fedmpi.devices import env_local_rank
 from fedmpi.errors import FedMPIError
 from fedmpi.liveness import Liveness, LivenessError, Stopwatch, seconds, when
 from fedmpi.messages import TAG_NUMBER, TAGS, tag_of
@@ -131,6 +136,7 @@ class Transport:
         self._spare: list[np.ndarray] = []  # large buffers recv returned, newest last
         self._status = MPI.Status()  # reused by recv: one fewer allocation a message
         self._failure: RemoteFailure | None = None  # seen, kept for the next wait
+        self.busy_spin_s = busy_spin_s(os.environ)  # how long a spin polls without yielding
         precise_sleeps()
 
     def send(self, buf: np.ndarray, dest: int, tag: int, *, what: str = "",
@@ -357,8 +363,8 @@ class Transport:
             return
         start = time.perf_counter()
         spin_until = start + (self.poll.spin_s if spin_s is None else spin_s)
-        busy_until = start + BUSY_SPIN_S
-        while True:  # the spin, lean: nothing but the poll (and, after BUSY_SPIN_S, a yield)
+        busy_until = start + self.busy_spin_s
+        while True:  # the spin, lean: nothing but the poll (and, after busy_spin_s, a yield)
             if done():
                 return
             now = time.perf_counter()
@@ -431,6 +437,19 @@ class Transport:
         while time.monotonic() < deadline:
             req.Test()
             time.sleep(0.01)
+
+
+def busy_spin_s(env, cores: int | None = None) -> float:
+    """How long a wait's spin polls without yielding its core (module doc): `BUSY_SPIN_S`
+    when the node's ranks (as the launcher exported them, `env`) have a core each of
+    the `cores` this rank may use, else 0; 0 as well when the launcher said nothing."""
+    found = env_local_rank(env)
+    if found is None or found[1] is None:
+        return 0.0
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+    return BUSY_SPIN_S if found[1] <= cores else 0.0
 
 
 def _tag_name(tag: int) -> str:

@@ -55,6 +55,7 @@ def test_a_wait_yields_its_core_only_after_its_busy_spin(monkeypatch):
     yields = []
     monkeypatch.setattr(transport, "yield_core", lambda: yields.append(time.perf_counter()))
     net = _net(1e-3)
+    net.busy_spin_s = transport.BUSY_SPIN_S  # as with a core per rank (below)
     start = time.perf_counter()
     ready = start + 4 * transport.BUSY_SPIN_S
     net._wait(lambda: time.perf_counter() > ready, lambda: "test", spin_s=0.5)
@@ -63,3 +64,26 @@ def test_a_wait_yields_its_core_only_after_its_busy_spin(monkeypatch):
     ready = time.perf_counter() + transport.BUSY_SPIN_S / 2
     net._wait(lambda: time.perf_counter() > ready, lambda: "test", spin_s=0.5)
     assert yields == []  # done within the busy spin
+
+
+@pytest.mark.parametrize("env, cores, want", [
+    ({"MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "2"}, 2, transport.BUSY_SPIN_S),  # MPICH
+    ({"OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, 4,
+     transport.BUSY_SPIN_S),  # Open MPI
+    ({"MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "3"}, 2, 0.0),  # 3 ranks share 2 cores
+    ({"SLURM_LOCALID": "0"}, 8, 0.0),  # the node's rank count unknown
+    ({}, 8, 0.0),  # no launcher
+])
+def test_only_ranks_with_a_core_each_spin_without_yielding(env, cores, want):
+    assert transport.busy_spin_s(env, cores) == want
+
+
+def test_a_wait_of_ranks_sharing_cores_yields_from_its_first_poll(monkeypatch):
+    yields = []
+    monkeypatch.setattr(transport, "yield_core", lambda: yields.append(time.perf_counter()))
+    net = _net(1e-3)
+    net.busy_spin_s = 0.0
+    start = time.perf_counter()
+    ready = start + transport.BUSY_SPIN_S / 2
+    net._wait(lambda: time.perf_counter() > ready, lambda: "test", spin_s=0.5)
+    assert yields and min(yields) < start + transport.BUSY_SPIN_S / 2
