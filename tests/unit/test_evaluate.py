@@ -39,7 +39,8 @@ def test_evaluate_takes_flat_inputs():
 
 def test_image_batches_reach_the_model_channels_last_on_the_cpu():
     seen = []
-    model = models.build("cnn", input_shape=(3, 8, 8), num_classes=10)  # 1 channel: both
+    # 3 channels: a 1-channel batch is contiguous in both layouts, so it would prove nothing
+    model = models.build("cnn", input_shape=(3, 8, 8), num_classes=10)
     model.register_forward_pre_hook(lambda _m, args: seen.append(
         args[0].is_contiguous(memory_format=torch.channels_last)))
     evaluate(model, torch.randn(20, 3, 8, 8), torch.randint(0, 10, (20,)), 10)
